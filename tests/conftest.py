@@ -1,0 +1,25 @@
+"""Shared fixtures: the real data folder (GEOUNET_DATA) and quiet, loopback-only settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("GDAL_HTTP_MAX_RETRY", "0")
+
+# Fixture modules of the test suite (each owns one real component: STAC server, Ray, QGIS...).
+pytest_plugins: list[str] = []
+
+_DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data folder: $GEOUNET_DATA, defaulting to ../shared/data beside the repository."""
+    path = Path(os.environ.get("GEOUNET_DATA", str(_DEFAULT_DATA)))
+    if not (path / "README.md").exists():
+        pytest.fail(f"real data not found at {path}; set GEOUNET_DATA to the shared data folder")
+    return path

@@ -102,7 +102,9 @@ class Grid:
                 "check the input raster or the AOI/resolution"
             )
         if self.transform.is_degenerate:
-            raise InputError(f"grid transform={tuple(self.transform)[:6]} is degenerate; fix the georeferencing")
+            raise InputError(
+                f"grid transform={tuple(self.transform)[:6]} is degenerate; fix the georeferencing"
+            )
 
     @property
     def rows(self) -> int:

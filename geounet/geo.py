@@ -23,6 +23,8 @@ from affine import Affine
 
 from geounet.errors import InputError
 
+_IDENTITY = Affine.identity()
+
 
 @dataclass(frozen=True, slots=True)
 class Window:
@@ -91,7 +93,7 @@ class Grid:
     """
 
     shape: tuple[int, int]
-    transform: Affine = Affine.identity()
+    transform: Affine = _IDENTITY
     crs: str | None = None
 
     def __post_init__(self) -> None:

@@ -39,8 +39,9 @@ class _LazyGroup(click.Group):
 @click.group(
     cls=_LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog="Example:\n\n\b\n  geounet model init --bands red,green,blue --classes background:#000000,crack:#ff0000 "
-    "--out crack.safetensors\n  geounet predict scene.tif --model crack.safetensors --out out/",
+    epilog="Example:\n\n\b\n  geounet model init --bands red,green,blue "
+    "--classes background:#000000,crack:#ff0000 --out crack.safetensors\n"
+    "  geounet predict scene.tif --model crack.safetensors --out out/",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and debug logs.")
 @click.version_option(package_name="geounet")

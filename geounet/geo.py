@@ -161,3 +161,44 @@ class Grid:
         """Fractional pixel position (row, col) of map coordinates (x, y)."""
         col, row = ~self.transform * (x, y)
         return (float(row), float(col))
+
+
+def utm_crs(lon: float, lat: float) -> str:
+    """The WGS 84 UTM zone (``EPSG:326nn`` north, ``EPSG:327nn`` south) holding (lon, lat).
+
+    The default CRS of a job's target grid is the UTM zone of its AOI's centroid.
+
+    Example:
+        >>> utm_crs(12.6, 52.4), utm_crs(-77.7, -24.5)
+        ('EPSG:32633', 'EPSG:32718')
+    """
+    from odc.geo.crs import CRS  # lazy: keeps `import geounet.geo` light
+
+    return str(CRS.utm(lon, lat))
+
+
+def from_bounds(bounds: tuple[float, float, float, float], *, crs: str, resolution: float) -> Grid:
+    """The north-up grid of square ``resolution`` pixels covering map ``bounds`` (left, bottom, right, top).
+
+    Pixel edges snap outward to multiples of ``resolution`` (as odc-geo's ``GeoBox.from_bbox``
+    does), so grids of neighbouring AOIs at one resolution share a pixel lattice.
+
+    Raises:
+        InputError: on a non-positive resolution or empty bounds.
+
+    Example:
+        >>> g = from_bounds((330001.0, 5814359.0, 345360.0, 5822041.0), crs="EPSG:32633", resolution=10)
+        >>> g.shape, g.transform.c, g.transform.f
+        ((770, 1536), 330000.0, 5822050.0)
+    """
+    left, bottom, right, top = bounds
+    if not resolution > 0 or not (right > left and top > bottom):
+        raise InputError(
+            f"grid bounds={bounds} at resolution={resolution} are empty; give left<right, bottom<top "
+            "and a positive resolution"
+        )
+    from odc.geo.geobox import GeoBox  # lazy: keeps `import geounet.geo` light
+
+    box = GeoBox.from_bbox(bounds, crs, resolution=resolution)
+    shape = (int(box.shape.y), int(box.shape.x))
+    return Grid(shape=shape, transform=Affine(*box.affine[:6]), crs=str(box.crs))

@@ -1,0 +1,216 @@
+"""Batches of normalized chips → class probabilities (torch only: device, AMP, batching).
+
+:class:`Predictor` loads a bundle's network once (one per process or Ray actor) and
+turns float32 ``(B, C, H, W)`` arrays, already normalized with
+:func:`geounet.model.normalize`, into softmax probabilities ``(B, K, H, W)``.
+
+On a GPU it uses channels-last memory, autocast (bfloat16 where the card supports it,
+else float16), pinned host memory with asynchronous copies, and halves the batch on
+an out-of-memory error. On the CPU it runs in float32 and leaves torch's thread
+settings alone (the caller, e.g. a Ray actor with a CPU quota, decides them).
+Optional test-time augmentation averages the 8 flips/rotations of each chip.
+
+Example:
+    >>> import numpy as np
+    >>> from geounet import model
+    >>> b = model.init_bundle(bands=["r", "g", "b"],
+    ...                       classes=[model.ClassInfo(0, "bg", "#000000"), model.ClassInfo(1, "fg", "#ff0000")],
+    ...                       spec=model.ModelSpec(in_channels=3, n_classes=2, depth=2, width=4))
+    >>> p = Predictor(b, device="cpu").predict(np.zeros((2, 3, 16, 16), np.float32))
+    >>> p.shape, p.dtype, bool(np.allclose(p.sum(axis=1), 1))
+    ((2, 2, 16, 16), dtype('float32'), True)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+import torch
+
+from geounet.errors import ConfigError, ExecutionError, InputError
+from geounet.model import Bundle, module_from_bundle
+
+log = logging.getLogger(__name__)
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → the first CUDA device if there is one, else the CPU; ``cpu``; ``cuda[:N]``.
+
+    Raises:
+        ConfigError: on an unknown name, or CUDA asked for where there is none.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if not isinstance(name, str) or not _DEVICE.match(name):
+        raise ConfigError(f"device={name!r} is unknown; use auto, cpu, cuda or cuda:N")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"torch {torch.__version__}" + ("" if torch.version.cuda else " is a CPU-only build")
+            raise ConfigError(
+                f"device={name!r} but CUDA is not available ({build}, or no GPU/driver); "
+                "use --device cpu or auto, or install the CUDA build of torch"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"device={name!r} but only {count} CUDA device(s) exist; use cuda:0..{count - 1}"
+            )
+    return device
+
+
+_Map = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _forward_view(t: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    return torch.rot90(t.flip(-1) if flip else t, k, dims=(-2, -1))
+
+
+def _inverse_view(t: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    t = torch.rot90(t, -k, dims=(-2, -1))
+    return t.flip(-1) if flip else t
+
+
+def _dihedral() -> list[tuple[_Map, _Map]]:
+    """The 8 flips/rotations of the square as (forward, inverse) maps on (..., H, W) tensors."""
+    return [
+        (partial(_forward_view, k=k, flip=flip), partial(_inverse_view, k=k, flip=flip))
+        for k in range(4)
+        for flip in (False, True)
+    ]
+
+
+class Predictor:
+    """A bundle's network on one device, predicting class probabilities of normalized chips.
+
+    Args:
+        bundle: the model bundle (see :func:`geounet.model.load`).
+        device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_size: chips per forward pass; halved automatically on a CUDA out-of-memory.
+        amp: mixed precision on CUDA (bfloat16 if supported, else float16); ignored on
+            the CPU, which always runs float32.
+        tta: average the probabilities of the 8 flips/rotations (mapped back) of each chip.
+
+    Raises:
+        ConfigError: on a bad device or batch size.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        device: str = "auto",
+        batch_size: int = 8,
+        amp: bool = True,
+        tta: bool = False,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size!r} must be a positive integer; use e.g. 8")
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.tta = tta
+        self.cuda = self.device.type == "cuda"
+        self.amp = amp and self.cuda
+        self.amp_dtype = (
+            torch.bfloat16
+            if self.cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+            else torch.float16
+        )
+        module = module_from_bundle(bundle).to(self.device)
+        if self.cuda:
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.module = module.eval()
+        self._maps = _dihedral() if tta else [(_identity, _identity)]
+
+    @property
+    def n_classes(self) -> int:
+        """Number of output channels (classes)."""
+        return self.bundle.spec.n_classes
+
+    @property
+    def stride(self) -> int:
+        """Chip height and width must be multiples of this."""
+        return self.bundle.spec.stride
+
+    def _check(self, x: np.ndarray) -> np.ndarray:
+        c, s = self.bundle.spec.in_channels, self.stride
+        if x.ndim != 4 or x.shape[1] != c:
+            raise InputError(
+                f"chips of shape {x.shape} must be (batch, {c}, height, width) for the bundle's bands "
+                f"{list(self.bundle.bands)}; stack chips with the bundle's band order"
+            )
+        if x.shape[2] % s or x.shape[3] % s:
+            raise InputError(
+                f"chips of shape {x.shape} must have height and width multiples of the model's stride {s}; "
+                f"use a tile size that is a multiple of {s}"
+            )
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Softmax probabilities ``(B, K, H, W)`` float32 of normalized chips ``(B, C, H, W)``.
+
+        Raises:
+            InputError: on a wrong shape (band count, size not a multiple of the stride).
+            ExecutionError: when even one chip does not fit in GPU memory.
+        """
+        x = self._check(np.asarray(x))
+        b, _, h, w = x.shape
+        out = np.empty((b, self.n_classes, h, w), dtype=np.float32)
+        i = 0
+        while i < b:
+            n = min(self.batch_size, b - i)
+            try:
+                out[i : i + n] = self._run(x[i : i + n])
+            except torch.cuda.OutOfMemoryError as exc:
+                if n == 1:
+                    raise ExecutionError(
+                        f"one {h}x{w} chip does not fit in the memory of {self.device} even with batch size 1; "
+                        "use a smaller --tile, or --device cpu"
+                    ) from exc
+                if self.cuda:
+                    torch.cuda.empty_cache()
+                self.batch_size = max(1, n // 2)
+                log.warning("out of GPU memory at batch size %d; retrying with %d", n, self.batch_size)
+                continue
+            i += n
+        return out
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        """One forward pass (all TTA views) of one batch; returns float32 probabilities."""
+        with torch.inference_mode():
+            if not self.cuda:
+                return self._probs(torch.from_numpy(chunk)).numpy()
+            host = torch.from_numpy(chunk).pin_memory()
+            t = host.to(self.device, non_blocking=True)
+            probs = self._probs(t)
+            result = torch.empty(probs.shape, dtype=torch.float32, pin_memory=True)
+            result.copy_(probs, non_blocking=True)
+            torch.cuda.current_stream(self.device).synchronize()
+            return result.numpy()
+
+    def _probs(self, t: torch.Tensor) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for fwd, inv in self._maps:
+            view = fwd(t)
+            view = view.contiguous(memory_format=torch.channels_last) if self.cuda else view.contiguous()
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                logits = self.module(view)
+            p = inv(torch.softmax(logits.float(), dim=1))
+            total = p if total is None else total + p
+        assert total is not None
+        return (total / len(self._maps)).contiguous() if len(self._maps) > 1 else total.contiguous()
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t

@@ -11,7 +11,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("GDAL_HTTP_MAX_RETRY", "0")
 
 # Fixture modules of the test suite (each owns one real component: STAC server, Ray, QGIS...).
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["fixtures_stac", "fixtures_qgis"]
 
 _DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -1,0 +1,430 @@
+"""Cloud-Optimized GeoTIFF writer: tile cores in, one finished COG (plus QGIS/GDAL sidecars) out.
+
+:class:`CogWriter` takes the prediction window by window (any order, any window sizes)
+into a tiled, sparse scratch GeoTIFF beside the target, so the whole raster is never in
+memory. On a clean exit it converts the scratch file with GDAL's COG driver (which
+streams: it builds overviews block by block) and renames the result onto ``path``; an
+exception inside the ``with`` block, or :meth:`CogWriter.abort`, removes everything and
+leaves no ``path``. Pixels never written read as ``nodata`` (sparse blocks), which is
+how skipped tiles become nodata.
+
+Beside a class raster it writes:
+
+- a GDAL color table inside the COG (the classes' colors; other values black, 255 the
+  nodata value);
+- ``<name>.tif.aux.xml``: GDAL's PAM sidecar with the class names as category names
+  (``gdalinfo`` lists them; TIFF has no tag for them, so GDAL itself keeps them there);
+- ``<name>.qml``: a QGIS style that QGIS loads by default with the layer: a paletted
+  renderer listing only the model's classes with their names (without it QGIS lists all
+  256 entries of the TIFF color table).
+
+Beside a continuous raster (confidence) the ``.qml`` is a pseudo-color gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window as RioWindow
+
+from geounet.errors import ConfigError, InputError, WriteError
+from geounet.geo import Grid, Window
+from geounet.model import NODATA_CLASS, ClassInfo
+
+#: Overview resampling methods GDAL's COG driver accepts (lower-case names).
+RESAMPLING = ("nearest", "mode", "average", "bilinear", "cubic", "cubicspline", "lanczos", "rms")
+
+#: Colors of the confidence gradient (low → high): red, yellow, green.
+_GRADIENT = ("#d7191c", "#fdae61", "#ffffbf", "#a6d96a", "#1a9641")
+
+
+def temp_path(path: Path, suffix: str = ".tmp") -> Path:
+    """A unique hidden name beside ``path`` (same folder, so the final rename is atomic)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder, then rename)."""
+    tmp = temp_path(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"cannot write {path}: {exc}; check the folder exists and is writable") from exc
+
+
+class CogWriter:
+    """Write a single-band raster window by window; finish it as a Cloud-Optimized GeoTIFF.
+
+    Args:
+        path: the final ``.tif``; it appears only when the raster is complete.
+        grid: shape, transform and CRS of the output (``crs=None``: a plain photo, written
+            without georeferencing).
+        dtype: numpy/GDAL data type name, e.g. ``"uint8"`` or ``"float32"``.
+        nodata: the nodata value (also the value of never-written pixels), or None.
+        classes: for class rasters: the classes, written as color table, category names
+            and QGIS paletted style. None for continuous rasters (gradient style).
+        resampling: overview resampling, ``"mode"`` for classes, ``"average"`` for scores.
+        block: internal tile size of the COG (px).
+        description: band description (shown by ``gdalinfo`` and QGIS).
+        value_range: (min, max) of the QGIS gradient for continuous rasters; default
+            (0, 1) for floats, (0, 100) for integers (confidence in percent).
+        compress: ``"deflate"`` (default, read everywhere) or ``"zstd"``.
+        num_threads: GDAL threads for compression and overviews.
+
+    Example (``grid`` and ``tiles`` from the caller)::
+
+        with CogWriter(out / "classes.tif", grid, dtype="uint8", nodata=255, classes=classes) as w:
+            for tile, array in predictions:
+                w.write(tile.core, array)
+
+    Not thread-safe: call :meth:`write` from one thread.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        grid: Grid,
+        *,
+        dtype: str,
+        nodata: float | int | None,
+        classes: Sequence[ClassInfo] | None = None,
+        resampling: str = "mode",
+        block: int = 512,
+        description: str | None = None,
+        value_range: tuple[float, float] | None = None,
+        compress: str = "deflate",
+        num_threads: int | str = "ALL_CPUS",
+    ) -> None:
+        self.path = Path(path)
+        self.grid = grid
+        self.dtype = np.dtype(dtype)
+        self.nodata = nodata
+        self.classes = tuple(classes) if classes is not None else None
+        self.resampling = _check_resampling(resampling)
+        if block <= 0 or block % 16:
+            raise ConfigError(f"block={block} must be a positive multiple of 16; use e.g. 512")
+        self.block = block
+        self.description = description
+        self.value_range = value_range
+        if compress.lower() not in ("deflate", "zstd"):
+            raise ConfigError(f"compress={compress!r} is not supported; use 'deflate' or 'zstd'")
+        self.compress = compress.upper()
+        self.num_threads = str(num_threads)
+        if self.classes is not None:
+            _check_classes(self.classes, self.dtype)
+        self._scratch = temp_path(self.path, ".parts.tif")
+        self._ds: Any = None
+        self._done = False
+
+    # -- context manager -------------------------------------------------------------------
+
+    def __enter__(self) -> CogWriter:
+        self.open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- API -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the scratch file (called by ``with``)."""
+        if not self.path.parent.is_dir():
+            raise WriteError(f"output folder {self.path.parent} does not exist; create it first")
+        profile: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": self.grid.cols,
+            "height": self.grid.rows,
+            "count": 1,
+            "dtype": self.dtype.name,
+            "nodata": self.nodata,
+            "tiled": True,
+            "blockxsize": self.block,
+            "blockysize": self.block,
+            "sparse_ok": True,
+            "compress": "zstd",
+            "zstd_level": 1,
+            "bigtiff": "if_safer",
+        }
+        if self.grid.crs is not None or self.grid.transform != Affine.identity():
+            profile["transform"] = self.grid.transform
+        if self.grid.crs is not None:
+            profile["crs"] = self.grid.crs
+        if self.classes is not None:
+            profile["photometric"] = "palette"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)  # photos: no CRS on purpose
+                self._ds = rasterio.open(self._scratch, "w", **profile)
+            # The color table must be set before any pixel is written (TIFF photometric tag).
+            if self.classes is not None:
+                self._ds.write_colormap(1, color_table(self.classes))
+        except rasterio.errors.RasterioError as exc:
+            self.abort()
+            raise WriteError(
+                f"cannot create {self._scratch}: {exc}; check disk space and permissions"
+            ) from exc
+
+    def write(self, window: Window, array: np.ndarray) -> None:
+        """Write a (height, width) array at ``window`` of the grid (window inside the grid)."""
+        if self._ds is None:
+            raise WriteError(f"{self.path}: write() outside the with-block; use `with CogWriter(...) as w`")
+        if array.shape != window.shape:
+            raise InputError(
+                f"array shape {array.shape} != window shape {window.shape} for {self.path.name}; "
+                "crop the prediction to the tile core"
+            )
+        if window.clip(*self.grid.shape) != window:
+            raise InputError(f"{window} reaches outside the grid {self.grid.shape}; write only core windows")
+        rio_window = RioWindow(window.col, window.row, window.width, window.height)
+        self._ds.write(np.asarray(array, dtype=self.dtype), 1, window=rio_window)
+
+    def close(self) -> None:
+        """Finish: build the COG and its sidecars, rename onto ``path``; cleans up on failure."""
+        if self._done:
+            return
+        try:
+            self._finish_scratch()
+            self._build()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+
+    def abort(self) -> None:
+        """Drop everything written so far; ``path`` is left as it was (absent for a new file)."""
+        if self._ds is not None:
+            with contextlib.suppress(Exception):
+                self._ds.close()
+            self._ds = None
+        for p in (self._scratch, _aux(self._scratch)):
+            p.unlink(missing_ok=True)
+        self._done = True
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _finish_scratch(self) -> None:
+        ds, self._ds = self._ds, None
+        if ds is None:
+            raise WriteError(f"{self.path}: nothing was opened; use `with CogWriter(...) as w`")
+        try:
+            if self.description:
+                ds.set_band_description(1, self.description)
+        finally:
+            ds.close()
+
+    def _build(self) -> None:
+        tmp = temp_path(self.path, ".tif")
+        predictor = "3" if self.dtype.kind == "f" else "2"
+        options = {
+            "BLOCKSIZE": str(self.block),
+            "COMPRESS": self.compress,
+            "PREDICTOR": predictor,
+            "OVERVIEW_RESAMPLING": self.resampling.upper(),
+            "BIGTIFF": "IF_SAFER",
+            "NUM_THREADS": self.num_threads,
+        }
+        qml = self.path.with_suffix(".qml")
+        aux = _aux(self.path)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                rasterio.shutil.copy(self._scratch, tmp, driver="COG", **options)
+            # Sidecars first, the raster last: once `path` exists, everything is complete.
+            if self.classes is not None:
+                replace_text(aux, category_aux_xml(self.classes))
+                replace_text(qml, paletted_qml(self.classes))
+            else:
+                aux.unlink(missing_ok=True)
+                replace_text(qml, gradient_qml(self._value_range()))
+            os.replace(tmp, self.path)
+        except (rasterio.errors.RasterioError, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise WriteError(
+                f"cannot write COG {self.path}: {exc}; check disk space and permissions"
+            ) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+            _aux(tmp).unlink(missing_ok=True)
+            self._scratch.unlink(missing_ok=True)
+            _aux(self._scratch).unlink(missing_ok=True)
+
+    def _value_range(self) -> tuple[float, float]:
+        if self.value_range is not None:
+            return self.value_range
+        return (0.0, 1.0) if self.dtype.kind == "f" else (0.0, 100.0)
+
+
+def write_array(path: Path, array: np.ndarray, grid: Grid, **options: Any) -> Path:
+    """Write a whole in-memory 2-D array as a COG (small rasters, tests); options as :class:`CogWriter`.
+
+    ``dtype`` defaults to the array's and ``nodata`` to None.
+    """
+    options.setdefault("dtype", array.dtype.name)
+    options.setdefault("nodata", None)
+    with CogWriter(path, grid, **options) as w:
+        w.write(grid.full_window(), array)
+    return path
+
+
+# -- styles and sidecars ------------------------------------------------------------------
+
+
+def color_table(classes: Sequence[ClassInfo]) -> dict[int, tuple[int, int, int, int]]:
+    """GDAL color table: the classes' colors, every other value of 0..255 transparent black.
+
+    Example:
+        >>> ct = color_table([ClassInfo(1, "water", "#1f78b4")])
+        >>> ct[1], ct[0], ct[255], len(ct)
+        ((31, 120, 180, 255), (0, 0, 0, 0), (0, 0, 0, 0), 256)
+    """
+    table = {v: (0, 0, 0, 0) for v in range(256)}
+    for c in classes:
+        table[c.id] = (*c.rgb, 255)
+    return table
+
+
+def category_aux_xml(classes: Sequence[ClassInfo]) -> str:
+    """GDAL PAM XML (``.aux.xml``) holding the class names as the band's category names.
+
+    Category names are indexed by pixel value; values without a class get an empty name.
+
+    Example:
+        >>> "<Category>water</Category>" in category_aux_xml([ClassInfo(1, "water", "#1f78b4")])
+        True
+    """
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    names = {c.id: c.name for c in classes}
+    cats = ET.SubElement(band, "CategoryNames")
+    for value in range(max(names) + 1):
+        ET.SubElement(cats, "Category").text = names.get(value, "")
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def paletted_qml(classes: Sequence[ClassInfo]) -> str:
+    """QGIS layer style: paletted renderer with one labelled entry per class, nodata transparent.
+
+    Example:
+        >>> 'label="water"' in paletted_qml([ClassInfo(1, "water", "#1f78b4")])
+        True
+    """
+    root, pipe = _qml_root()
+    renderer = ET.SubElement(
+        pipe,
+        "rasterrenderer",
+        type="paletted",
+        band="1",
+        opacity="1",
+        alphaBand="-1",
+        nodataColor="",
+    )
+    ET.SubElement(renderer, "rasterTransparency")
+    palette = ET.SubElement(renderer, "colorPalette")
+    for c in classes:
+        ET.SubElement(palette, "paletteEntry", value=str(c.id), color=c.color, alpha="255", label=c.name)
+    _qml_tail(pipe, root)
+    return _qml_text(root)
+
+
+def gradient_qml(value_range: tuple[float, float]) -> str:
+    """QGIS layer style: single-band pseudo-color, red (low) → green (high), over ``value_range``.
+
+    Example:
+        >>> 'type="singlebandpseudocolor"' in gradient_qml((0.0, 100.0))
+        True
+    """
+    lo, hi = value_range
+    root, pipe = _qml_root()
+    renderer = ET.SubElement(
+        pipe,
+        "rasterrenderer",
+        type="singlebandpseudocolor",
+        band="1",
+        opacity="1",
+        alphaBand="-1",
+        classificationMin=_num(lo),
+        classificationMax=_num(hi),
+        nodataColor="",
+    )
+    ET.SubElement(renderer, "rasterTransparency")
+    shader = ET.SubElement(ET.SubElement(renderer, "rastershader"), "colorrampshader")
+    shader.attrib.update(
+        colorRampType="INTERPOLATED",
+        classificationMode="1",
+        clip="0",
+        minimumValue=_num(lo),
+        maximumValue=_num(hi),
+    )
+    n = len(_GRADIENT)
+    for i, color in enumerate(_GRADIENT):
+        value = lo + (hi - lo) * i / (n - 1)
+        ET.SubElement(shader, "item", value=_num(value), color=color, alpha="255", label=_num(value))
+    _qml_tail(pipe, root)
+    return _qml_text(root)
+
+
+def _qml_root() -> tuple[ET.Element, ET.Element]:
+    root = ET.Element("qgis", version="3.22.0", styleCategories="AllStyleCategories")
+    pipe = ET.SubElement(root, "pipe")
+    return root, pipe
+
+
+def _qml_tail(pipe: ET.Element, root: ET.Element) -> None:
+    ET.SubElement(pipe, "brightnesscontrast", brightness="0", contrast="0", gamma="1")
+    ET.SubElement(pipe, "huesaturation", saturation="0", grayscaleMode="0", colorizeOn="0")
+    ET.SubElement(pipe, "rasterresampler", maxOversampling="2")
+    ET.SubElement(root, "blendMode").text = "0"
+
+
+def _qml_text(root: ET.Element) -> str:
+    ET.indent(root)
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, "unicode") + "\n"
+    )
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _aux(path: Path) -> Path:
+    return path.with_name(path.name + ".aux.xml")
+
+
+def _check_resampling(name: str) -> str:
+    if name.lower() not in RESAMPLING:
+        raise ConfigError(f"resampling={name!r} is unknown; use one of {', '.join(RESAMPLING)}")
+    return name.lower()
+
+
+def _check_classes(classes: Sequence[ClassInfo], dtype: np.dtype[Any]) -> None:
+    if dtype != np.uint8:
+        raise ConfigError(f"a class raster must be uint8 (GDAL color tables), got dtype={dtype}; use uint8")
+    ids = [c.id for c in classes]
+    bad = [i for i in ids if not 0 <= i < NODATA_CLASS]
+    if bad or len(set(ids)) != len(ids):
+        raise ConfigError(
+            f"class ids {ids} must be unique and in 0..254 (255 is nodata); fix the model's classes"
+        )

@@ -1,0 +1,169 @@
+"""Polygons from class rasters: seam dissolve, counts, areas, holes, simplification, attributes.
+
+Inputs are real-data stand-ins for a model output (see ``tests/fixtures_qgis.py``).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from scipy import ndimage
+
+from geounet import vectorize
+from geounet.errors import ConfigError, InputError, InputNotFoundError
+from geounet.geo import Grid, Window
+from geounet.model import NODATA_CLASS, ClassInfo
+from geounet.write import write_array
+
+FOUR = ndimage.generate_binary_structure(2, 1)
+
+
+def components(array: np.ndarray) -> dict[int, int]:
+    """4-connected component count per class (nodata excluded)."""
+    return {
+        int(v): ndimage.label(array == v, structure=FOUR)[1] for v in np.unique(array) if v != NODATA_CLASS
+    }
+
+
+def pixel_area_per_class(array: np.ndarray, grid: Grid) -> dict[int, float]:
+    values, counts = np.unique(array[array != NODATA_CLASS], return_counts=True)
+    return {int(v): float(n) * grid.pixel_area for v, n in zip(values, counts, strict=True)}
+
+
+def crop(raster, rows: slice, cols: slice) -> tuple[np.ndarray, Grid]:
+    window = Window(rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start)
+    return raster.array[rows, cols], raster.grid.window_grid(window)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(block=st.integers(min_value=16, max_value=256), seed=st.integers(0, 2**16))
+def test_feature_count_is_connected_components_for_any_block_size(ndvi_classes, block, seed) -> None:
+    array, grid = crop(ndvi_classes, slice(200, 328), slice(700, 900))
+    windows = list(vectorize.blocks(grid.shape, block))
+    random.Random(seed).shuffle(windows)  # workers finish in any order
+    parts = vectorize.dissolve(vectorize.block_polygons(array[w.to_slices()], window=w) for w in windows)
+    expected = components(array)
+    got = np.bincount(parts.class_id, minlength=4)
+    assert {k: int(got[k]) for k in expected} == expected
+    # Exact pixel outlines: each polygon's area is its pixel count, in pixel units.
+    np.testing.assert_array_equal(shapely.area(parts.geometry), parts.pixels)
+    assert shapely.is_valid(parts.geometry).all()
+
+
+def test_real_region_spanning_many_blocks_is_one_feature(landuse) -> None:
+    lab, n = ndimage.label(landuse.array == 1, structure=FOUR)  # forest
+    sizes = np.bincount(lab.ravel())[1:]
+    biggest = int(np.argmax(sizes)) + 1
+    rows, cols = np.nonzero(lab == biggest)
+    block = 64
+    assert len({(r // block, c // block) for r, c in zip(rows, cols, strict=True)}) > 4
+    gdf = vectorize.from_array(
+        landuse.array, grid=landuse.grid, classes=landuse.classes, block=block, simplify=0
+    )
+    forest = gdf[gdf.class_id == 1]
+    assert len(forest) == n
+    assert forest.area_m2.max() == pytest.approx(sizes.max() * landuse.grid.pixel_area)
+
+
+def test_holes_are_kept(landuse) -> None:
+    gdf = vectorize.from_array(
+        landuse.array, grid=landuse.grid, classes=landuse.classes, block=256, simplify=0
+    )
+    holes = shapely.get_num_interior_rings(gdf.geometry.values)
+    assert holes.sum() > 0
+    # Area with holes subtracted equals the class's pixels: holes are not filled.
+    for cid, area in pixel_area_per_class(landuse.array, landuse.grid).items():
+        assert gdf[gdf.class_id == cid].area_m2.sum() == pytest.approx(area, rel=1e-12)
+
+
+@pytest.mark.parametrize("simplify", [None, 0.0, 10.0])
+def test_file_polygons_area_valid_crs_and_confidence(tmp_path: Path, landuse, simplify) -> None:
+    classes_tif = write_array(
+        tmp_path / "classes.tif", landuse.array, landuse.grid, nodata=255, classes=landuse.classes
+    )
+    conf_tif = write_array(tmp_path / "confidence.tif", landuse.confidence, landuse.grid, nodata=255)
+    gdf = vectorize.polygons(
+        classes_tif, classes=landuse.classes, confidence_path=conf_tif, block=300, simplify=simplify
+    )
+    assert list(gdf.columns) == list(vectorize.COLUMNS)
+    with rasterio.open(classes_tif) as src:
+        assert gdf.crs == src.crs
+    assert gdf.geometry.is_valid.all()
+    assert len(gdf) == sum(components(landuse.array).values())
+    for cid, area in pixel_area_per_class(landuse.array, landuse.grid).items():
+        mine = gdf[gdf.class_id == cid]
+        assert mine.area_m2.sum() == pytest.approx(area, rel=0.005), mine.class_name.iloc[0]
+        assert (mine.class_name == landuse.classes[cid].name).all()
+    # Simplified as a coverage: neighbours neither overlap nor open gaps between them.
+    assert gdf.geometry.union_all().area == pytest.approx(gdf.area_m2.sum(), rel=1e-9)
+    # mean_confidence of the largest polygon = mean of the confidence under its pixels.
+    big = gdf.iloc[int(np.argmax(gdf.area_m2))]
+    lab, _ = ndimage.label(landuse.array == big.class_id, structure=FOUR)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    region = lab == int(np.argmax(sizes))
+    assert big.mean_confidence == pytest.approx(landuse.confidence[region].mean())
+    assert big.perimeter_m > 0
+
+
+def test_simplify_reduces_vertices_and_zero_keeps_pixels(landuse) -> None:
+    args = {"grid": landuse.grid, "classes": landuse.classes, "block": 512}
+    exact = vectorize.from_array(landuse.array, simplify=0, **args)
+    smooth = vectorize.from_array(landuse.array, simplify=15.0, **args)
+    n_exact = shapely.get_num_coordinates(exact.geometry.values).sum()
+    n_smooth = shapely.get_num_coordinates(smooth.geometry.values).sum()
+    assert n_smooth < 0.8 * n_exact
+    assert "mean_confidence" not in exact.columns
+
+
+def test_min_area_drops_small_polygons(landuse) -> None:
+    args = {"grid": landuse.grid, "classes": landuse.classes, "simplify": 0}
+    everything = vectorize.from_array(landuse.array, **args)
+    big = vectorize.from_array(landuse.array, min_area=5000.0, **args)
+    assert (big.area_m2 >= 5000.0).all()
+    assert len(big) == int((everything.area_m2 >= 5000.0).sum()) < len(everything)
+
+
+def test_photo_without_crs_in_pixel_units(data_dir: Path, tmp_path: Path) -> None:
+    """A real non-georeferenced mask (UAV75 crack labels): no CRS, pixel units."""
+    mask = np.asarray(Image.open(data_dir / "crack-uav75/train_lab/DSC00552.png"))[..., 0]
+    array = np.select([mask == 255, mask == 204], [1, 2], 0).astype(np.uint8)
+    classes = [
+        ClassInfo(0, "background", "#000000"),
+        ClassInfo(1, "crack", "#ff0000"),
+        ClassInfo(2, "planking", "#ffff00"),
+    ]
+    path = write_array(tmp_path / "classes.tif", array, Grid(shape=array.shape), nodata=255, classes=classes)
+    gdf = vectorize.polygons(path, classes=classes, block=100)
+    assert gdf.crs is None
+    assert len(gdf) == sum(components(array).values())
+    total = gdf.groupby("class_id").area_m2.sum()
+    for cid, n in zip(*np.unique(array, return_counts=True), strict=True):
+        assert total[cid] == pytest.approx(float(n), rel=0.005)
+    assert gdf.geometry.total_bounds.tolist() == [0.0, 0.0, 512.0, 512.0]
+
+
+def test_geographic_crs_areas_are_geodesic(landuse) -> None:
+    grid = Grid(shape=(2, 2), transform=rasterio.Affine(0.001, 0, 13.0, 0, -0.001, 52.5), crs="EPSG:4326")
+    gdf = vectorize.from_array(np.zeros((2, 2), np.uint8), grid=grid, classes=landuse.classes, simplify=0)
+    # 0.002° x 0.002° at 52.5° N: about 222 m (N-S) by 136 m (E-W).
+    assert gdf.area_m2.iloc[0] == pytest.approx(222.6 * 135.6, rel=0.01)
+
+
+def test_errors(tmp_path: Path, landuse) -> None:
+    with pytest.raises(ConfigError, match="block=0"):
+        list(vectorize.blocks((10, 10), 0))
+    with pytest.raises(InputError, match="window shape"):
+        vectorize.block_polygons(np.zeros((3, 3), np.uint8), window=Window(0, 0, 4, 4))
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        vectorize.polygons(tmp_path / "missing.tif", classes=landuse.classes)
+    with pytest.raises(ConfigError, match="simplify=-1"):
+        vectorize.from_array(landuse.array, grid=landuse.grid, classes=landuse.classes, simplify=-1)

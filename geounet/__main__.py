@@ -1,0 +1,5 @@
+"""``python -m geounet`` runs the command line."""
+
+from geounet.cli import main
+
+main()

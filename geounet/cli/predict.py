@@ -1,0 +1,99 @@
+"""``geounet predict``: segment a raster file into a class COG, a confidence COG and polygons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from geounet import pipeline
+from geounet.errors import ConfigError
+
+
+def _parse_bands(value: str | None) -> tuple[int, ...] | None:
+    if not value:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--bands {value!r} must be comma-separated 1-based band numbers, e.g. 3,2,1"
+        ) from None
+
+
+@click.command(
+    epilog="""Example:
+
+\b
+  geounet predict RGB.byte.tif --model model.safetensors --out out/
+  geounet predict scene.tif --model lc.safetensors --out out/ --tile 384 --halo 96 --merge blend
+  geounet predict photo.jpg --model crack.safetensors --out out/ --device cpu --tta
+  geounet predict big.tif --model lc.safetensors --out out/ --dry-run
+"""
+)
+@click.argument("source", type=str)
+@click.option(
+    "--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Model bundle file."
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--tile", type=int, default=None, help="Tile side seen by the network, px [bundle's].")
+@click.option("--halo", type=int, default=None, help="Context per side, px [bundle's: receptive field].")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per forward pass.")
+@click.option("--merge", type=click.Choice(["crop", "blend"]), default="crop", show_default=True)
+@click.option(
+    "--blend-window", type=click.Choice(["cosine", "gaussian"]), default="cosine", show_default=True
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--tta", is_flag=True, help="Average predictions over flipped/rotated copies.")
+@click.option("--bands", type=str, default=None, help="1-based input bands in the model's order, e.g. 3,2,1.")
+@click.option(
+    "--vector-format", type=click.Choice(list(pipeline.VECTOR_FORMATS)), default="gpkg", show_default=True
+)
+@click.option(
+    "--min-area", type=float, default=0.0, show_default=True, help="Drop polygons smaller (map units²)."
+)
+@click.option("--simplify", type=float, default=None, help="Simplify tolerance in map units [half a pixel].")
+@click.option("--dry-run", is_flag=True, help="Print the tile plan and exit.")
+def predict(
+    source: str,
+    model_path: str,
+    out_dir: str,
+    tile: int | None,
+    halo: int | None,
+    batch_size: int,
+    merge: str,
+    blend_window: str,
+    device: str,
+    tta: bool,
+    bands: str | None,
+    vector_format: str,
+    min_area: float,
+    simplify: float | None,
+    dry_run: bool,
+) -> None:
+    """Segment SOURCE (GeoTIFF, COG, JPEG2000, or a JPG/PNG photo) with a U-Net bundle.
+
+    Writes classes.tif and confidence.tif (COGs, same grid as SOURCE), polygons, styles,
+    a STAC Item and a run manifest into --out. Tiles overlap by --halo and only each
+    tile's core is kept, so the result has no seams.
+    """
+    options = pipeline.PredictOptions(
+        tile=tile,
+        halo=halo,
+        batch_size=batch_size,
+        merge=merge,
+        blend_window=blend_window,
+        device=device,
+        tta=tta,
+        bands=_parse_bands(bands),
+        vector_format=vector_format,
+        min_area=min_area,
+        simplify=simplify,
+    )
+    job = pipeline.plan(source, model=model_path, out_dir=Path(out_dir), options=options)
+    if dry_run:
+        click.echo(pipeline.describe(job))
+        return
+    outputs = pipeline.run(job)
+    for name, path in outputs.items():
+        click.echo(f"{name:12s} {path}")

@@ -1,0 +1,415 @@
+"""Compose the stages of one prediction job: plan → read → predict → merge → write → publish.
+
+No Ray here: :func:`local_results` is the plain in-process executor (with a reader
+thread so GDAL decoding overlaps the forward pass); :mod:`geounet.distributed` runs
+the same stage functions (:func:`read_chips`, :class:`TilePredictor`) in Ray tasks and
+actors and hands its results to the same :func:`write_results`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from geounet import __version__, merge
+from geounet import model as model_mod
+from geounet import read as read_mod
+from geounet.errors import ConfigError, ExecutionError, WriteError
+from geounet.geo import Grid
+from geounet.model import NODATA_CLASS, Bundle
+from geounet.read import Chip
+from geounet.tiling import Tile, TileGrid
+from geounet.tiling import grid as plan_tiles
+
+log = logging.getLogger(__name__)
+
+VECTOR_FORMATS = ("gpkg", "parquet", "fgb")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to run a prediction; ``None`` tile/halo take the bundle's recommendation."""
+
+    tile: int | None = None
+    halo: int | None = None
+    batch_size: int = 8
+    merge: str = "crop"
+    blend_window: str = "cosine"
+    device: str = "auto"
+    amp: bool = True
+    tta: bool = False
+    bands: tuple[int, ...] | None = None
+    vector_format: str = "gpkg"
+    simplify: float | None = None
+    min_area: float = 0.0
+    polygons: bool = True
+
+    def __post_init__(self) -> None:
+        merge.check_merge(self.merge)
+        merge.weight_fn(self.blend_window)
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size} must be >= 1; use e.g. 4 to 16")
+        if self.vector_format not in VECTOR_FORMATS:
+            raise ConfigError(
+                f"vector_format={self.vector_format!r} is unknown; use one of {', '.join(VECTOR_FORMATS)}"
+            )
+        if self.min_area < 0:
+            raise ConfigError(f"min_area={self.min_area} must be >= 0 (map units²)")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A planned prediction: what to read, with which model, onto which grid and tiles."""
+
+    source: str
+    model_path: str
+    out_dir: Path
+    grid: Grid
+    plan: TileGrid
+    bands: tuple[int, ...]
+    options: PredictOptions
+    model_sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class TileResult:
+    """One tile's prediction: core classes/confidence (crop) or read-window probabilities (blend).
+
+    ``skipped`` tiles had no valid input pixel in their core and were not predicted.
+    """
+
+    tile: Tile
+    classes: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    valid: np.ndarray | None = None
+    skipped: bool = False
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file (the model hash recorded in manifests)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def plan(source: str | Path, *, model: str | Path, out_dir: str | Path, options: PredictOptions) -> Job:
+    """Plan a prediction of a local raster: grid, band mapping and tiles.
+
+    Raises:
+        InputNotFoundError, InputError, BundleError, ConfigError: with the value and the fix.
+    """
+    bundle = model_mod.load(model)
+    tile = options.tile or bundle.tile
+    halo = bundle.halo if options.halo is None else options.halo
+    with read_mod.open_raster(source) as ds:
+        grid = read_mod.source_grid(ds)
+        bands = read_mod.band_indexes(ds, bundle.bands, explicit=options.bands)
+    tiles = plan_tiles(grid.shape, tile=tile, halo=halo, align=bundle.spec.stride)
+    if halo < bundle.receptive_field:
+        log.warning(
+            "halo=%d is below the model's receptive-field radius %d: tile seams may show; "
+            "use --merge blend or --halo %d for an exact result",
+            halo,
+            bundle.receptive_field,
+            model_mod.recommended_halo(bundle.spec),
+        )
+    return Job(
+        source=str(source),
+        model_path=str(model),
+        out_dir=Path(out_dir),
+        grid=grid,
+        plan=tiles,
+        bands=bands,
+        options=replace(options, tile=tiles.read_size, halo=halo),
+        model_sha256=file_sha256(model),
+    )
+
+
+def read_chips(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
+    """Read the chips of ``tiles``; ``None`` for tiles with no valid pixel in their core."""
+    out: list[Chip | None] = []
+    with read_mod.open_raster(job.source) as ds:
+        for tile in tiles:
+            chip = read_mod.chip(ds, tile, bands=job.bands)
+            out.append(chip if chip.core_valid.any() else None)
+    return out
+
+
+class TilePredictor:
+    """The predict stage: loads the bundle once, turns chips into :class:`TileResult`.
+
+    Used in-process by :func:`local_results` and inside Ray actors by
+    :mod:`geounet.distributed`.
+    """
+
+    def __init__(self, job: Job, *, device: str | None = None) -> None:
+        from geounet.infer import Predictor
+
+        self.job = job
+        self.bundle: Bundle = model_mod.load(job.model_path)
+        opts = job.options
+        self.predictor = Predictor(
+            self.bundle,
+            device=device or opts.device,
+            batch_size=opts.batch_size,
+            amp=opts.amp,
+            tta=opts.tta,
+        )
+        self.class_ids = np.array([c.id for c in self.bundle.classes], dtype=np.uint8)
+
+    def __call__(self, tiles: Sequence[Tile], chips: Sequence[Chip | None]) -> list[TileResult]:
+        """Predict the non-empty chips in one batch; empty ones come back ``skipped``."""
+        todo = [c for c in chips if c is not None]
+        probs = self._probs(todo) if todo else np.empty((0,))
+        results: list[TileResult] = []
+        k = 0
+        for tile, chip in zip(tiles, chips, strict=True):
+            if chip is None:
+                results.append(TileResult(tile=tile, skipped=True))
+                continue
+            results.append(self._result(chip, probs[k]))
+            k += 1
+        return results
+
+    def _probs(self, chips: Sequence[Chip]) -> np.ndarray:
+        batch = np.stack([c.data for c in chips])
+        return self.predictor.predict(model_mod.normalize(batch, self.bundle.normalization))
+
+    def _result(self, chip: Chip, probs: np.ndarray) -> TileResult:
+        if self.job.options.merge == "blend":
+            return TileResult(tile=chip.tile, probs=probs.astype(np.float16), valid=chip.valid)
+        classes, confidence = merge.decide(
+            merge.crop(probs, chip.tile), valid=chip.core_valid, class_ids=self.class_ids
+        )
+        return TileResult(tile=chip.tile, classes=classes, confidence=confidence)
+
+
+def _batches(tiles: Iterable[Tile], size: int) -> Iterator[list[Tile]]:
+    batch: list[Tile] = []
+    for t in tiles:
+        batch.append(t)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def local_results(job: Job, *, tiles: Iterable[Tile] | None = None) -> Iterator[TileResult]:
+    """The in-process executor: a reader thread prefetches the next batch while the model runs."""
+    predictor = TilePredictor(job)
+    batches = list(_batches(job.plan if tiles is None else tiles, job.options.batch_size))
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geounet-read") as pool:
+        pending = pool.submit(read_chips, job, batches[0])
+        for i, batch in enumerate(batches):
+            chips = pending.result()
+            if i + 1 < len(batches):
+                pending = pool.submit(read_chips, job, batches[i + 1])
+            yield from predictor(batch, chips)
+
+
+ResultsFn = Callable[[Job], Iterable[TileResult]]
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Refuse a second job writing into the same output folder at the same time."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(
+            f"cannot create output folder {str(out_dir)!r} ({exc.strerror}); choose a writable --out"
+        ) from exc
+    if not os.access(out_dir, os.W_OK):
+        raise WriteError(f"output folder {str(out_dir)!r} is not writable; choose a writable --out")
+    lock = FileLock(str(out_dir / ".geounet.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ExecutionError(
+            f"another geounet job is writing into {str(out_dir)!r}; wait for it or choose another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def run(job: Job, *, results: ResultsFn = local_results, progress: bool | None = None) -> dict[str, Path]:
+    """Execute a planned job and publish its outputs; returns output name → path."""
+    with output_lock(job.out_dir):
+        started = time.time()
+        counts = write_rasters(job, _progress(results(job), total=len(job.plan), enabled=progress))
+        raster_s = time.time() - started
+        return publish_outputs(job, counts=counts, timings={"rasters_s": raster_s}, started=started)
+
+
+def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, int]:
+    """Merge tile results into ``classes.tif`` and ``confidence.tif`` (COGs, written atomically)."""
+    from geounet.write import CogWriter
+
+    bundle = model_mod.load(job.model_path)
+    counts = {"tiles": len(job.plan), "predicted": 0, "skipped": 0}
+    blender = (
+        merge.Blender(job.plan, n_classes=len(bundle.classes), window=job.options.blend_window)
+        if job.options.merge == "blend"
+        else None
+    )
+    class_ids = np.array([c.id for c in bundle.classes], dtype=np.uint8)
+    with (
+        CogWriter(
+            job.out_dir / "classes.tif",
+            job.grid,
+            dtype="uint8",
+            nodata=NODATA_CLASS,
+            classes=bundle.classes,
+            resampling="mode",
+            description="class id",
+        ) as cls_w,
+        CogWriter(
+            job.out_dir / "confidence.tif",
+            job.grid,
+            dtype="uint8",
+            nodata=merge.NODATA_CONFIDENCE,
+            resampling="average",
+            description="confidence of the winning class (percent)",
+        ) as conf_w,
+    ):
+        for res in results:
+            counts["skipped" if res.skipped else "predicted"] += 1
+            if blender is not None:
+                if res.skipped:
+                    blender.skip(res.tile)
+                else:
+                    assert res.probs is not None and res.valid is not None
+                    blender.add(res.tile, res.probs.astype(np.float32), res.valid)
+                for block in blender.ready():
+                    c, f = merge.decide(block.probs, valid=block.valid, class_ids=class_ids)
+                    cls_w.write(block.window, c)
+                    conf_w.write(block.window, f)
+            elif res.skipped:
+                shape = res.tile.core.shape
+                cls_w.write(res.tile.core, np.full(shape, NODATA_CLASS, np.uint8))
+                conf_w.write(res.tile.core, np.full(shape, merge.NODATA_CONFIDENCE, np.uint8))
+            else:
+                assert res.classes is not None and res.confidence is not None
+                cls_w.write(res.tile.core, res.classes)
+                conf_w.write(res.tile.core, res.confidence)
+    return counts
+
+
+def publish_outputs(
+    job: Job, *, counts: dict[str, int], timings: dict[str, float], started: float
+) -> dict[str, Path]:
+    """Polygons, styles, STAC Item, quicklook and the run manifest beside the rasters."""
+    from geounet import publish
+
+    bundle = model_mod.load(job.model_path)
+    t0 = time.time()
+    manifest = manifest_for(job, bundle=bundle, counts=counts, timings=timings, started=started)
+    paths = publish.products(
+        job.out_dir,
+        classes_path=job.out_dir / "classes.tif",
+        confidence_path=job.out_dir / "confidence.tif",
+        classes=bundle.classes,
+        vector_format=job.options.vector_format,
+        simplify=job.options.simplify,
+        min_area=job.options.min_area,
+        preview_path=Path(job.source) if Path(job.source).exists() else None,
+        manifest=manifest,
+    )
+    log.info("published %d outputs in %.1f s", len(paths), time.time() - t0)
+    return {"classes": job.out_dir / "classes.tif", "confidence": job.out_dir / "confidence.tif", **paths}
+
+
+def manifest_for(
+    job: Job, *, bundle: Bundle, counts: dict[str, int], timings: dict[str, float], started: float
+) -> dict[str, Any]:
+    """Provenance of a run: inputs, model hash, options, tile counts, versions, timings."""
+    import rasterio
+    import torch
+
+    return {
+        "geounet_version": __version__,
+        "created": datetime.now(UTC).isoformat(),
+        "started": datetime.fromtimestamp(started, UTC).isoformat(),
+        "source": job.source,
+        "model": {"path": job.model_path, "sha256": job.model_sha256, "bands": list(bundle.bands)},
+        "grid": {
+            "shape": list(job.grid.shape),
+            "transform": list(job.grid.transform)[:6],
+            "crs": job.grid.crs,
+        },
+        "tiling": {"tile": job.plan.read_size, "core": job.plan.size, "halo": job.plan.halo},
+        "options": {k: v for k, v in asdict(job.options).items() if k != "bands"}
+        | {"bands": list(job.bands)},
+        "counts": counts,
+        "timings": timings,
+        "versions": {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "rasterio": rasterio.__version__,
+            "gdal": rasterio.__gdal_version__,
+        },
+        **job.extra,
+    }
+
+
+def _progress(results: Iterable[TileResult], *, total: int, enabled: bool | None) -> Iterator[TileResult]:
+    """Progress bar on a terminal (tiles, tiles/s, ETA); plain log lines every ~10% otherwise."""
+    interactive = sys.stderr.isatty() and not os.environ.get("CI") if enabled is None else enabled
+    if interactive:
+        from tqdm import tqdm
+
+        yield from tqdm(results, total=total, unit="tile", desc="predict", dynamic_ncols=True)
+        return
+    step = max(total // 10, 1)
+    t0 = time.time()
+    for i, res in enumerate(results, start=1):
+        if i % step == 0 or i == total:
+            rate = i / max(time.time() - t0, 1e-9)
+            log.info("predict: %d/%d tiles (%.1f tiles/s, ETA %.0f s)", i, total, rate, (total - i) / rate)
+        yield res
+
+
+def describe(job: Job) -> str:
+    """The tile plan as text, for ``--dry-run``."""
+    g, p = job.grid, job.plan
+    return json.dumps(
+        {
+            "source": job.source,
+            "grid": {"rows": g.rows, "cols": g.cols, "crs": g.crs, "resolution": g.resolution},
+            "tiles": len(p),
+            "tile_rows": p.n_rows,
+            "tile_cols": p.n_cols,
+            "tile": p.read_size,
+            "core": p.size,
+            "halo": p.halo,
+            "bands": list(job.bands),
+            "merge": job.options.merge,
+            "pixels": g.rows * g.cols,
+        },
+        indent=2,
+    )

@@ -129,6 +129,8 @@ class Predictor:
         )
         module = module_from_bundle(bundle).to(self.device)
         if self.cuda:
+            # Tiles all have one shape, so cuDNN's per-shape autotuning pays off (process-wide flag).
+            torch.backends.cudnn.benchmark = True
             module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.module = module.eval()
         self._maps = _dihedral() if tta else [(_identity, _identity)]

@@ -171,3 +171,54 @@ def test_device_matches_cpu_reference(bundle: model.Bundle, device: str, amp: bo
     if device == "cuda":
         assert next(pred.module.parameters()).is_cuda
         assert pred.amp == amp
+
+
+def tiled_vs_whole(core: int, halo: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(tiled, whole) probabilities of a 75x90 raster with cores of ``core`` px, and the tile count."""
+    from geounet import tiling
+
+    spec = ModelSpec(in_channels=3, n_classes=3, depth=3, width=4, upsample="bilinear")
+    b = model.init_bundle(
+        bands=["r", "g", "b"], classes=CLASSES, spec=spec, seed=11, tile=core + 2 * halo, halo=halo
+    )
+    pred = infer.Predictor(b, device="cpu", batch_size=4)
+    shape = (75, 90)  # not a multiple of the tile cores
+    plan = tiling.grid(shape, tile=b.tile, halo=halo, align=b.stride, shrink=False)
+    # The raster with `halo` px of context on every side (and more bottom/right for the last tiles).
+    rows = -(-(shape[0] + 2 * halo + plan.size) // b.stride) * b.stride
+    cols = -(-(shape[1] + 2 * halo + plan.size) // b.stride) * b.stride
+    padded = np.random.default_rng(5).normal(size=(1, 3, rows, cols)).astype(np.float32)
+    whole = pred.predict(padded)[0, :, halo : halo + shape[0], halo : halo + shape[1]]
+    reads = np.stack(
+        [
+            padded[
+                0, :, t.read.row + halo : t.read.row_stop + halo, t.read.col + halo : t.read.col_stop + halo
+            ]
+            for t in plan
+        ]
+    )
+    tiled = np.full_like(whole, np.nan)
+    for t, p in zip(plan, pred.predict(reads), strict=True):
+        cr = t.core_in_read
+        tiled[:, t.core.row : t.core.row_stop, t.core.col : t.core.col_stop] = p[
+            :, cr.row : cr.row_stop, cr.col : cr.col_stop
+        ]
+    return tiled, whole, len(plan)
+
+
+@pytest.mark.parametrize("core", [40, 56])
+def test_tiled_prediction_equals_whole_image(core: int) -> None:
+    """Cores of stride-aligned tiles with halo >= receptive field reproduce the whole-image pass."""
+    spec = ModelSpec(in_channels=3, n_classes=3, depth=3, width=4, upsample="bilinear")
+    halo = model.recommended_halo(spec)
+    assert halo >= model.receptive_field(spec) == 58
+    tiled, whole, n = tiled_vs_whole(core, halo)
+    assert n > 2
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)
+    assert (tiled.argmax(0) == whole.argmax(0)).all()
+
+
+def test_no_halo_shows_seams() -> None:
+    """Without context the tile borders see zero padding: the comparison above can fail."""
+    tiled, whole, _ = tiled_vs_whole(40, 0)
+    assert np.abs(tiled - whole).max() > 1e-3

@@ -267,7 +267,9 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     x = torch.randn(2, 3, 16, 24)
     assert torch.equal(_forward(loaded, x), _forward(b, x))
     module = model.module_from_bundle(loaded)
-    assert not module.training and all(p.dtype == torch.float32 for p in module.parameters())
+    params = list(module.parameters())
+    assert not module.training and params and all(p.dtype == torch.float32 for p in params)
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in params)  # fine-tunable
 
 
 def test_bundle_half_is_close_and_smaller(tmp_path: Path) -> None:

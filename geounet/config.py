@@ -154,7 +154,10 @@ def load_train_config(path: Path, *, overrides: dict[str, Any] | None = None) ->
     """
     if not path.exists():
         raise InputNotFoundError(f"training config {path} not found; see configs/train-*.yaml")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}; fix the file") from None
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")

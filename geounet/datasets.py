@@ -1,0 +1,310 @@
+"""Labelled training data: image/mask pairs and raster scenes with label polygons.
+
+Two sources, one in-memory form (:class:`Labelled`): an image ``(band, row, col)`` in its stored
+dtype plus a class-id mask ``(row, col)`` where :data:`IGNORE` marks unlabelled pixels.
+
+- :func:`load_pairs`: photos (JPG/PNG) or GeoTIFFs with a mask file of the same stem; mask
+  values are mapped to class ids (values not in the mapping become IGNORE).
+- :func:`load_scene`: single-band rasters (e.g. Sentinel-2 JP2 at 10/20/60 m) resampled onto
+  the finest grid, with polygons rasterized onto it; pixels no polygon covers stay IGNORE:
+  sparse labels mean *unknown*, not background.
+
+:func:`spatial_split` splits a scene into train/validation by blocks so neighbouring pixels
+do not leak; :func:`sample_chips` draws chips weighted toward labelled (and rarer) pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from geounet.errors import InputError, InputNotFoundError
+
+log = logging.getLogger(__name__)
+
+#: Mask value of unlabelled pixels; the loss and the metrics skip it.
+IGNORE = 255
+
+_PHOTO = {".jpg", ".jpeg", ".png"}
+_RASTER = {".tif", ".tiff", ".jp2", ".vrt"}
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One labelled image: ``image`` (C, H, W) in stored dtype, ``mask`` (H, W) uint8 class ids."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def labelled_fraction(self) -> float:
+        """Share of pixels that carry a class (not IGNORE)."""
+        return float((self.mask != IGNORE).mean())
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """(C, H, W) array of a photo (PIL) or raster (rasterio)."""
+    if path.suffix.lower() in _PHOTO:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("RGB"))
+        return np.ascontiguousarray(a.transpose(2, 0, 1))
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return np.asarray(src.read())
+
+
+def _read_mask(path: Path, *, channel: int) -> np.ndarray:
+    if path.suffix.lower() in _PHOTO:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            a = np.asarray(im)
+        return a[..., channel] if a.ndim == 3 else a
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return np.asarray(src.read(channel + 1))
+
+
+def map_values(raw: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
+    """Map raw mask values to class ids; values not in ``mapping`` become IGNORE.
+
+    Example:
+        >>> map_values(np.array([0, 204, 255, 7]), {0: 0, 255: 1, 204: 2}).tolist()
+        [0, 2, 1, 255]
+    """
+    lut = np.full(65536, IGNORE, dtype=np.uint8)
+    for value, cls in mapping.items():
+        lut[int(value)] = cls
+    return lut[raw.astype(np.int64)]
+
+
+def load_pairs(
+    images: Path, masks: Path, *, mapping: Mapping[int, int], channel: int = 0, limit: int | None = None
+) -> list[Labelled]:
+    """Image/mask pairs from two folders, matched by file stem (``a.jpg`` ↔ ``a.png``)."""
+    if not images.is_dir() or not masks.is_dir():
+        raise InputNotFoundError(
+            f"image folder {images} or mask folder {masks} not found; check the data paths"
+        )
+    mask_by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() in _PHOTO | _RASTER}
+    paths = sorted(p for p in images.iterdir() if p.suffix.lower() in _PHOTO | _RASTER)
+    out: list[Labelled] = []
+    for p in paths[:limit]:
+        if p.stem not in mask_by_stem:
+            raise InputNotFoundError(
+                f"no mask for image {p} in {masks}; add {p.stem}.png or remove the image"
+            )
+        img = _read_image(p)
+        mask = map_values(_read_mask(mask_by_stem[p.stem], channel=channel), mapping)
+        if mask.shape != img.shape[1:]:
+            raise InputError(f"mask {mask_by_stem[p.stem]} is {mask.shape}, image {p} is {img.shape[1:]}")
+        out.append(Labelled(p.stem, img, mask))
+    if not out:
+        raise InputNotFoundError(f"no images in {images}; expected .jpg/.png/.tif files")
+    return out
+
+
+def load_scene(
+    bands: Mapping[str, Path],
+    *,
+    labels: Path,
+    field: str,
+    mapping: Mapping[str, int],
+    scale: float = 1.0,
+) -> tuple[Labelled, dict[str, object]]:
+    """A multi-resolution scene resampled to its finest band's grid, with polygons rasterized.
+
+    Coarser bands are resampled bilinearly (the finest grid is the target). Polygons whose
+    ``field`` value is not in ``mapping`` are dropped; where polygons overlap, the later one
+    wins. Returns the labelled scene (image float32, multiplied by ``scale``) and grid metadata
+    (``crs`` WKT, ``transform`` tuple, ``shape``).
+    """
+    import geopandas as gpd
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.features import rasterize
+
+    paths = list(bands.values())
+    for p in paths:
+        if not p.exists():
+            raise InputNotFoundError(f"band file {p} not found; check data.bands in the config")
+    res = {}
+    for p in paths:
+        with rasterio.open(p) as src:
+            res[p] = src.res[0]
+    with rasterio.open(min(paths, key=lambda q: res[q])) as ref:
+        shape, transform, crs = (ref.height, ref.width), ref.transform, ref.crs
+    stack = np.empty((len(paths), *shape), dtype=np.float32)
+    for i, p in enumerate(paths):
+        with rasterio.open(p) as src:
+            if src.crs != crs:
+                raise InputError(f"band {p} has CRS {src.crs}, expected {crs}; reproject it first")
+            stack[i] = src.read(1, out_shape=shape, resampling=Resampling.bilinear).astype(np.float32) * scale
+    if not labels.exists():
+        raise InputNotFoundError(f"label file {labels} not found; check data.labels in the config")
+    gdf = gpd.read_file(labels).to_crs(crs)
+    if field not in gdf.columns:
+        raise InputError(f"label field {field!r} not in {labels} (fields: {list(gdf.columns)})")
+    gdf = gdf[gdf[field].isin(list(mapping))]
+    shapes = [
+        (geom, mapping[v]) for geom, v in zip(gdf.geometry, gdf[field], strict=True) if geom is not None
+    ]
+    mask = rasterize(shapes, out_shape=shape, transform=transform, fill=IGNORE, dtype="uint8")
+    meta: dict[str, object] = {"crs": crs.to_wkt(), "transform": tuple(transform)[:6], "shape": shape}
+    log.info(
+        "scene %s: %d bands, %s px, %.1f%% labelled",
+        labels.stem,
+        len(paths),
+        shape,
+        100 * (mask != IGNORE).mean(),
+    )
+    return Labelled(labels.stem, stack, mask), meta
+
+
+def spatial_split(
+    item: Labelled, *, block: int, val_fraction: float, seed: int = 0, n_classes: int | None = None
+) -> tuple[Labelled, Labelled]:
+    """Split one scene into train and validation by square blocks (labels of the other side IGNORE).
+
+    Only blocks holding labels are assigned; about ``val_fraction`` of the labelled pixels go to
+    validation. Among a few seeded draws, the one whose validation set covers the most classes
+    (then the closest labelled fraction) wins, so rare classes are evaluated too.
+    """
+    if not 0 < val_fraction < 1:
+        raise InputError(f"val_fraction={val_fraction} must be in (0, 1); e.g. 0.25")
+    h, w = item.mask.shape
+    br, bc = -(-h // block), -(-w // block)
+    ids = (np.arange(h)[:, None] // block) * bc + (np.arange(w)[None, :] // block)
+    labelled = item.mask != IGNORE
+    counts = np.bincount(ids[labelled], minlength=br * bc)
+    candidates = np.flatnonzero(counts)
+    total = counts.sum()
+    best: tuple[tuple[int, float], np.ndarray] | None = None
+    rng = np.random.default_rng(seed)
+    for _ in range(64):
+        order = rng.permutation(candidates)
+        cum = np.cumsum(counts[order])
+        val_blocks = order[: int(np.searchsorted(cum, val_fraction * total)) + 1]
+        is_val = np.isin(ids, val_blocks)
+        n_cls = len(np.unique(item.mask[is_val & labelled]))
+        key = (n_cls, -abs(cum[len(val_blocks) - 1] / total - val_fraction))
+        if best is None or key > best[0]:
+            best = (key, is_val)
+    assert best is not None
+    is_val = best[1]
+    train_mask = np.where(is_val, IGNORE, item.mask).astype(np.uint8)
+    val_mask = np.where(is_val, item.mask, IGNORE).astype(np.uint8)
+    return replace(item, name=f"{item.name}:train", mask=train_mask), replace(
+        item, name=f"{item.name}:val", mask=val_mask
+    )
+
+
+def class_frequencies(items: Sequence[Labelled], n_classes: int) -> np.ndarray:
+    """Labelled-pixel count per class over all items (float64)."""
+    counts = np.zeros(n_classes, dtype=np.float64)
+    for it in items:
+        m = it.mask[it.mask != IGNORE]
+        counts += np.bincount(m, minlength=n_classes)[:n_classes]
+    return counts
+
+
+def band_statistics(
+    items: Sequence[Labelled], *, scale: float, max_pixels: int = 2_000_000
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-band mean and std of ``image * scale`` over the items (labelled pixels for sparse scenes).
+
+    For sparsely labelled scenes the statistics come from the labelled pixels of the training
+    side only, so validation pixels never inform normalization.
+    """
+    rng = np.random.default_rng(0)
+    samples = []
+    for it in items:
+        sel = it.mask != IGNORE if it.labelled_fraction < 1 else np.ones(it.mask.shape, bool)
+        flat = it.image.reshape(it.image.shape[0], -1)[:, sel.ravel()]
+        if flat.shape[1] > max_pixels // max(len(items), 1):
+            flat = flat[:, rng.choice(flat.shape[1], max_pixels // max(len(items), 1), replace=False)]
+        samples.append(flat.astype(np.float64) * scale)
+    allv = np.concatenate(samples, axis=1)
+    std = np.maximum(allv.std(axis=1), 1e-6)
+    return tuple(float(v) for v in allv.mean(axis=1)), tuple(float(v) for v in std)
+
+
+def sample_chips(
+    items: Sequence[Labelled],
+    *,
+    n: int,
+    size: int,
+    rng: np.random.Generator,
+    class_weights: np.ndarray,
+    labelled_share: float = 0.9,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``n`` chips ``(n, C, size, size)`` float32 (stored values) and masks ``(n, size, size)``.
+
+    With probability ``labelled_share`` a chip is centred on a labelled pixel drawn with
+    probability proportional to ``class_weights[class]`` (so rare classes are seen more
+    often); otherwise its position is uniform. Chips are clipped to lie inside the image.
+    """
+    index = _sampling_index(items, class_weights)
+    c = items[0].image.shape[0]
+    imgs = np.empty((n, c, size, size), dtype=np.float32)
+    masks = np.empty((n, size, size), dtype=np.uint8)
+    for k in range(n):
+        if index.cum.size and rng.random() < labelled_share:
+            j = int(np.searchsorted(index.cum, rng.random() * index.cum[-1], side="right"))
+            j = min(j, index.cum.size - 1)
+            i, flat = int(index.item[j]), int(index.flat[j])
+            h, w = items[i].mask.shape
+            r, col = divmod(flat, w)
+            r0, c0 = r - size // 2 + int(rng.integers(-size // 4, size // 4 + 1)), col - size // 2
+            c0 += int(rng.integers(-size // 4, size // 4 + 1))
+        else:
+            i = int(rng.integers(len(items)))
+            h, w = items[i].mask.shape
+            r0, c0 = int(rng.integers(0, max(h - size, 0) + 1)), int(rng.integers(0, max(w - size, 0) + 1))
+        it = items[i]
+        if h < size or w < size:
+            raise InputError(
+                f"image {it.name} is {h}x{w}, smaller than the chip size {size}; lower train.chip"
+            )
+        r0, c0 = min(max(r0, 0), h - size), min(max(c0, 0), w - size)
+        imgs[k] = it.image[:, r0 : r0 + size, c0 : c0 + size]
+        masks[k] = it.mask[r0 : r0 + size, c0 : c0 + size]
+    return imgs, masks
+
+
+@dataclass(frozen=True)
+class _Index:
+    item: np.ndarray
+    flat: np.ndarray
+    cum: np.ndarray
+
+
+_INDEX_CACHE: dict[tuple[int, ...], _Index] = {}
+
+
+def _sampling_index(items: Sequence[Labelled], class_weights: np.ndarray) -> _Index:
+    """Labelled pixel positions with cumulative weights; cached per (items, weights)."""
+    key = (*(id(it.mask) for it in items), hash(np.asarray(class_weights, np.float64).tobytes()))
+    if key in _INDEX_CACHE:
+        return _INDEX_CACHE[key]
+    item_ids, flats, weights = [], [], []
+    for i, it in enumerate(items):
+        m = it.mask.ravel()
+        flat = np.flatnonzero(m != IGNORE)
+        item_ids.append(np.full(flat.size, i, dtype=np.int32))
+        flats.append(flat)
+        weights.append(np.asarray(class_weights, np.float64)[m[flat]])
+    w = np.concatenate(weights) if weights else np.zeros(0)
+    idx = _Index(np.concatenate(item_ids), np.concatenate(flats), np.cumsum(w))
+    _INDEX_CACHE.clear()
+    _INDEX_CACHE[key] = idx
+    return idx

@@ -1,0 +1,516 @@
+"""Ray executors (the only module that imports ``ray``).
+
+Each section is one executor; the stages they run are plain functions from other modules,
+passed in, so nothing else depends on Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from geounet.errors import ConfigError, ExecutionError, GeounetError
+
+if TYPE_CHECKING:
+    from geounet.pipeline import Job, TileResult
+    from geounet.read import Chip
+    from geounet.tiling import Tile
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# Ray Train: data-parallel training (`geounet train --workers N`)
+# ---------------------------------------------------------------------------------------------
+
+
+def train_data_parallel(
+    loop: Callable[[dict[str, Any]], None],
+    config: dict[str, Any],
+    *,
+    workers: int,
+    storage: Path,
+    cpus_per_worker: float | None = None,
+    use_gpu: bool | None = None,
+) -> None:
+    """Run ``loop(config)`` on ``workers`` Ray Train workers (``TorchTrainer``, DDP process group).
+
+    Ray Train initialises ``torch.distributed`` (gloo on CPU, NCCL on GPU) in every worker; the
+    loop reads rank and world size from it. A local Ray is started (and shut down) when none is
+    running, with at most 2 CPUs unless the machine has fewer; workers ask for fractional CPUs
+    so two of them fit on a 2-core machine.
+
+    Raises:
+        ExecutionError: when a worker fails (the worker's error is in the message).
+    """
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if workers < 1:
+        raise ExecutionError(f"--workers {workers} must be >= 1; use 1 for in-process training")
+    gpu = use_gpu if use_gpu is not None else _has_cuda()
+    started = False
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ncpu = min(os.cpu_count() or 1, max(2, workers))
+        ray.init(num_cpus=ncpu, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        started = True
+    try:
+        cpus = (
+            cpus_per_worker
+            if cpus_per_worker is not None
+            else max(0.1, float(ray.available_resources().get("CPU", 1.0)) / workers * 0.9)
+        )
+        trainer = TorchTrainer(
+            loop,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": cpus}
+            ),
+            run_config=RunConfig(
+                name="geounet-train", storage_path=str(storage), failure_config=FailureConfig(max_failures=0)
+            ),
+        )
+        try:
+            result = trainer.fit()
+        except Exception as exc:  # Ray wraps worker errors in its own types
+            raise ExecutionError(
+                f"Ray Train with {workers} workers failed: {exc}; rerun with --workers 1 -v"
+            ) from exc
+        if getattr(result, "error", None) is not None:
+            raise ExecutionError(
+                f"Ray Train with {workers} workers failed: {result.error}; rerun with --workers 1 -v"
+            )
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray prediction: read tasks → U-Net actor pool → the driver's streaming writer
+# (`geounet predict --executor ray`)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How :class:`RayExecutor` uses Ray; ``None`` means "size it from the cluster".
+
+    Attributes:
+        address: a cluster to join (``ray://…`` or ``host:port``); default ``$RAY_ADDRESS``,
+            else a local Ray is started (and stopped) for the job.
+        num_cpus: CPUs of a local Ray (default: the machine's).
+        actors: predict actors (default: one per ``gpus_per_actor`` GPUs, else CPUs // 4, ≥ 1).
+        gpus_per_actor: GPUs per actor, fractional allowed (default 1 when the cluster has GPUs).
+        cpus_per_actor: CPUs per actor, fractional (default: ≤ 1, leaving room for reads).
+        cpus_per_read: CPUs per read task (fractional so reads never starve behind actors).
+        resources: custom Ray resources every actor asks for (e.g. ``{"predict": 1}``).
+        queue_per_actor: batches queued per actor; bounds the tiles in flight (backpressure).
+        max_retries: retries of a read task, of an actor task, and of a batch by the driver.
+        max_restarts: restarts of a crashed actor.
+        ready_timeout_s: how long actors may take to start before the job fails.
+        stall_timeout_s: how long without any finished batch before the job fails.
+        fallback: run in-process when no address is given and a local Ray cannot start.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    actors: int | None = None
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float | None = None
+    cpus_per_read: float = 0.25
+    resources: Mapping[str, float] = field(default_factory=dict)
+    queue_per_actor: int = 2
+    max_retries: int = 3
+    max_restarts: int = 3
+    ready_timeout_s: float = 300.0
+    stall_timeout_s: float = 600.0
+    fallback: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.actors is None or self.actors >= 1, f"--actors {self.actors} must be >= 1"),
+            (
+                self.gpus_per_actor is None
+                or (self.gpus_per_actor >= 0 and (self.gpus_per_actor <= 1 or self.gpus_per_actor % 1 == 0)),
+                f"--gpus-per-actor {self.gpus_per_actor} must be in (0, 1] or a whole number",
+            ),
+            (self.cpus_per_actor is None or self.cpus_per_actor > 0, "cpus_per_actor must be > 0"),
+            (self.cpus_per_read > 0, f"cpus_per_read={self.cpus_per_read} must be > 0, e.g. 0.25"),
+            (self.queue_per_actor >= 1, f"queue_per_actor={self.queue_per_actor} must be >= 1"),
+            (self.max_retries >= 0 and self.max_restarts >= 0, "max_retries/max_restarts must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"{message}; fix the value")
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """The actor pool a cluster can hold: count, per-actor resources, device and torch threads."""
+
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    cpus_per_read: float
+    threads: int
+    device: str
+    resources: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def actor_request(self) -> dict[str, float]:
+        """The Ray resources one actor asks for."""
+        req = {"CPU": self.cpus_per_actor, **self.resources}
+        if self.gpus_per_actor:
+            req["GPU"] = self.gpus_per_actor
+        return req
+
+
+def plan_pool(nodes: Sequence[Mapping[str, float]], *, device: str, options: RayOptions) -> PoolPlan:
+    """Size the predict actor pool for a cluster's nodes (their total resources); pure.
+
+    GPU actors when the cluster has GPUs (or ``device="cuda"``), CPU actors otherwise. Actors
+    ask for fractional CPUs so that read tasks (``cpus_per_read`` each) always fit beside them.
+
+    Raises:
+        ExecutionError: when the cluster cannot hold the pool plus one read task; the message
+            shows the request, the nodes and what to change.
+
+    Example:
+        >>> p = plan_pool([{"CPU": 2.0}], device="auto", options=RayOptions())
+        >>> (p.actors, p.cpus_per_actor, p.gpus_per_actor, p.device)
+        (1, 1.0, 0.0, 'cpu')
+        >>> plan_pool([{"CPU": 8.0, "GPU": 2.0}], device="auto", options=RayOptions()).actors
+        2
+    """
+    total_cpu = sum(n.get("CPU", 0.0) for n in nodes)
+    total_gpu = sum(n.get("GPU", 0.0) for n in nodes)
+    gpa_opt = options.gpus_per_actor
+    if device == "cuda" and total_gpu == 0:
+        raise ExecutionError(
+            f"--device cuda but the Ray cluster has no GPU ({_describe(nodes)}); "
+            "use --device auto/cpu or join a cluster with GPU nodes (--address)"
+        )
+    if gpa_opt and device == "cpu":
+        raise ConfigError(f"--gpus-per-actor {gpa_opt} contradicts --device cpu; drop one of them")
+    if gpa_opt and total_gpu == 0:
+        raise ExecutionError(
+            f"--gpus-per-actor {gpa_opt} but the Ray cluster has no GPU ({_describe(nodes)}); "
+            "drop --gpus-per-actor to run on CPUs or join a GPU cluster with --address"
+        )
+    use_gpu = device != "cpu" and total_gpu > 0 and gpa_opt != 0
+    gpa = (gpa_opt or 1.0) if use_gpu else 0.0
+    if options.actors is not None:
+        actors = options.actors
+    elif use_gpu:
+        actors = max(1, int(total_gpu // gpa))
+    else:
+        actors = max(1, int(total_cpu // 4))
+    for name, need in options.resources.items():
+        have = sum(n.get(name, 0.0) for n in nodes)
+        if options.actors is None and need > 0:
+            actors = max(1, min(actors, int(have // need)))
+    reserve = max(2 * options.cpus_per_read, 0.25 * total_cpu)
+    cpa = options.cpus_per_actor or math.floor(min(1.0, (total_cpu - reserve) / actors) * 20) / 20
+    if cpa <= 0:
+        raise ExecutionError(
+            f"the Ray cluster's {total_cpu:g} CPUs cannot hold {actors} predict actors plus read tasks "
+            f"({_describe(nodes)}); lower --actors or add CPUs"
+        )
+    threads = 1 if use_gpu else max(1, min(8, int(total_cpu // actors)))
+    pool = PoolPlan(
+        actors=actors,
+        cpus_per_actor=cpa,
+        gpus_per_actor=gpa,
+        cpus_per_read=options.cpus_per_read,
+        threads=threads,
+        device="cuda" if use_gpu else "cpu",
+        resources=dict(options.resources),
+    )
+    _check_fit(nodes, pool)
+    return pool
+
+
+def _check_fit(nodes: Sequence[Mapping[str, float]], pool: PoolPlan) -> None:
+    """Place the actors first-fit on the nodes; then one read task must still fit somewhere."""
+    free = [dict(n) for n in nodes]
+    req = pool.actor_request
+    for k in range(pool.actors):
+        fits = [f for f in free if all(f.get(r, 0.0) >= v - 1e-9 for r, v in req.items())]
+        if not fits:
+            wanted = ", ".join(f"{r}: {v:g}" for r, v in req.items())
+            raise ExecutionError(
+                f"the Ray cluster cannot fit {pool.actors} predict actors of {{{wanted}}} (placed {k}; "
+                f"{_describe(nodes)}); lower --actors or --gpus-per-actor, or add nodes"
+            )
+        node = max(fits, key=lambda f: f.get("CPU", 0.0))
+        for r, v in req.items():
+            node[r] = node.get(r, 0.0) - v
+    if not any(f.get("CPU", 0.0) >= pool.cpus_per_read - 1e-9 for f in free):
+        raise ExecutionError(
+            f"no CPU is left for read tasks ({pool.cpus_per_read:g} CPU each) beside {pool.actors} actors "
+            f"of {pool.cpus_per_actor:g} CPU ({_describe(nodes)}); lower --actors"
+        )
+
+
+def _describe(nodes: Sequence[Mapping[str, float]]) -> str:
+    def one(n: Mapping[str, float]) -> str:
+        keep = {k: v for k, v in n.items() if not k.startswith(("node:", "memory", "object_store"))}
+        return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(keep.items())) + "}"
+
+    return f"{len(nodes)} node(s): " + ", ".join(one(n) for n in nodes)
+
+
+def _read_batch(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
+    """Ray task body: the read stage for one batch of tiles."""
+    from geounet.pipeline import read_chips
+
+    return read_chips(job, tiles)
+
+
+class _PredictActor:
+    """Ray actor body: loads the bundle once, predicts batches of chips."""
+
+    def __init__(self, job: Job, device: str, threads: int) -> None:
+        import torch
+
+        from geounet.pipeline import TilePredictor
+
+        torch.set_num_threads(threads)
+        self.predictor = TilePredictor(job, device=device)
+        self.device = str(self.predictor.predictor.device)
+
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "device": self.device}
+
+    def predict(self, tiles: Sequence[Tile], chips: Sequence[Chip | None]) -> tuple[str, list[TileResult]]:
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), self.predictor(tiles, chips)
+
+
+@dataclass
+class RayStats:
+    """What a :class:`RayExecutor` run did (filled while it runs; for reports and tests)."""
+
+    pool: PoolPlan | None = None
+    actors: list[dict[str, Any]] = field(default_factory=list)
+    tiles_per_node: dict[str, int] = field(default_factory=dict)
+    resubmitted: int = 0
+    fell_back: bool = False
+
+
+@dataclass
+class _Batch:
+    tiles: list[Tile]
+    actor: int = -1
+    attempt: int = 0
+
+
+class RayExecutor:
+    """Execute a job's read and predict stages on Ray; use as ``pipeline.run(job, results=RayExecutor())``.
+
+    Reads are Ray tasks (one per batch of tiles, ``cpus_per_read`` each, retried); predictions run
+    in a pool of actors that each load the bundle once (restarted when they crash, their tasks
+    retried). The driver keeps at most ``actors × queue_per_actor`` batches in flight and yields
+    results as they finish, so the writer streams and memory stays flat however large the raster.
+    Batches lost with a node or an actor are resubmitted by the driver.
+    """
+
+    def __init__(self, options: RayOptions | None = None) -> None:
+        self.options = options or RayOptions()
+        self.stats = RayStats()
+
+    def __call__(self, job: Job, *, tiles: Iterable[Tile] | None = None) -> Iterator[TileResult]:
+        """Yield one :class:`TileResult` per tile (the whole plan when ``tiles`` is None)."""
+        todo = list(job.plan if tiles is None else tiles)
+        if not todo:
+            return
+        self.stats = RayStats()
+        try:
+            started = self._connect()
+        except ExecutionError as exc:
+            if self.options.address or os.environ.get("RAY_ADDRESS") or not self.options.fallback:
+                raise
+            from geounet.pipeline import local_results
+
+            log.warning("%s; running with --executor local instead", exc)
+            self.stats.fell_back = True
+            yield from local_results(job, tiles=todo)
+            return
+        import ray
+
+        actors: list[Any] = []
+        try:
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            pool = plan_pool(nodes, device=job.options.device, options=self.options)
+            self.stats.pool = pool
+            job_ref = ray.put(job)
+            actors = self._start_actors(job_ref, pool)
+            yield from self._stream(job_ref, todo, actors, pool, batch_size=job.options.batch_size)
+        finally:
+            for actor in actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+            if started:
+                ray.shutdown()
+
+    def _connect(self) -> bool:
+        """Join ``address``/``$RAY_ADDRESS`` or start a local Ray; True when this call started it."""
+        try:
+            import ray
+        except ImportError as exc:
+            raise ExecutionError(f"Ray is not installed ({exc}); pip install 'ray[default]'") from exc
+        if ray.is_initialized():
+            return False
+        address = self.options.address or os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+        try:
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ncpu = self.options.num_cpus or os.cpu_count() or 1
+                ray.init(address="local", num_cpus=ncpu, include_dashboard=False, **kwargs)
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
+            where = f"join the Ray cluster at {address!r}" if address else "start a local Ray"
+            raise ExecutionError(
+                f"cannot {where} ({_first_line(exc)}); check --address/RAY_ADDRESS or use --executor local"
+            ) from exc
+        return True
+
+    def _start_actors(self, job_ref: Any, pool: PoolPlan) -> list[Any]:
+        import ray
+
+        cls: Any = ray.remote(_PredictActor).options(
+            num_cpus=pool.cpus_per_actor,
+            num_gpus=pool.gpus_per_actor,
+            resources=dict(pool.resources) or None,
+            max_restarts=self.options.max_restarts,
+            max_task_retries=self.options.max_retries,
+            scheduling_strategy="SPREAD",
+        )
+        actors: list[Any] = [cls.remote(job_ref, pool.device, pool.threads) for _ in range(pool.actors)]
+        infos = [a.info.remote() for a in actors]
+        ready, pending = ray.wait(infos, num_returns=len(infos), timeout=self.options.ready_timeout_s)
+        try:
+            self.stats.actors = ray.get(ready)
+        except ray.exceptions.RayActorError as exc:
+            for a in actors:
+                ray.kill(a, no_restart=True)
+            raise ExecutionError(
+                f"a predict actor failed to start: {_actor_cause(exc)}; rerun with --executor local -v"
+            ) from exc
+        if pending:
+            for a in actors:
+                ray.kill(a, no_restart=True)
+            raise ExecutionError(
+                f"only {len(ready)} of {len(actors)} predict actors started within "
+                f"{self.options.ready_timeout_s:g} s (each asks {pool.actor_request}; available: "
+                f"{_describe([ray.available_resources()])}); lower --actors or --gpus-per-actor"
+            )
+        log.info(
+            "ray: %d actor(s) on %s, %g CPU / %g GPU each, on %d node(s)",
+            len(actors),
+            pool.device,
+            pool.cpus_per_actor,
+            pool.gpus_per_actor,
+            len({i["node_id"] for i in self.stats.actors}),
+        )
+        return actors
+
+    def _stream(
+        self, job_ref: Any, tiles: list[Tile], actors: list[Any], pool: PoolPlan, *, batch_size: int
+    ) -> Iterator[TileResult]:
+        import ray
+        from ray.exceptions import (
+            ActorDiedError,
+            GetTimeoutError,
+            ObjectLostError,
+            OwnerDiedError,
+            RayActorError,
+            RayTaskError,
+            WorkerCrashedError,
+        )
+
+        read: Any = ray.remote(_read_batch).options(
+            num_cpus=pool.cpus_per_read, max_retries=self.options.max_retries
+        )
+        todo = deque(_Batch(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size))
+        alive = list(range(len(actors)))
+        load = [0] * len(actors)
+        inflight: dict[Any, _Batch] = {}
+        limit = max(1, len(actors) * self.options.queue_per_actor)
+        while todo or inflight:
+            while todo and len(inflight) < limit:
+                batch = todo.popleft()
+                batch.actor = min(alive, key=lambda a: load[a])
+                load[batch.actor] += 1
+                chips = read.remote(job_ref, batch.tiles)
+                inflight[actors[batch.actor].predict.remote(batch.tiles, chips)] = batch
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.options.stall_timeout_s)
+            if not ready:
+                raise ExecutionError(
+                    f"no batch finished in {self.options.stall_timeout_s:g} s ({len(inflight)} in flight; "
+                    f"available: {_describe([ray.available_resources()])}); check the cluster "
+                    "(`ray status`) or rerun with --executor local"
+                )
+            for ref in ready:
+                batch = inflight.pop(ref)
+                load[batch.actor] -= 1
+                try:
+                    node, results = ray.get(ref, timeout=self.options.stall_timeout_s)
+                except GeounetError:
+                    raise  # a read or model error raised in a task: already says what to fix
+                except (RayActorError, ObjectLostError, OwnerDiedError, WorkerCrashedError) as exc:
+                    if isinstance(exc, ActorDiedError) and batch.actor in alive:
+                        alive.remove(batch.actor)
+                        log.warning("predict actor %d died for good: %s", batch.actor, _actor_cause(exc))
+                    if not alive:
+                        raise ExecutionError(
+                            f"every predict actor died (last: {_actor_cause(exc)}); "
+                            "see `ray status` and rerun (finished tiles are reused)"
+                        ) from exc
+                    if batch.attempt >= self.options.max_retries:
+                        raise ExecutionError(
+                            f"tiles {batch.tiles[0].index}..{batch.tiles[-1].index} failed "
+                            f"{batch.attempt + 1} times ({_first_line(exc)}); rerun to resume"
+                        ) from exc
+                    log.warning("resubmitting %d tiles after: %s", len(batch.tiles), _first_line(exc))
+                    self.stats.resubmitted += 1
+                    todo.appendleft(_Batch(batch.tiles, attempt=batch.attempt + 1))
+                    continue
+                except (RayTaskError, GetTimeoutError) as exc:
+                    raise ExecutionError(
+                        f"a Ray task failed: {_first_line(exc)}; rerun with --executor local -v"
+                    ) from exc
+                self.stats.tiles_per_node[node] = self.stats.tiles_per_node.get(node, 0) + len(results)
+                yield from results
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _actor_cause(exc: BaseException) -> str:
+    """The useful line of an actor error (the constructor's exception, when there is one)."""
+    text = str(exc)
+    for line in reversed(text.splitlines()):
+        if "Error:" in line and "ray" not in line.split(":")[0].lower():
+            return line.strip()
+    return _first_line(exc)

@@ -1,0 +1,362 @@
+"""Evaluation of a bundle on a recipe's validation split, with classic baselines side by side.
+
+Baselines use the same split and the same metrics:
+
+- ``random-forest``: a pixel-wise scikit-learn RandomForest on the band values (land cover),
+  trained on a class-balanced sample of the training side's labelled pixels;
+- ``threshold``: dark thin structures (cracks) by Otsu's global threshold on the grey image,
+  and by an adaptive (local mean - k·std) threshold whose window and ``k`` are tuned on the
+  training images for the best tolerant F1.
+
+:func:`report` writes ``report.md``, ``metrics.json``, ``confusion-*.png`` and ``curves.png``
+(training curves when a history is given), each to a temp name renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from geounet import metrics, model
+from geounet.config import TrainConfig
+from geounet.datasets import IGNORE, Labelled
+from geounet.errors import ConfigError, WriteError
+from geounet.train import Data, evaluate_items, load_data, predict_image
+
+log = logging.getLogger(__name__)
+
+Predictor = Callable[[Labelled], np.ndarray]
+
+
+# --------------------------------------------------------------------------- predictors
+
+
+def bundle_predictor(bundle: model.Bundle, *, data: Data) -> Predictor:
+    """Predict class ids of an item with the bundle (bands must match the data's)."""
+    if tuple(bundle.bands) != tuple(data.bands):
+        raise ConfigError(
+            f"model bands {list(bundle.bands)} differ from the data's {list(data.bands)}; "
+            "evaluate with the recipe the model was trained on"
+        )
+    net = model.module_from_bundle(bundle)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = net.to(device)
+    halo = bundle.halo
+
+    def predict(it: Labelled) -> np.ndarray:
+        x = model.normalize(it.image, bundle.normalization)
+        return predict_image(
+            net, x, stride=bundle.spec.stride, halo=halo, device=device, need=it.mask != IGNORE
+        )
+
+    return predict
+
+
+def random_forest(data: Data, *, seed: int = 0, per_class: int = 4000, trees: int = 100) -> Predictor:
+    """A pixel-wise RandomForest on band values, fit on a class-balanced training sample."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    feats = [it.image.reshape(it.image.shape[0], -1) for it in data.train]
+    for f, it in zip(feats, data.train, strict=True):
+        m = it.mask.ravel()
+        for c in np.unique(m[m != IGNORE]):
+            idx = np.flatnonzero(m == c)
+            take = rng.choice(idx, min(per_class // len(data.train) + 1, idx.size), replace=False)
+            xs.append(f[:, take].T * data.scale)
+            ys.append(np.full(take.size, c))
+    rf = RandomForestClassifier(n_estimators=trees, min_samples_leaf=2, n_jobs=1, random_state=seed)
+    rf.fit(np.concatenate(xs), np.concatenate(ys))
+
+    def predict(it: Labelled) -> np.ndarray:
+        out = np.zeros(it.mask.shape, dtype=np.uint8)
+        sel = it.mask != IGNORE  # only labelled pixels are scored; skip the rest (speed)
+        x = it.image.reshape(it.image.shape[0], -1)[:, sel.ravel()].T * data.scale
+        if x.shape[0]:
+            out[sel] = rf.predict(x).astype(np.uint8)
+        return out
+
+    return predict
+
+
+def _grey(it: Labelled) -> np.ndarray:
+    return np.asarray(it.image, dtype=np.float32).mean(axis=0)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold: the cut maximising the between-class variance of a histogram.
+
+    Example:
+        >>> v = np.r_[np.full(50, 10.0), np.full(50, 200.0)]
+        >>> 10 <= otsu_threshold(v) < 200
+        True
+    """
+    hist, edges = np.histogram(values, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers) / np.maximum(w0, 1)
+    m1 = ((hist * centers).sum() - np.cumsum(hist * centers)) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(centers[int(np.argmax(between))])
+
+
+def _adaptive(grey: np.ndarray, *, window: int, k: float) -> np.ndarray:
+    mean = ndimage.uniform_filter(grey, window)
+    sq = ndimage.uniform_filter(grey * grey, window)
+    std = np.sqrt(np.maximum(sq - mean * mean, 0))
+    return grey < mean - k * std
+
+
+def threshold_baselines(data: Data, *, dark: int, tolerance: float) -> dict[str, Predictor]:
+    """Otsu (global per image) and adaptive threshold (tuned on training images) for dark pixels."""
+
+    def otsu(it: Labelled) -> np.ndarray:
+        g = _grey(it)
+        return np.where(g < otsu_threshold(g), dark, 0).astype(np.uint8)
+
+    best = (-1.0, 15, 2.0)
+    for window in (9, 15, 25):
+        for k in (1.0, 1.5, 2.0, 2.5, 3.0):
+            c = metrics.TolerantCounts()
+            for it in data.train:
+                c = c + metrics.tolerant_counts(
+                    _adaptive(_grey(it), window=window, k=k),
+                    it.mask == dark,
+                    tolerance=tolerance,
+                    valid=it.mask != IGNORE,
+                )
+            if c.f1 > best[0]:
+                best = (c.f1, window, k)
+    _, window, k = best
+    log.info("adaptive threshold tuned on train: window %d, k %.1f (tolerant F1 %.3f)", window, k, best[0])
+
+    def adaptive(it: Labelled) -> np.ndarray:
+        return np.where(_adaptive(_grey(it), window=window, k=k), dark, 0).astype(np.uint8)
+
+    return {"otsu": otsu, f"adaptive(window={window},k={k})": adaptive}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plot_confusion(res: dict[str, Any], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(res["confusion"], dtype=np.float64)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    names = res["classes"]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(names), 1 + 0.6 * len(names)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("labelled")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(
+                j,
+                i,
+                f"{norm[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def _save_fig(fig: Any, path: Path) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    _atomic_write(path, buf.getvalue())
+
+
+def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a1.plot(steps, [h["loss"] for h in history], marker=".")
+    a1.set_xlabel("step")
+    a1.set_ylabel("training loss (CE + Dice)")
+    a2.plot(steps, [h["val_miou"] or 0 for h in history], marker=".", label="val mIoU")
+    tol = sorted({k for h in history for k in (h.get("val_tolerant_f1") or {})})
+    for name in tol:
+        a2.plot(
+            steps,
+            [(h["val_tolerant_f1"] or {}).get(name) or 0 for h in history],
+            marker=".",
+            label=f"val tolerant F1 {name}",
+        )
+    a2.set_xlabel("step")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def _markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+    names = next(iter(results.values()))["classes"]
+    lines = [
+        f"# Evaluation: {meta['model']}",
+        "",
+        f"Data: {meta['recipe']} — validation split ({meta['split']}).",
+        "",
+    ]
+    lines += [
+        "| method | mIoU | pixel acc. | " + " | ".join(f"IoU {n}" for n in names) + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for method, r in results.items():
+        lines.append(
+            f"| {method} | {_fmt(r['miou'])} | {_fmt(r['pixel_accuracy'])} | "
+            + " | ".join(_fmt(r["iou"][n]) for n in names)
+            + " |"
+        )
+    tol = next(iter(results.values()))["tolerant"]
+    if tol:
+        lines += [
+            "",
+            "Tolerant scores (a predicted pixel within the tolerance of a labelled one counts, "
+            "and vice versa for recall):",
+            "",
+            "| method | class | tolerance px | precision | recall | F1 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for method, r in results.items():
+            for cname, t in r["tolerant"].items():
+                lines.append(
+                    f"| {method} | {cname} | {t['tolerance_px']:g} | {_fmt(t['precision'])} | "
+                    f"{_fmt(t['recall'])} | {_fmt(t['f1'])} |"
+                )
+    for method, r in results.items():
+        lines += [
+            "",
+            f"## {method}",
+            "",
+            "| class | IoU | Dice/F1 | precision | recall |",
+            "|---|---|---|---|---|",
+        ]
+        for n in names:
+            lines.append(
+                f"| {n} | {_fmt(r['iou'][n])} | {_fmt(r['dice'][n])} | {_fmt(r['precision'][n])} | "
+                f"{_fmt(r['recall'][n])} |"
+            )
+        lines += [
+            "",
+            "Confusion matrix (rows labelled, columns predicted, pixels):",
+            "",
+            "| | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for n, row in zip(names, r["confusion"], strict=True):
+            lines.append(f"| {n} | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in meta["plots"]), ""]
+    if meta.get("train_seconds") is not None:
+        lines.append(f"Training time: {meta['train_seconds']:.0f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def report(
+    bundle_path: Path,
+    cfg: TrainConfig,
+    *,
+    out: Path,
+    history: list[dict[str, Any]] | None = None,
+    train_seconds: float | None = None,
+    baselines: bool = True,
+    data: Data | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``bundle_path`` (and the recipe's baseline) on the validation split; write the report."""
+    t0 = time.perf_counter()
+    data = data or load_data(cfg)
+    bundle = model.load(bundle_path)
+    names = [c.name for c in data.classes]
+    tol = tuple(names.index(n) for n in cfg.evaluate.tolerant_classes if n in names)
+    kw: dict[str, Any] = {"classes": data.classes, "tolerant": tol, "tolerance": cfg.evaluate.tolerance}
+    results: dict[str, dict[str, Any]] = {
+        "U-Net": evaluate_items(bundle_predictor(bundle, data=data), data.val, **kw)
+    }
+    timings = {"U-Net": time.perf_counter() - t0}
+    if baselines and cfg.evaluate.baseline == "random-forest":
+        t1 = time.perf_counter()
+        results["RandomForest"] = evaluate_items(random_forest(data, seed=cfg.seed), data.val, **kw)
+        timings["RandomForest"] = time.perf_counter() - t1
+    elif baselines and cfg.evaluate.baseline == "threshold":
+        dark = names.index(cfg.evaluate.dark_class) if cfg.evaluate.dark_class in names else 1
+        for name, pred in threshold_baselines(data, dark=dark, tolerance=cfg.evaluate.tolerance).items():
+            results[f"threshold {name}"] = evaluate_items(pred, data.val, **kw)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        plots = []
+        for i, (method, r) in enumerate(results.items()):
+            p = out / (
+                "confusion.png" if i == 0 else f"confusion-{method.split()[0].split('(')[0].lower()}.png"
+            )
+            _plot_confusion(r, f"{method}: confusion (row-normalised)", p)
+            plots.append(p.name)
+        if history:
+            _plot_curves(history, out / "curves.png")
+            plots.append("curves.png")
+        split = data.description.get("split", f"{len(data.val)} validation images")
+        meta = {
+            "model": str(bundle_path),
+            "recipe": cfg.name,
+            "split": split,
+            "plots": plots,
+            "train_seconds": train_seconds,
+        }
+        doc = {
+            "model": str(bundle_path),
+            "recipe": cfg.name,
+            "data": data.description,
+            "results": results,
+            "history": history or [],
+            "train_seconds": train_seconds,
+            "eval_seconds": timings,
+        }
+        _atomic_write(out / "metrics.json", json.dumps(doc, indent=1).encode())
+        _atomic_write(out / "report.md", _markdown(results, meta).encode())
+    except OSError as exc:
+        raise WriteError(f"cannot write the report to {out}: {exc}; check the folder") from exc
+    return doc

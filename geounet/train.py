@@ -1,0 +1,613 @@
+"""Training a U-Net on labelled data: chips, augmentation, CE + Dice, AdamW, cosine, checkpoints.
+
+One loop (:func:`run`) serves the single-process path and every Ray Train worker (the Ray glue
+lives in :mod:`geounet.distributed`; here only ``torch.distributed`` is used: gradients are
+averaged by DDP, rank 0 evaluates, writes checkpoints and broadcasts the stop decision).
+
+Reproducibility: the chips and augmentations of step ``s`` come from generators seeded with
+``(seed, s, rank)``, and the learning rate is a pure function of ``s``, so a run resumed from a
+checkpoint continues exactly as the uninterrupted run would (same batches, same optimizer state).
+
+Checkpoints hold no pickle: ``checkpoint/model.safetensors`` (module state),
+``checkpoint/optimizer.safetensors`` (AdamW moment tensors) and ``checkpoint/state.json``
+(step, param groups, best score, history).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from geounet import datasets, metrics, model
+from geounet.augment import Augment, augment
+from geounet.config import TrainConfig
+from geounet.datasets import IGNORE, Labelled
+from geounet.errors import ConfigError, InputNotFoundError, WriteError
+from geounet.model import Bundle, ClassInfo, ModelSpec, Normalization
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+BUNDLE = "model.safetensors"
+HISTORY = "history.json"
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Data:
+    """Train and validation items of a recipe plus what the bundle must record about them."""
+
+    train: list[Labelled]
+    val: list[Labelled]
+    bands: tuple[str, ...]
+    classes: tuple[ClassInfo, ...]
+    scale: float
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+def load_data(cfg: TrainConfig) -> Data:
+    """Load the recipe's labelled data and split it (folders for pairs, blocks for a scene)."""
+    d = cfg.data
+    classes = tuple(ClassInfo(i, c.name, c.color) for i, c in enumerate(d.classes))
+    if d.kind == "pairs":
+        mapping = {int(v): i for i, c in enumerate(d.classes) for v in c.values}
+        train = datasets.load_pairs(
+            d.train.images, d.train.masks, mapping=mapping, channel=d.mask_channel, limit=d.train.limit
+        )
+        val = datasets.load_pairs(
+            d.val.images, d.val.masks, mapping=mapping, channel=d.mask_channel, limit=d.val.limit
+        )
+        desc: dict[str, Any] = {
+            "kind": "pairs",
+            "train": f"{d.train.images} ({len(train)} images)",
+            "val": f"{d.val.images} ({len(val)} images)",
+        }
+        return Data(train, val, tuple(d.bands), classes, d.scale, desc)
+    smap = {str(v): i for i, c in enumerate(d.classes) for v in c.values}
+    scene, grid = datasets.load_scene(d.bands, labels=d.labels, field=d.label_field, mapping=smap, scale=1.0)
+    tr, va = datasets.spatial_split(scene, block=d.split_block, val_fraction=d.val_fraction, seed=cfg.seed)
+    desc = {
+        "kind": "scene",
+        "bands": {k: str(v) for k, v in d.bands.items()},
+        "labels": str(d.labels),
+        "split": f"blocks of {d.split_block} px, {d.val_fraction:.0%} of labelled pixels to validation",
+        "labelled_fraction": round(scene.labelled_fraction, 4),
+        "grid": {"crs": grid["crs"], "transform": list(grid["transform"]), "shape": list(grid["shape"])},  # type: ignore[call-overload]
+    }
+    return Data([tr], [va], tuple(d.bands), classes, d.scale, desc)
+
+
+def class_weights(cfg: TrainConfig, data: Data) -> np.ndarray:
+    """Per-class loss weights: ``auto`` = sqrt inverse frequency, normalised to mean 1 over present classes."""
+    k = len(data.classes)
+    cw = cfg.train.class_weights
+    if cw == "none":
+        return np.ones(k)
+    if isinstance(cw, list):
+        if len(cw) != k:
+            raise ConfigError(f"train.class_weights has {len(cw)} values for {k} classes; give one per class")
+        return np.asarray(cw, dtype=np.float64)
+    freq = datasets.class_frequencies(data.train, k)
+    present = freq > 0
+    w = np.zeros(k)
+    w[present] = np.sqrt(freq[present].max() / freq[present])
+    w[present] /= w[present].mean()
+    return w
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _spec(cfg: TrainConfig, n_bands: int, n_classes: int) -> ModelSpec:
+    m = cfg.model
+    return ModelSpec(n_bands, n_classes, m.arch, m.depth, m.width, m.norm, m.upsample)
+
+
+def init_from(bundle: Bundle, *, n_classes: int, n_bands: int) -> tuple[nn.Module, ModelSpec, bool]:
+    """A module initialised from ``bundle``; a fresh head when the class count differs.
+
+    Returns (module, spec, new_head). The bands must match in number (the first layer's input).
+    """
+    if bundle.spec.in_channels != n_bands:
+        raise ConfigError(
+            f"--init-from bundle has {bundle.spec.in_channels} input bands {list(bundle.bands)}, the data has "
+            f"{n_bands}; train from scratch or use matching bands"
+        )
+    spec = ModelSpec(
+        n_bands,
+        n_classes,
+        bundle.spec.arch,
+        bundle.spec.depth,
+        bundle.spec.width,
+        bundle.spec.norm,
+        bundle.spec.upsample,
+    )
+    net = model.build(spec)
+    src = model.module_from_bundle(bundle).state_dict()
+    own = net.state_dict()
+    new_head = bundle.spec.n_classes != n_classes
+    keep = {k: v for k, v in src.items() if not (new_head and k.startswith("head."))}
+    own.update(keep)
+    net.load_state_dict(own)
+    return net, spec, new_head
+
+
+# --------------------------------------------------------------------------- loss / schedule
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = IGNORE) -> torch.Tensor:
+    """1 - soft Dice, averaged over the classes present in ``target`` (ignored pixels excluded)."""
+    k = logits.shape[1]
+    valid = (target != ignore_index).unsqueeze(1)
+    probs = logits.float().softmax(dim=1) * valid
+    onehot = F.one_hot(torch.where(valid[:, 0], target, 0).long(), k).permute(0, 3, 1, 2) * valid
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    present = onehot.sum(dims) > 0
+    if not present.any():
+        return logits.sum() * 0.0
+    dice = (2 * inter + 1.0) / (denom + 1.0)
+    return 1 - dice[present].mean()
+
+
+def lr_at(step: int, *, base: float, warmup: int, total: int) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine decay to 1% of ``base`` at ``total``.
+
+    Example:
+        >>> [round(lr_at(s, base=1.0, warmup=2, total=10), 3) for s in (0, 1, 2, 10)]
+        [0.5, 1.0, 1.0, 0.01]
+    """
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+@torch.no_grad()
+def predict_image(
+    net: nn.Module,
+    x: np.ndarray,
+    *,
+    stride: int,
+    halo: int,
+    core: int = 256,
+    device: str = "cpu",
+    need: np.ndarray | None = None,
+) -> np.ndarray:
+    """Class ids ``(H, W)`` of a normalized image ``(C, H, W)``, tiled with a mirrored halo.
+
+    With ``halo`` >= the model's receptive field this equals a whole-image forward pass.
+    Core tiles holding no True pixel of ``need`` (when given) are skipped and left 0: used
+    by the evaluation, which only scores labelled pixels.
+    """
+    _, h, w = x.shape
+    core = min(core, -(-max(h, w) // stride) * stride)
+    halo = -(-halo // stride) * stride
+    ph, pw = -(-h // core) * core, -(-w // core) * core
+    pad: Any = ((0, 0), (halo, halo + ph - h), (halo, halo + pw - w))
+    if min(h, w) > halo + max(ph - h, pw - w):
+        xp = np.pad(x, pad, mode="reflect")
+    else:  # reflect needs the pad to be smaller than the image; symmetric repeats the edge row
+        xp = np.pad(x, pad, mode="symmetric")
+    out = np.zeros((ph, pw), dtype=np.uint8)
+    net.eval()
+    for r in range(0, ph, core):
+        for q in range(0, pw, core):
+            if need is not None and not need[r : r + core, q : q + core].any():
+                continue
+            tile = torch.from_numpy(
+                np.ascontiguousarray(xp[:, r : r + core + 2 * halo, q : q + core + 2 * halo])
+            )
+            logits = net(tile[None].to(device))[0]
+            cls = logits[:, halo : halo + core, halo : halo + core].argmax(0)
+            out[r : r + core, q : q + core] = cls.to("cpu").numpy().astype(np.uint8)
+    return out[:h, :w]
+
+
+def evaluate_items(
+    predict: Callable[[Labelled], np.ndarray],
+    items: list[Labelled],
+    *,
+    classes: tuple[ClassInfo, ...],
+    tolerant: tuple[int, ...] = (),
+    tolerance: float = 2.0,
+) -> dict[str, Any]:
+    """Metrics of ``predict`` over labelled items (confusion, per-class scores, tolerant F1)."""
+    acc = metrics.Accumulator(len(classes), tolerant_classes=tolerant, tolerance=tolerance)
+    for it in items:
+        acc.add(predict(it), it.mask)
+    return acc.result([c.name for c in classes])
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors = {
+        f"{pid}.{k}": v.detach().cpu().contiguous() for pid, st in sd["state"].items() for k, v in st.items()
+    }
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def save_checkpoint(out: Path, *, net: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> Path:
+    """Write ``out/checkpoint`` (safetensors + JSON) atomically: a temp folder renamed when complete."""
+    final = out / CHECKPOINT
+    tmp = out / f".{CHECKPOINT}.partial"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, tmp / "model.safetensors"
+        )
+        tensors, meta = _optimizer_tensors(opt)
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps({**state, **meta}, indent=1, allow_nan=False))
+        old = out / f".{CHECKPOINT}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise WriteError(f"cannot write checkpoint {final}: {exc}; check disk space and permissions") from exc
+    return final
+
+
+def load_checkpoint(out: Path, *, net: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore module and optimizer from ``out/checkpoint``; returns the JSON state (step, history...)."""
+    ck = out / CHECKPOINT
+    if not (ck / "state.json").exists():
+        raise InputNotFoundError(f"no checkpoint in {ck}; run without --resume first")
+    state: dict[str, Any] = json.loads((ck / "state.json").read_text())
+    net.load_state_dict(load_file(ck / "model.safetensors"))
+    flat = load_file(ck / "optimizer.safetensors")
+    per: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        pid, name = key.split(".", 1)
+        per.setdefault(int(pid), {})[name] = value
+    opt.load_state_dict({"state": per, "param_groups": state.pop("param_groups")})
+    return state
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Outcome:
+    """What a training run produced (rank 0): bundle path, steps done, best score, history."""
+
+    out: Path
+    bundle: Path | None
+    step: int
+    best_step: int
+    best_miou: float
+    stopped_early: bool
+    seconds: float
+    history: list[dict[str, Any]]
+
+
+def output_dir(cfg: TrainConfig) -> Path:
+    """Where a recipe writes: ``output`` or ``runs/<name>``."""
+    return Path(cfg.output) if cfg.output else Path("runs") / cfg.name
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def run(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    init_bundle: Path | None = None,
+    stop_after: int | None = None,
+    data: Data | None = None,
+) -> Outcome:
+    """Train per ``cfg``; writes ``model.safetensors`` (best val mIoU), checkpoint and history.
+
+    ``stop_after`` ends this invocation after that global step (with a checkpoint), as an
+    interruption would; ``--resume`` then continues. Under ``torch.distributed`` every rank
+    calls this; rank 0 writes.
+    """
+    t0 = time.perf_counter()
+    rank, world = _rank_world()
+    torch.manual_seed(cfg.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    out = output_dir(cfg)
+    data = data or load_data(cfg)
+    k, n_bands = len(data.classes), len(data.bands)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    frozen_steps = 0
+    if init_bundle is not None:
+        src = model.load(init_bundle)
+        net, spec, new_head = init_from(src, n_classes=k, n_bands=n_bands)
+        norm = src.normalization
+        frozen_steps = cfg.train.freeze_encoder_steps
+        log.info("init from %s (%s head)", init_bundle, "new" if new_head else "kept")
+    else:
+        spec = _spec(cfg, n_bands, k)
+        net = model.build(spec)
+        mean, std = datasets.band_statistics(data.train, scale=data.scale)
+        norm = Normalization(mean, std, data.scale)
+    net = net.to(device)
+    cw = class_weights(cfg, data)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    state: dict[str, Any] = {
+        "step": 0,
+        "best_miou": -1.0,
+        "best_step": -1,
+        "bad_evals": 0,
+        "history": [],
+        "losses": [],
+    }
+    if resume:
+        state = load_checkpoint(out, net=net, opt=opt)
+        saved = state["normalization"]
+        norm = Normalization(tuple(saved["mean"]), tuple(saved["std"]), float(saved["scale"]))
+        log.info("resumed from %s at step %d", out / CHECKPOINT, state["step"])
+    state["normalization"] = {"mean": list(norm.mean), "std": list(norm.std), "scale": norm.scale}
+    ddp: nn.Module = net
+    if world > 1:
+        ddp = nn.parallel.DistributedDataParallel(net)
+    trainer = _Trainer(cfg, data, net, ddp, opt, norm, cw, device, rank, world, frozen_steps)
+    tol = tuple(i for i, c in enumerate(data.classes) if c.name in cfg.evaluate.tolerant_classes)
+    halo = cfg.model.halo if cfg.model.halo is not None else model.recommended_halo(spec)
+    losses: list[float] = []
+    stopped = False
+    total = cfg.train.steps
+    ck_every = cfg.train.checkpoint_every or cfg.train.eval_every
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    while state["step"] < total and not stopped:
+        step = state["step"]
+        losses.append(trainer.step(step))
+        state["losses"].append(round(losses[-1], 6))
+        state["step"] = step + 1
+        done = state["step"]
+        if done % cfg.train.eval_every == 0 or done == total:
+            stop = torch.zeros(1)
+            if rank == 0:
+                res = evaluate_items(
+                    lambda it: predict_image(
+                        net,
+                        model.normalize(it.image, norm),
+                        stride=spec.stride,
+                        halo=halo,
+                        device=device,
+                        need=it.mask != IGNORE,
+                    ),
+                    data.val,
+                    classes=data.classes,
+                    tolerant=tol,
+                    tolerance=cfg.evaluate.tolerance,
+                )
+                net.train()
+                entry = {
+                    "step": done,
+                    "loss": float(np.mean(losses)),
+                    "lr": lr_at(step, base=cfg.train.lr, warmup=cfg.train.warmup, total=total),
+                    "val_miou": res["miou"],
+                    "val_pixel_accuracy": res["pixel_accuracy"],
+                    "val_tolerant_f1": {n: t["f1"] for n, t in res["tolerant"].items()},
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+                losses = []
+                state["history"].append(entry)
+                log.info("step %d loss %.4f val mIoU %.4f", done, entry["loss"], res["miou"] or 0.0)
+                if (res["miou"] or 0.0) > state["best_miou"]:
+                    state.update(best_miou=res["miou"] or 0.0, best_step=done, bad_evals=0)
+                    _save_bundle(cfg, data, net, spec, norm, out, state, res)
+                else:
+                    state["bad_evals"] += 1
+                stop[0] = float(state["bad_evals"] >= cfg.train.patience)
+            if world > 1:
+                dist.broadcast(stop, src=0)
+            stopped = bool(stop[0])
+        if rank == 0 and (done % ck_every == 0 or done in (total, stop_after) or stopped):
+            save_checkpoint(out, net=net, opt=opt, state=state)
+            (out / HISTORY).write_text(json.dumps(state["history"], indent=1))
+        if stop_after is not None and done >= stop_after:
+            break
+    if world > 1:
+        dist.barrier()
+    bundle_path = out / BUNDLE if (out / BUNDLE).exists() else None
+    return Outcome(
+        out,
+        bundle_path,
+        state["step"],
+        state["best_step"],
+        state["best_miou"],
+        stopped,
+        time.perf_counter() - t0,
+        state["history"],
+    )
+
+
+class _Trainer:
+    """One optimisation step at a time; all randomness derived from (seed, step, rank)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: Data,
+        net: nn.Module,
+        ddp: nn.Module,
+        opt: torch.optim.Optimizer,
+        norm: Normalization,
+        cw: np.ndarray,
+        device: str,
+        rank: int,
+        world: int,
+        frozen_steps: int,
+    ) -> None:
+        self.cfg, self.data, self.net, self.ddp, self.opt = cfg, data, net, ddp, opt
+        self.device, self.rank, self.frozen_steps = device, rank, frozen_steps
+        self.weight = torch.tensor(cw, dtype=torch.float32, device=device)
+        self.sample_w = np.where(cw > 0, cw, 0.0)
+        self.mean = torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.scale = norm.scale
+        a = cfg.augment
+        self.aug = Augment(a.flip, a.rot90, a.brightness, a.contrast, a.gamma, a.scale)
+        self.amp = cfg.train.amp and device == "cuda"
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.cfg.train
+        rng = np.random.default_rng([self.cfg.seed, step, self.rank])
+        imgs, masks = datasets.sample_chips(
+            self.data.train,
+            n=t.batch_size,
+            size=t.chip,
+            rng=rng,
+            class_weights=self.sample_w,
+            labelled_share=t.labelled_share,
+        )
+        g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        x = torch.from_numpy(imgs) * self.scale
+        x, m = augment(x, torch.from_numpy(masks), self.aug, generator=g)
+        return ((x - self.mean) / self.std).to(self.device), m.long().to(self.device)
+
+    def step(self, step: int) -> float:
+        t = self.cfg.train
+        x, m = self.batch(step)
+        lr = lr_at(step, base=t.lr, warmup=t.warmup, total=t.steps)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.ddp.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.ddp(x)
+        ce = F.cross_entropy(logits.float(), m, weight=self.weight, ignore_index=IGNORE)
+        if torch.isnan(ce):  # a chip with no labelled pixel: CE undefined, contributes nothing
+            ce = logits.sum() * 0.0
+        loss = ce + t.dice_weight * dice_loss(logits, m)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if step < self.frozen_steps:
+            for name, p in self.net.named_parameters():
+                if name.startswith("encoder."):
+                    p.grad = None
+        self.opt.step()
+        return float(loss.detach())
+
+
+def _save_bundle(
+    cfg: TrainConfig,
+    data: Data,
+    net: nn.Module,
+    spec: ModelSpec,
+    norm: Normalization,
+    out: Path,
+    state: dict[str, Any],
+    res: dict[str, Any],
+) -> Path:
+    prov = model.default_provenance(
+        source="geounet train",
+        recipe=cfg.name,
+        seed=cfg.seed,
+        data=data.description,
+        step=state["step"],
+        steps_planned=cfg.train.steps,
+        val_metrics={"miou": res["miou"], "iou": res["iou"], "tolerant": res["tolerant"]},
+    )
+    bundle = model.bundle_from_module(
+        net.to("cpu"),
+        spec=spec,
+        bands=data.bands,
+        normalization=norm,
+        classes=data.classes,
+        tile=cfg.model.tile,
+        halo=cfg.model.halo,
+        provenance=prov,
+    )
+    net.to("cuda" if torch.cuda.is_available() else "cpu")
+    return model.save(bundle, out / BUNDLE, half=False)
+
+
+def fit(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    init_bundle: Path | None = None,
+    workers: int = 1,
+    report: bool = True,
+) -> Outcome:
+    """Train (in-process, or data-parallel through Ray Train with ``workers`` > 1), then report.
+
+    The report (``report/``: Markdown, metrics JSON, plots, baselines) is written from the
+    best bundle on the validation split.
+    """
+    if workers > 1:
+        from geounet import distributed
+
+        out = output_dir(cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        distributed.train_data_parallel(
+            _ray_worker,
+            {
+                "config": cfg.model_dump(mode="json"),
+                "resume": resume,
+                "init_bundle": str(init_bundle) if init_bundle else None,
+                "cwd": os.getcwd(),
+            },
+            workers=workers,
+            storage=out.resolve() / "ray",
+        )
+        history = json.loads((out / HISTORY).read_text()) if (out / HISTORY).exists() else []
+        st = json.loads((out / CHECKPOINT / "state.json").read_text())
+        outcome = Outcome(
+            out,
+            out / BUNDLE if (out / BUNDLE).exists() else None,
+            st["step"],
+            st["best_step"],
+            st["best_miou"],
+            False,
+            time.perf_counter() - t0,
+            history,
+        )
+    else:
+        outcome = run(cfg, resume=resume, init_bundle=init_bundle)
+    if report and outcome.bundle is not None:
+        from geounet import evaluate
+
+        evaluate.report(
+            outcome.bundle,
+            cfg,
+            out=outcome.out / "report",
+            history=outcome.history,
+            train_seconds=outcome.seconds,
+        )
+    return outcome
+
+
+def _ray_worker(payload: dict[str, Any]) -> None:
+    """Entry point of a Ray Train worker (torch.distributed is already initialised by Ray)."""
+    os.chdir(payload["cwd"])
+    cfg = TrainConfig.model_validate(payload["config"])
+    init = Path(payload["init_bundle"]) if payload["init_bundle"] else None
+    run(cfg, resume=payload["resume"], init_bundle=init)

@@ -1,0 +1,200 @@
+"""Training on real data with tiny models: loss goes down, --resume is exact, fine-tuning, Ray Train, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from geounet import evaluate, model, train
+from geounet.cli import cli
+from geounet.config import TrainConfig, load_train_config
+from geounet.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CRACK = REPO / "configs" / "train-crack-uav75.yaml"
+LANDCOVER = REPO / "configs" / "train-landcover-brandenburg.yaml"
+
+TINY: dict[str, Any] = {
+    "data.train.limit": 3,
+    "data.val.limit": 1,
+    "model.depth": 2,
+    "model.width": 8,
+    "train.chip": 64,
+    "train.batch_size": 4,
+    "train.lr": 0.01,
+    "train.warmup": 2,
+    "train.threads": 1,
+}
+
+
+def _cfg(data_dir: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch, **over: Any) -> TrainConfig:
+    monkeypatch.setenv("GEOUNET_DATA", str(data_dir))
+    return load_train_config(CRACK, overrides={**TINY, "output": str(tmp), **over})
+
+
+@pytest.fixture(scope="module")
+def crack_data(data_dir: Path) -> train.Data:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GEOUNET_DATA", str(data_dir))
+    cfg = load_train_config(CRACK, overrides=TINY)
+    mp.undo()
+    return train.load_data(cfg)
+
+
+def test_recipes_parse_and_expand_geounet_data(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEOUNET_DATA", str(data_dir))
+    lc = load_train_config(LANDCOVER)
+    assert lc.data.kind == "scene" and all(p.exists() for p in lc.data.bands.values())
+    cr = load_train_config(CRACK)
+    assert cr.data.kind == "pairs" and cr.data.train.images.is_dir()
+    with pytest.raises(ConfigError, match=r"train\.stepz"):
+        load_train_config(CRACK, overrides={"train.stepz": 3})
+
+
+def test_short_run_loss_goes_down_on_real_data(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: train.Data
+) -> None:
+    cfg = _cfg(data_dir, tmp_path, monkeypatch, **{"train.steps": 40, "train.eval_every": 40})
+    out = train.run(cfg, data=crack_data)
+    losses = json.loads((tmp_path / "checkpoint" / "state.json").read_text())["losses"]
+    assert len(losses) == 40 and out.step == 40
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
+    b = model.load(tmp_path / "model.safetensors")
+    assert b.classes[1].name == "crack" and b.provenance["recipe"] == "crack-uav75"
+    assert len(b.normalization.mean) == 3 and b.normalization.scale == pytest.approx(1 / 255)
+
+
+def test_resume_continues_with_same_step_and_optimizer_state(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: train.Data
+) -> None:
+    over = {"train.steps": 6, "train.eval_every": 100}
+    straight = _cfg(data_dir, tmp_path / "a", monkeypatch, **over)
+    train.run(straight, data=crack_data)
+    broken = _cfg(data_dir, tmp_path / "b", monkeypatch, **over)
+    first = train.run(broken, data=crack_data, stop_after=3)
+    assert first.step == 3
+    state3 = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
+    assert state3["step"] == 3 and len(state3["losses"]) == 3
+    opt3 = load_file(tmp_path / "b" / "checkpoint" / "optimizer.safetensors")
+    assert float(opt3["0.step"]) == 3.0
+    # the restored optimizer holds exactly the saved tensors
+    net = model.build(model.ModelSpec(3, 3, depth=2, width=8))
+    opt = torch.optim.AdamW(net.parameters())
+    train.load_checkpoint(tmp_path / "b", net=net, opt=opt)
+    for pid, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, opt3[f"{pid}.{k}"])
+    resumed = train.run(broken, data=crack_data, resume=True)
+    assert resumed.step == 6
+    sa = json.loads((tmp_path / "a" / "checkpoint" / "state.json").read_text())
+    sb = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
+    assert sa["losses"] == pytest.approx(sb["losses"], rel=1e-5)
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        wa, wb = (
+            load_file(tmp_path / "a" / "checkpoint" / name),
+            load_file(tmp_path / "b" / "checkpoint" / name),
+        )
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_init_from_bundle_new_head_and_frozen_encoder(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: train.Data
+) -> None:
+    spec = model.ModelSpec(3, 2, depth=2, width=8)
+    src = model.init_bundle(
+        bands=("red", "green", "blue"),
+        classes=(model.ClassInfo(0, "a", "#000000"), model.ClassInfo(1, "b", "#ffffff")),
+        spec=spec,
+        seed=3,
+    )
+    path = model.save(src, tmp_path / "src.safetensors")
+    cfg = _cfg(data_dir, tmp_path / "ft", monkeypatch, **{"train.steps": 3, "train.freeze_encoder_steps": 3})
+    out = train.run(cfg, data=crack_data, init_bundle=path)
+    tuned = model.load(out.bundle or tmp_path / "missing")
+    assert tuned.spec.n_classes == 3 and tuned.weights["head.weight"].shape[0] == 3
+    convs = [
+        k
+        for k in src.weights
+        if k.startswith("encoder.") and k.endswith("weight") and src.weights[k].ndim == 4
+    ]
+    assert convs
+    for k in convs:  # frozen encoder: convolution weights unchanged
+        np.testing.assert_array_equal(tuned.weights[k], src.weights[k])
+    changed = [k for k in tuned.weights if k.startswith("decoder.") and k.endswith("weight")]
+    assert any(not np.array_equal(tuned.weights[k], src.weights[k]) for k in changed)
+    bad = model.init_bundle(bands=("a",), classes=src.classes, spec=model.ModelSpec(1, 2, depth=2, width=8))
+    with pytest.raises(ConfigError, match="input bands"):
+        train.run(cfg, data=crack_data, init_bundle=model.save(bad, tmp_path / "bad.safetensors"))
+
+
+def test_report_with_threshold_baselines_and_plots(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: train.Data
+) -> None:
+    cfg = _cfg(data_dir, tmp_path, monkeypatch, **{"train.steps": 4, "train.eval_every": 2})
+    out = train.run(cfg, data=crack_data)
+    assert out.bundle is not None
+    doc = evaluate.report(out.bundle, cfg, out=tmp_path / "report", history=out.history, data=crack_data)
+    assert {"U-Net", "threshold otsu"} <= set(doc["results"])
+    r = doc["results"]["U-Net"]
+    assert np.asarray(r["confusion"]).sum() == 512 * 512
+    assert set(r["tolerant"]) == {"crack"}
+    for f in ("report.md", "metrics.json", "confusion.png", "curves.png", "confusion-threshold.png"):
+        assert (tmp_path / "report" / f).stat().st_size > 0, f
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| U-Net |" in md and "tolerant" in md.lower() and "planking" in md
+
+
+def test_cli_train_and_evaluate(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEOUNET_DATA", str(data_dir))
+    runner = CliRunner()
+    assert "Example:" in runner.invoke(cli, ["train", "--help"]).output
+    assert "Example:" in runner.invoke(cli, ["evaluate", "--help"]).output
+    sets = [
+        a for k, v in {**TINY, "train.steps": 2, "train.eval_every": 2}.items() for a in ("--set", f"{k}={v}")
+    ]
+    res = runner.invoke(cli, ["train", str(CRACK), "--out", str(tmp_path / "run"), "--no-report", *sets])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    res = runner.invoke(
+        cli,
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "run" / "model.safetensors"),
+            str(CRACK),
+            "--out",
+            str(tmp_path / "ev"),
+            "--no-baseline",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "crack-uav75 U-Net: mIoU=" in res.output and (tmp_path / "ev" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_ray_train_two_cpu_workers_writes_loadable_bundle(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    cfg = _cfg(
+        data_dir,
+        tmp_path / "ray",
+        monkeypatch,
+        **{"train.steps": 3, "train.eval_every": 3, "data.train.limit": 2},
+    )
+    out = train.fit(cfg, workers=2, report=False)
+    assert out.step == 3 and out.bundle is not None
+    b = model.load(out.bundle)
+    net = model.module_from_bundle(b)
+    assert tuple(net(torch.zeros(1, 3, 64, 64)).shape) == (1, 3, 64, 64)
+    state = json.loads((tmp_path / "ray" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 3

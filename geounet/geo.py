@@ -133,7 +133,7 @@ class Grid:
         """(left, bottom, right, top) in map units, for north-up or rotated grids."""
         xs, ys = [], []
         for c, r in ((0, 0), (self.cols, 0), (0, self.rows), (self.cols, self.rows)):
-            x, y = self.transform * (c, r)
+            x, y = self.transform @ (c, r)
             xs.append(x)
             ys.append(y)
         return (min(xs), min(ys), max(xs), max(ys))
@@ -145,7 +145,7 @@ class Grid:
 
     def window_grid(self, window: Window) -> Grid:
         """The grid of ``window`` (which may reach past this grid): same CRS, shifted transform."""
-        transform = self.transform * Affine.translation(window.col, window.row)
+        transform = self.transform @ Affine.translation(window.col, window.row)
         return Grid(shape=window.shape, transform=transform, crs=self.crs)
 
     def full_window(self) -> Window:
@@ -154,12 +154,12 @@ class Grid:
 
     def xy(self, row: float, col: float) -> tuple[float, float]:
         """Map coordinates (x, y) of a pixel position (row, col); +0.5 gives pixel centres."""
-        x, y = self.transform * (col, row)
+        x, y = self.transform @ (col, row)
         return (float(x), float(y))
 
     def rowcol(self, x: float, y: float) -> tuple[float, float]:
         """Fractional pixel position (row, col) of map coordinates (x, y)."""
-        col, row = ~self.transform * (x, y)
+        col, row = ~self.transform @ (x, y)
         return (float(row), float(col))
 
 

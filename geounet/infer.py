@@ -4,7 +4,7 @@
 turns float32 ``(B, C, H, W)`` arrays, already normalized with
 :func:`geounet.model.normalize`, into softmax probabilities ``(B, K, H, W)``.
 
-On a GPU it uses channels-last memory, autocast (bfloat16 where the card supports it,
+BatchNorm is folded into the convolutions once at load. On a GPU it uses channels-last memory, autocast (bfloat16 where the card supports it,
 else float16), pinned host memory with asynchronous copies, and halves the batch on
 an out-of-memory error. On the CPU it runs in float32 and leaves torch's thread
 settings alone (the caller, e.g. a Ray actor with a CPU quota, decides them).
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from geounet.errors import ConfigError, ExecutionError, InputError
-from geounet.model import Bundle, module_from_bundle
+from geounet.model import Bundle, fuse_batchnorm, module_from_bundle
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Predictor:
             if self.cuda and torch.cuda.is_bf16_supported(including_emulation=False)
             else torch.float16
         )
-        module = module_from_bundle(bundle).to(self.device)
+        module = fuse_batchnorm(module_from_bundle(bundle)).to(self.device)
         if self.cuda:
             # Tiles all have one shape, so cuDNN's per-shape autotuning pays off (process-wide flag).
             torch.backends.cudnn.benchmark = True

@@ -255,17 +255,49 @@ class UNet(nn.Module):
         skips = []
         for level, enc in enumerate(self.encoder):
             if level:
+                skips.append(x)
                 x = self.pool(x)
             x = enc(x)
-            skips.append(x)
         for level in reversed(range(self.spec.depth)):
             up = self.ups[level](x)
-            skip = skips[level]
+            skip = skips.pop()
             if len(self.gates):
                 skip = self.gates[level](skip, up)
-            x = self.decoder[level](torch.cat([skip, up], dim=1))
+            x = torch.cat([skip, up], dim=1)
+            # Drop the halves of the concatenation before the block runs: at full resolution
+            # they are the largest maps of the pass (lower peak memory in inference).
+            del skip, up
+            x = self.decoder[level](x)
         out: torch.Tensor = self.head(x)
         return out
+
+
+def fuse_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm into the convolution before it, in place; returns ``module``.
+
+    For inference only: the result computes the same function (to float rounding) with
+    one memory pass less per convolution. Use on a module in eval mode.
+
+    Example:
+        >>> net = build(ModelSpec(in_channels=1, n_classes=2, depth=1, width=2)).eval()
+        >>> x = torch.randn(1, 1, 8, 8)
+        >>> y = net(x)
+        >>> torch.allclose(fuse_batchnorm(net)(x), y, atol=1e-5)
+        True
+        >>> any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+        False
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if module.training:
+        raise ValueError("fuse_batchnorm needs a module in eval mode; call module.eval() first")
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(conv, bn)
+                seq[i + 1] = nn.Identity()
+    return module
 
 
 def build(spec: ModelSpec) -> nn.Module:

@@ -6,11 +6,12 @@ Sections are independent: each config kind has its own root model and loader.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from geounet.errors import ConfigError, InputNotFoundError
 
@@ -171,3 +172,251 @@ def load_train_config(path: Path, *, overrides: dict[str, Any] | None = None) ->
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"{path}: {loc}: {err['msg']} (got {err.get('input')!r}); fix the YAML") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# RunConfig / MonitorConfig: `geounet run CONFIG`, `geounet monitor run CONFIG`, `geounet demo`
+# (owner: workflows). Loaded with `load_run_config` / `load_monitor_config`; `--set a.b=c`
+# overrides go through `parse_overrides`.
+# ---------------------------------------------------------------------------------------------
+
+
+class AoiSection(_Strict):
+    """The area of interest: exactly one of a lon/lat ``bbox``, a vector ``file`` or ``wkt``."""
+
+    bbox: tuple[float, float, float, float] | None = None
+    file: Path | None = None
+    wkt: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> AoiSection:
+        given = [k for k in ("bbox", "file", "wkt") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of bbox, file, wkt (got {given or 'none'})")
+        if self.bbox is not None:
+            w, s, e, n = self.bbox
+            if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
+                raise ValueError(f"bbox {list(self.bbox)} must be west<east, south<north in lon/lat degrees")
+        return self
+
+    def value(self) -> Any:
+        """What :func:`geounet.search.read_aoi` takes (a WKT or path), or the bbox as WKT."""
+        if self.bbox is not None:
+            w, s, e, n = self.bbox
+            return f"POLYGON (({w} {s}, {e} {s}, {e} {n}, {w} {n}, {w} {s}))"
+        return self.wkt if self.wkt is not None else self.file
+
+
+class StacSection(_Strict):
+    """Where scenes come from: a preset (``earth-search``, ``planetary-computer``), API URL or catalog.json."""
+
+    source: str = "earth-search"
+    collections: list[str] = []
+    datetime: str | None = Field(default=None, description="RFC 3339 interval, e.g. 2024-06-01/2024-08-31")
+    max_cloud: float | None = Field(default=None, ge=0, le=100)
+    limit: int | None = Field(default=None, ge=1)
+    preset: str | None = None
+
+
+class GridSection(_Strict):
+    """The target grid: CRS (default: UTM zone of the AOI centroid) and pixel size in metres."""
+
+    crs: str | None = None
+    resolution: float = Field(default=10.0, gt=0)
+
+
+class PredictSection(_Strict):
+    """How to predict; ``tile``/``halo`` default to the bundle's recommendation."""
+
+    tile: int | None = Field(default=None, ge=16)
+    halo: int | None = Field(default=None, ge=0)
+    batch_size: int = Field(default=8, ge=1)
+    merge: Literal["crop", "blend"] = "crop"
+    device: str = "auto"
+    amp: bool = True
+    tta: bool = False
+
+    @model_validator(mode="after")
+    def _tile_halo(self) -> PredictSection:
+        if self.tile is not None and self.halo is not None and self.tile <= 2 * self.halo:
+            raise ValueError(
+                f"tile={self.tile} must be > 2*halo={2 * self.halo} (the core would be empty); "
+                "raise predict.tile or lower predict.halo"
+            )
+        return self
+
+
+class ExecutionSection(_Strict):
+    """Which executor runs the stages: ``ray`` (local or ``address``) or ``local`` (in-process)."""
+
+    executor: Literal["ray", "local"] = "ray"
+    address: str | None = Field(
+        default=None, description="Ray cluster address (default: RAY_ADDRESS or local)"
+    )
+    num_cpus: float | None = Field(default=None, gt=0, description="CPUs for a local Ray")
+    gpus_per_actor: float | None = Field(default=None, ge=0)
+    actors: int | None = Field(default=None, ge=1)
+
+
+class OutputsSection(_Strict):
+    dir: Path
+    vector_format: Literal["gpkg", "parquet", "fgb"] = "gpkg"
+    simplify: float | None = Field(default=None, ge=0)
+    min_area: float = Field(default=0.0, ge=0)
+    polygons: bool = True
+
+
+class RunConfig(_Strict):
+    """Root of a region land-cover run (``configs/region-landcover*.yaml``)."""
+
+    name: str
+    aoi: AoiSection
+    stac: StacSection = StacSection()
+    grid: GridSection = GridSection()
+    model: Path
+    predict: PredictSection = PredictSection()
+    execution: ExecutionSection = ExecutionSection()
+    outputs: OutputsSection
+    seconds_per_megapixel: dict[str, float] = Field(
+        default={"cpu": 60.0, "gpu": 1.5},
+        description="--dry-run time estimate per device kind (measure with bench/ and adjust)",
+    )
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class ParcelsSection(_Strict):
+    """The fields to monitor: a vector file and the column holding each parcel's unique id."""
+
+    file: Path
+    id_field: str
+    layer: str | None = None
+
+
+class MonitorBands(_Strict):
+    """Band names (as the STAC items name them) for NDVI and the per-pixel cloud mask."""
+
+    red: str = "red"
+    nir: str = "nir"
+    mask: str | None = Field(
+        default=None, description="cloud-mask band, e.g. fmask (Landsat) or scl (S2 L2A)"
+    )
+    mask_kind: Literal["fmask", "scl", "binary"] = "fmask"
+    clear_values: list[int] | None = Field(
+        default=None, description="mask values counted as clear (default per mask_kind)"
+    )
+    reflectance_scale: float = Field(
+        default=1.0, gt=0, description="DN → reflectance, if items lack raster:scale"
+    )
+
+
+class ScreeningSection(_Strict):
+    min_valid_fraction: float = Field(
+        default=0.5, ge=0, le=1, description="a parcel is screened out of a scene below this clear share"
+    )
+
+
+class ChangeSection(_Strict):
+    ndvi_drop: float = Field(default=0.2, gt=0, description="flag parcels whose median NDVI fell by more")
+
+
+class StateSection(_Strict):
+    url: str | None = Field(
+        default=None, description="postgresql://... for a shared store; default SQLite in outputs.dir"
+    )
+
+
+class MonitorConfig(_Strict):
+    """Root of a crop-monitoring config (``configs/crop-monitoring.yaml``)."""
+
+    name: str
+    parcels: ParcelsSection
+    stac: StacSection = StacSection()
+    bands: MonitorBands = MonitorBands()
+    model: Path | None = Field(default=None, description="segmentation bundle for class fractions (optional)")
+    predict: PredictSection = PredictSection()
+    execution: ExecutionSection = ExecutionSection(executor="local")
+    screening: ScreeningSection = ScreeningSection()
+    change: ChangeSection = ChangeSection()
+    state: StateSection = StateSection()
+    outputs: OutputsSection
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=3", "c=x"]`` → ``{"a.b": 3, "c": "x"}``; values are parsed as YAML scalars/lists.
+
+    Example:
+        >>> parse_overrides(["predict.halo=96", "stac.collections=[a, b]", "name=x"])
+        {'predict.halo': 96, 'stac.collections': ['a', 'b'], 'name': 'x'}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE; write e.g. --set predict.halo=96")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = text
+    return out
+
+
+def _apply(raw: dict[str, Any], overrides: dict[str, Any], path: Path) -> dict[str, Any]:
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {dotted}: {key} in {path} is not a section; fix the key path")
+            node = child
+        node[leaf] = value
+    return raw
+
+
+def _load(path: Path, model: type[_M], overrides: dict[str, Any] | None, kind: str) -> _M:
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"{kind} config {str(path)!r} not found; see configs/ for examples")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}; fix the file") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, got {type(raw).__name__}")
+    raw = _expand(_apply(raw, overrides or {}, path))
+    try:
+        cfg = model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(path, exc)) from None
+    return cfg
+
+
+def _one_line(path: Path, exc: ValidationError) -> str:
+    """The first validation error as ``file: field.path=value: message; fix``."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f"={value!r}"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if err["type"] == "extra_forbidden":
+        return f"{path}: unknown field {loc}{shown}{more}; check its spelling against configs/ examples"
+    if err["type"] == "missing":
+        return f"{path}: {loc} is required{more}; add it to the YAML or --set {loc}=..."
+    return f"{path}: {loc}{shown}: {msg}{more}; fix the YAML or --set {loc}=..."
+
+
+def load_run_config(path: Path, *, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a region run config (YAML), with dotted ``--set`` overrides and ``${VAR}`` expansion.
+
+    Raises:
+        InputNotFoundError: no such file.  ConfigError: invalid YAML or values (one line, with the field path).
+    """
+    return _load(path, RunConfig, overrides, "run")
+
+
+def load_monitor_config(path: Path, *, overrides: dict[str, Any] | None = None) -> MonitorConfig:
+    """Read and validate a crop-monitoring config (YAML); as :func:`load_run_config`."""
+    return _load(path, MonitorConfig, overrides, "monitor")

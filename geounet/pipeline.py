@@ -85,6 +85,11 @@ class Job:
     options: PredictOptions
     model_sha256: str
     extra: dict[str, Any] = field(default_factory=dict)
+    #: STAC scenes to composite onto ``grid`` (searched with the model's bands, in model order);
+    #: when given, ``source`` is only a label and chips come from :func:`geounet.scenes.chip`.
+    scenes: tuple[Any, ...] = ()
+    #: Optional area of interest (shapely geometry in ``grid``'s CRS): pixels outside are nodata.
+    aoi: Any = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,11 +151,44 @@ def plan(source: str | Path, *, model: str | Path, out_dir: str | Path, options:
 
 def read_chips(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
     """Read the chips of ``tiles``; ``None`` for tiles with no valid pixel in their core."""
+    if job.scenes:
+        return _scene_chips(job, tiles)
     out: list[Chip | None] = []
     with read_mod.open_raster(job.source) as ds:
         for tile in tiles:
             chip = read_mod.chip(ds, tile, bands=job.bands)
             out.append(chip if chip.core_valid.any() else None)
+    return out
+
+
+def _scene_chips(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
+    """Chips composited from ``job.scenes`` onto ``job.grid``, invalid outside ``job.aoi``.
+
+    A scene whose asset fails is logged and left out of the composite (the others still count).
+    """
+    from rasterio.features import geometry_mask
+    from shapely.geometry import box
+
+    from geounet import scenes as scenes_mod
+
+    out: list[Chip | None] = []
+    for tile in tiles:
+        if job.aoi is not None and not job.aoi.intersects(box(*job.grid.window_grid(tile.core).bounds)):
+            out.append(None)  # nothing of the AOI in this core: not read, written as nodata
+            continue
+        failures: list[Any] = []
+        chip = scenes_mod.chip(list(job.scenes), tile, grid=job.grid, failures=failures)
+        for exc in failures:
+            log.warning("tile %d: scene left out: %s", tile.index, exc)
+        if job.aoi is not None:
+            inside = geometry_mask(
+                [job.aoi],
+                out_shape=tile.read.shape,
+                transform=job.grid.window_grid(tile.read).transform,
+                invert=True,
+            )
+            chip = Chip(tile=tile, data=chip.data, valid=chip.valid & inside)
+        out.append(chip if chip.core_valid.any() else None)
     return out
 
 

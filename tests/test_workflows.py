@@ -1,0 +1,145 @@
+"""Region land-cover workflow end-to-end against the loopback pgstac server with real scenes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+import yaml
+from pystac.validation.stac_validator import JsonSchemaSTACValidator
+from rasterio.features import geometry_mask
+from shapely.geometry import Polygon, shape
+
+from geounet import model
+from geounet.config import load_run_config
+from geounet.model import ClassInfo, ModelSpec
+from workflows import region_landcover
+
+CLASSES = (
+    ClassInfo(0, "water", "#1f78b4"),
+    ClassInfo(1, "forest", "#1b7837"),
+    ClassInfo(2, "farm", "#f0d264"),
+)
+# A pentagon inside the Brandenburg scene (T33UUU, 2017-02-16): not a rectangle, so the
+# mosaic must be nodata in the corners of its bounding box.
+AOI = Polygon([(12.555, 52.465), (12.61, 52.462), (12.625, 52.49), (12.585, 52.515), (12.55, 52.495)])
+
+
+@pytest.fixture(scope="module")
+def rgbn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    bundle = model.init_bundle(
+        bands=("blue", "green", "red", "nir"),
+        classes=CLASSES,
+        spec=ModelSpec(in_channels=4, n_classes=3, depth=2, width=8),
+        normalization=model.Normalization(mean=(1000.0,) * 4, std=(500.0,) * 4),
+        seed=5,
+    )
+    return model.save(bundle, tmp_path_factory.mktemp("m") / "rgbn.safetensors")
+
+
+def _config(tmp: Path, **sections: Any) -> Path:
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(sections))
+    return path
+
+
+@pytest.fixture(scope="module")
+def region_run(stac_api: str, rgbn_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("region")
+    cfg_path = _config(
+        tmp,
+        name="brandenburg-test",
+        aoi={"wkt": AOI.wkt},
+        stac={"source": stac_api, "collections": ["sentinel-2-l1c"], "datetime": "2017-02-01/2017-02-28",
+              "max_cloud": 20},
+        grid={"resolution": 10},
+        model=str(rgbn_bundle),
+        predict={"tile": 128, "halo": 16, "batch_size": 4},
+        execution={"executor": "local"},
+        outputs={"dir": str(tmp / "out")},
+    )  # fmt: skip
+    cfg = load_run_config(cfg_path)
+    return region_landcover.run(cfg, progress=False)
+
+
+def test_region_run_writes_one_mosaic_with_nodata_outside_the_aoi(region_run: Any) -> None:
+    out = region_run.outputs
+    assert [s.id for s in region_run.plan.scenes] == ["S2A_MSIL1C_20170216T102101_T33UUU"]
+    assert region_run.plan.coverage.fraction == pytest.approx(1.0)
+    with rasterio.open(out["classes"]) as ds:
+        assert ds.crs.to_epsg() == 32633
+        classes = ds.read(1)
+        inside = geometry_mask(
+            [region_run.plan.job.aoi], out_shape=ds.shape, transform=ds.transform, invert=True
+        )
+    assert inside.mean() < 0.9  # the AOI is not its bounding box
+    assert (classes[~inside] == 255).all()
+    assert (classes[inside] != 255).mean() > 0.99
+    assert len(list(out["classes"].parent.glob("classes*.tif"))) == 1
+
+
+def test_region_run_publishes_polygons_areas_and_item(region_run: Any) -> None:
+    import geopandas as gpd
+
+    out = region_run.outputs
+    polys = gpd.read_file(out["polygons"])
+    assert len(polys) > 0 and polys.crs.to_epsg() == 32633
+    assert shape(region_landcover.mapping(region_run.plan.job.aoi)).buffer(10).contains(polys.union_all())
+    with open(out["areas"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sum(float(r["percent"]) for r in rows) == pytest.approx(100.0, abs=0.01)
+    aoi_km2 = region_run.plan.coverage.aoi_m2 / 1e6
+    assert sum(float(r["area_km2"]) for r in rows) == pytest.approx(aoi_km2, rel=0.02)
+    item = pystac.Item.from_file(str(out["item"]))
+    # core schema only: pystac ships it; extension schemas would need the network
+    JsonSchemaSTACValidator().validate_core(
+        item.to_dict(), pystac.STACObjectType.ITEM, item.to_dict()["stac_version"], href=str(out["item"])
+    )
+    assert {"classes", "polygons"} <= set(item.assets)
+    manifest = json.loads(out["manifest"].read_text())
+    assert manifest["scenes"][0]["id"] == "S2A_MSIL1C_20170216T102101_T33UUU"
+    assert out["project"].exists() and out["quicklook"].exists()
+
+
+def test_dry_run_reports_scenes_tiles_and_estimate(stac_api: str, rgbn_bundle: Path, tmp_path: Path) -> None:
+    big = Polygon([(12.5, 52.43), (12.75, 52.43), (12.75, 52.55), (12.5, 52.55)])  # reaches past the scene
+    cfg_path = _config(
+        tmp_path,
+        name="dry",
+        aoi={"wkt": big.wkt},
+        stac={"source": stac_api, "collections": ["sentinel-2-l1c"], "datetime": "2017-02-01/2017-02-28"},
+        model=str(rgbn_bundle),
+        predict={"tile": 256, "halo": 16},
+        outputs={"dir": str(tmp_path / "out")},
+    )
+    rp = region_landcover.plan(load_run_config(cfg_path))
+    text = region_landcover.describe(rp)
+    assert "S2A_MSIL1C_20170216T102101_T33UUU" in text and "tiles:" in text and "cpu ~" in text
+    assert 0.2 < rp.coverage.fraction < 0.95
+    assert not rp.coverage.uncovered.is_empty
+    assert not (tmp_path / "out").exists()  # nothing written by a dry run
+
+
+def test_choose_prefers_clear_scenes_and_skips_redundant_ones() -> None:
+    from datetime import UTC, datetime
+
+    from shapely.geometry import box
+
+    from geounet.search import Scene
+
+    def mk(i: str, cloud: float, bounds: tuple[float, float, float, float]) -> Scene:
+        return Scene(i, datetime(2020, 1, 1, tzinfo=UTC), cloud, box(*bounds), ())
+
+    aoi = box(12.0, 52.0, 12.2, 52.1)
+    found = [mk("cloudy-full", 50, (11.9, 51.9, 12.3, 52.2)), mk("clear-west", 1, (11.9, 51.9, 12.1, 52.2)),
+             mk("clear-east", 2, (12.1, 51.9, 12.3, 52.2)), mk("dup", 3, (12.0, 52.0, 12.05, 52.05))]  # fmt: skip
+    chosen, cov = region_landcover.choose(found, aoi, crs="EPSG:32633")
+    assert [s.id for s in chosen] == ["clear-west", "clear-east"]
+    assert cov.fraction == pytest.approx(1.0)
+    assert np.isclose(sum(g for _, g in cov.gains), 1.0)

@@ -263,3 +263,51 @@ def test_scene_is_a_frozen_value(stac_assets: StacAssets) -> None:
         scene.id = "other"  # type: ignore[misc]
     assert hash(scene) == hash(search.scenes(str(stac_assets.catalog), collections=["landsat-7-rgb"])[0])
     assert json.loads(search.to_json([scene]))[0]["id"] == "LE07_RGB_byte"
+
+
+def test_cli_search_prints_a_table_and_json(stac_api: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from geounet.cli import main
+
+    args = [
+        "search",
+        "--stac",
+        stac_api,
+        "--collection",
+        "sentinel-2-l1c",
+        "--bbox",
+        ",".join(map(str, SLOVENIA_BBOX)),
+    ]
+    main([*args, "--datetime", "2015-07-01/2015-09-30", "--max-cloud", "10"])
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    assert lines[0].split()[:4] == ["id", "datetime", "cloud", "%"]
+    assert {line.split()[0] for line in lines[1:]} == CLEAR
+    assert "3 scene(s)" in out.err
+    main([*args, "--bands", "B04,B08", "--json", "--limit", "2", "--sortby", "-datetime"])
+    listed = json.loads(capsys.readouterr().out)
+    assert [s["id"] for s in listed] == ["S2_L1C_slovenia_20150909", "S2_L1C_slovenia_20150830"]
+    assert listed[0]["bands"]["B08"]["index"] == 8 and listed[0]["cloud_cover"] == 0.0
+
+
+def test_cli_search_errors_are_one_line(stac_api: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from geounet.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            [
+                "search",
+                "--stac",
+                stac_api,
+                "--collection",
+                "sentinel-2-l1c",
+                "--datetime",
+                "1990-01-01/1990-02-01",
+            ]
+        )
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("SearchError: no scenes match") and "datetime=1990-01-01/1990-02-01" in err
+    assert len(err.splitlines()) == 1
+    with pytest.raises(SystemExit):
+        main(["search", "--stac", stac_api, "--bbox", "1,2,3"])
+    assert "ConfigError: --bbox '1,2,3' must be four numbers" in capsys.readouterr().err

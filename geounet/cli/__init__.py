@@ -21,6 +21,7 @@ from geounet.errors import GeounetError
 _COMMANDS: dict[str, tuple[str, str]] = {
     "model": ("geounet.cli.model", "model"),
     "predict": ("geounet.cli.predict", "predict"),
+    "search": ("geounet.cli.search", "search"),
     "train": ("geounet.cli.train", "train"),
     "evaluate": ("geounet.cli.evaluate", "evaluate"),
 }

@@ -1,0 +1,126 @@
+"""``geounet search``: list the scenes of a STAC API or static catalog that match a query.
+
+:func:`stac_options` and :func:`run_search` are shared with the commands that read
+scenes from STAC (``geounet predict --stac ...``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from geounet import search as gsearch
+from geounet.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
+    """``"w,s,e,n"`` → floats (lon/lat).
+
+    Example:
+        >>> parse_bbox("12.5, 52.4,12.7,52.5")
+        (12.5, 52.4, 12.7, 52.5)
+    """
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise ConfigError(f"--bbox {text!r} must be four numbers west,south,east,north in lon/lat")
+    return (values[0], values[1], values[2], values[3])
+
+
+def stac_options(required: bool) -> Callable[[F], F]:
+    """Click options of a STAC search (``--stac``, ``--collection``, ``--bbox``, ...)."""
+
+    def decorate(func: F) -> F:
+        options = [
+            click.option(
+                "--stac",
+                "stac",
+                required=required,
+                metavar="URL|CATALOG|PRESET",
+                help="STAC API root URL, static catalog.json (path or URL), or preset "
+                "(earth-search, planetary-computer).",
+            ),
+            click.option("--collection", "collections", multiple=True, help="Collection id (repeatable)."),
+            click.option("--bbox", metavar="W,S,E,N", help="Bounding box in lon/lat."),
+            click.option("--aoi", metavar="FILE|WKT", help="AOI: GeoJSON/GPKG file or WKT (lon/lat)."),
+            click.option("--datetime", "datetime_", metavar="RANGE", help="e.g. 2017-01-01/2017-03-31."),
+            click.option("--max-cloud", type=float, help="Keep scenes with cloud cover <= this (%)."),
+            click.option("--limit", type=int, help="At most this many scenes."),
+            click.option("--sortby", multiple=True, help="Sort field, '-' for descending (repeatable)."),
+            click.option("--filter", "cql2", metavar="CQL2", help="Extra CQL2-text filter (APIs only)."),
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def run_search(
+    *,
+    stac: str,
+    collections: Sequence[str],
+    bbox: str | None,
+    aoi: str | None,
+    datetime_: str | None,
+    max_cloud: float | None,
+    limit: int | None,
+    sortby: Sequence[str],
+    cql2: str | None,
+    bands: Sequence[str] | None = None,
+) -> list[gsearch.Scene]:
+    """Run the search the :func:`stac_options` describe."""
+    return gsearch.scenes(
+        stac,
+        collections=tuple(collections),
+        bbox=parse_bbox(bbox),
+        aoi=aoi,
+        datetime=datetime_,
+        max_cloud=max_cloud,
+        limit=limit,
+        sortby=tuple(sortby),
+        filter=cql2,
+        bands=bands,
+    )
+
+
+def _table(found: Sequence[gsearch.Scene]) -> str:
+    rows = [("id", "datetime", "cloud %", "crs", "bands")]
+    for s in found:
+        when = s.datetime.strftime("%Y-%m-%d %H:%M:%S") if s.datetime else "-"
+        cloud = f"{s.cloud_cover:.1f}" if s.cloud_cover is not None else "-"
+        rows.append((s.id, when, cloud, s.crs or "-", ",".join(s.band_names)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
+    return "\n".join(lines)
+
+
+@click.command(
+    "search",
+    epilog="""Example:
+
+\b
+  geounet search --stac http://127.0.0.1:8081 --collection sentinel-2-l1c \\
+      --bbox 14.55,45.86,14.57,45.88 --datetime 2015-07-01/2015-09-30 --max-cloud 10
+  geounet search --stac earth-search --bbox 12.5,52.4,12.7,52.5 --datetime 2023-06-01/2023-06-30 --json
+  geounet search --stac catalog/catalog.json --aoi aoi.gpkg --bands B02,B03,B04,B08
+""",
+)
+@stac_options(required=True)
+@click.option("--bands", metavar="B1,B2,...", help="Model bands: resolve and show their assets.")
+@click.option("--json", "as_json", is_flag=True, help="Print the scenes as JSON (with band hrefs).")
+def search(as_json: bool, bands: str | None, **query: Any) -> None:
+    """Search a STAC API or static catalog; print the matching scenes."""
+    band_list = tuple(b.strip() for b in bands.split(",")) if bands else None
+    found = run_search(bands=band_list, **query)
+    click.echo(gsearch.to_json(found) if as_json else _table(found))
+    if not as_json:
+        click.echo(f"{len(found)} scene(s)", err=True)

@@ -696,7 +696,8 @@ def to_metadata(bundle: Bundle, *, weights: Mapping[str, Any] | None = None) -> 
     """The bundle's metadata document (STAC MLM vocabulary plus ``geounet:*`` fields).
 
     ``weights`` are the tensors as stored (default: the bundle's own); their dtype and
-    sha256 are recorded.
+    sha256 are recorded. Provenance values that JSON cannot hold (paths, datetimes) are
+    written as strings when saved.
     """
     weights = bundle.weights if weights is None else weights
     spec, norm = bundle.spec, bundle.normalization
@@ -800,7 +801,7 @@ def save(bundle: Bundle, path: str | os.PathLike[str], *, half: bool = False) ->
             if half and not np.isfinite(arr).all():
                 raise ConfigError(f"weight {key} overflows float16; save without --half (half=False)")
         tensors[key] = arr
-    metadata = {_META_KEY: json.dumps(to_metadata(bundle, weights=tensors), allow_nan=False)}
+    metadata = {_META_KEY: json.dumps(to_metadata(bundle, weights=tensors), allow_nan=False, default=str)}
     data = safetensors.numpy.save(tensors, metadata=metadata)
     out = Path(path)
     try:
@@ -854,11 +855,12 @@ def _header(path: Path, data: bytes) -> dict[str, Any]:
         raise BundleError(not_bundle) from None
     if not isinstance(header, dict):
         raise BundleError(not_bundle)
-    ends = [
-        v.get("data_offsets", [0, 0])[1]
-        for k, v in header.items()
-        if k != "__metadata__" and isinstance(v, dict)
-    ]
+    try:
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise BundleError(
+            f"{path} has a corrupt safetensors header (bad data_offsets); {_FIX_EXPORT}"
+        ) from None
     need = 8 + n + max(ends, default=0)
     if need > len(data):
         raise BundleError(f"{path} is truncated ({len(data)} of {need} bytes); {_FIX_EXPORT}")
@@ -866,7 +868,8 @@ def _header(path: Path, data: bytes) -> dict[str, Any]:
 
 
 def _metadata_of(path: Path, header: Mapping[str, Any]) -> dict[str, Any]:
-    raw = (header.get("__metadata__") or {}).get(_META_KEY)
+    extra = header.get("__metadata__")
+    raw = extra.get(_META_KEY) if isinstance(extra, dict) else None
     if raw is None:
         raise BundleError(f"{path} is a safetensors file without geounet metadata; {_FIX_EXPORT}")
     try:

@@ -448,3 +448,22 @@ def test_normalize_inverts(n: int, scale: float, data: st.DataObject) -> None:
 def test_normalize_rejects_wrong_bands() -> None:
     with pytest.raises(ValueError, match="no band axis of length 3"):
         model.normalize(np.zeros((2, 4, 4), np.float32), Normalization((0, 0, 0), (1, 1, 1)))
+
+
+def test_provenance_with_paths_and_dates_saves(tmp_path: Path) -> None:
+    import datetime
+
+    when = datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
+    b = small_bundle(provenance={"data": tmp_path / "train", "finished": when, "epochs": 5})
+    prov = model.load(model.save(b, tmp_path / "m.safetensors")).provenance
+    assert prov["data"] == str(tmp_path / "train") and prov["finished"] == str(when) and prov["epochs"] == 5
+
+
+def test_load_corrupt_header_and_folder(tmp_path: Path) -> None:
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": "x"}}).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    with pytest.raises(BundleError, match="corrupt safetensors header"):
+        model.load(path)
+    with pytest.raises(BundleError, match="is a folder"):
+        model.load(tmp_path)

@@ -91,6 +91,9 @@ class OptimSection(_Strict):
     )
     amp: bool = True
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's choice)")
+    max_minutes: float | None = Field(
+        default=None, gt=0, description="wall-time budget: evaluate, checkpoint and stop when it is spent"
+    )
 
 
 class AugmentSection(_Strict):

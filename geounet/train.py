@@ -389,6 +389,11 @@ def run(
         state["losses"].append(round(losses[-1], 6))
         state["step"] = step + 1
         done = state["step"]
+        if _out_of_time(cfg, t0, done, world):
+            log.info(
+                "time budget train.max_minutes=%s spent at step %d; stopping", cfg.train.max_minutes, done
+            )
+            total = done
         if done % cfg.train.eval_every == 0 or done == total:
             stop = torch.zeros(1)
             if rank == 0:
@@ -410,7 +415,7 @@ def run(
                 entry = {
                     "step": done,
                     "loss": float(np.mean(losses)),
-                    "lr": lr_at(step, base=cfg.train.lr, warmup=cfg.train.warmup, total=total),
+                    "lr": lr_at(step, base=cfg.train.lr, warmup=cfg.train.warmup, total=cfg.train.steps),
                     "val_miou": res["miou"],
                     "val_pixel_accuracy": res["pixel_accuracy"],
                     "val_tolerant_f1": {n: t["f1"] for n, t in res["tolerant"].items()},
@@ -446,6 +451,16 @@ def run(
         time.perf_counter() - t0,
         state["history"],
     )
+
+
+def _out_of_time(cfg: TrainConfig, t0: float, done: int, world: int) -> bool:
+    """Whether ``train.max_minutes`` is spent (rank 0's clock decides, checked every 10 steps)."""
+    if cfg.train.max_minutes is None or done % 10:
+        return False
+    flag = torch.tensor([float(time.perf_counter() - t0 > cfg.train.max_minutes * 60)])
+    if world > 1:
+        dist.broadcast(flag, src=0)
+    return bool(flag[0])
 
 
 class _Trainer:

@@ -71,6 +71,18 @@ def test_short_run_loss_goes_down_on_real_data(
     assert len(b.normalization.mean) == 3 and b.normalization.scale == pytest.approx(1 / 255)
 
 
+def test_time_budget_stops_with_checkpoint_and_bundle(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: train.Data
+) -> None:
+    cfg = _cfg(data_dir, tmp_path, monkeypatch, **{"train.steps": 500, "train.max_minutes": 1e-6})
+    out = train.run(cfg, data=crack_data)
+    assert out.step == 10  # the budget is checked every 10 steps
+    assert (
+        out.bundle is not None
+        and json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 10
+    )
+
+
 def test_resume_continues_with_same_step_and_optimizer_state(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: train.Data
 ) -> None:

@@ -296,6 +296,49 @@ def _read_warped(
     return values, valid
 
 
+def native_grid(scenes: Sequence[Scene]) -> Grid:
+    """The scenes' own pixel grid: the finest grid among their bands' assets, which all scenes must share.
+
+    Reads only the asset headers (over HTTP for remote assets). This is the target grid of
+    "predict this STAC item" jobs: the output lines up with the scene's pixels, as for a local file.
+
+    Raises:
+        InputError: no scenes, or scenes on different grids (then give a resolution for a mosaic grid).
+        ReadError: an asset header cannot be read (names the scene and href).
+    """
+    if not scenes:
+        raise InputError("no scenes to take a grid from; search returned none")
+    grids: dict[str, Grid] = {}
+    for scene in scenes:
+        finest: Grid | None = None
+        for href in dict.fromkeys(b.href for b in scene.bands):
+            grid = _asset_grid(scene, href)
+            if finest is None or grid.pixel_area < finest.pixel_area:
+                finest = grid
+        if finest is not None:
+            grids[scene.id] = finest
+    distinct = set(grids.values())
+    if len(distinct) != 1:
+        listed = "; ".join(
+            f"{k}: {g.crs} {g.shape} at {g.transform.c:g},{g.transform.f:g}" for k, g in grids.items()
+        )
+        raise InputError(
+            f"the scenes lie on different grids ({listed}); give a target resolution (and CRS) to mosaic them"
+        )
+    return distinct.pop()
+
+
+def _asset_grid(scene: Scene, href: str) -> Grid:
+    try:
+        with rasterio.Env(**GDAL_ENV), rasterio.open(vsi_path(href)) as src:
+            return read.source_grid(src)
+    except (RasterioError, CPLE_BaseError) as exc:
+        raise ReadError(
+            f"scene {scene.id!r}: asset {href} cannot be opened ({_first_line(exc)}); check that the URL "
+            "is reachable and the file is a complete COG, or leave the scene out"
+        ) from exc
+
+
 def vsi_path(href: str) -> str:
     """The GDAL path of an asset href: ``/vsicurl/`` for HTTP(S), ``/vsis3/`` for ``s3://``...
 

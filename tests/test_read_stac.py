@@ -214,3 +214,14 @@ def test_scene_outside_the_window_is_not_read(
     grid = grid_of(jp2(data_dir, "B02"))
     _, valid = scenes.composite([far, brandenburg], Window(0, 0, 16, 16), grid=grid, bands=["B02"])
     assert valid.all()  # the unreachable Slovenian scene lies elsewhere: skipped by footprint, never opened
+
+
+def test_native_grid_is_the_finest_asset_grid(
+    stac_api: str, zone_pair: list[search.Scene], data_dir: Path
+) -> None:
+    [scene] = search.scenes(
+        stac_api, collections=["sentinel-2-l1c"], bbox=BRANDENBURG_BBOX, bands=["B05", "B02", "B01"]
+    )
+    assert scenes.native_grid([scene]) == grid_of(jp2(data_dir, "B02"))
+    with pytest.raises(InputError, match="different grids.*give a target resolution"):
+        scenes.native_grid(zone_pair)

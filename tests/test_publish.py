@@ -1,0 +1,148 @@
+"""Products of a run: vector formats, the GeoPackage's QGIS style, areas, STAC Item, quicklook.
+
+The run is the land-use stand-in of ``tests/fixtures_qgis.py`` (real OSM land use on the
+real Sentinel-2 grid, written as COGs tile by tile).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pystac
+import pytest
+from PIL import Image
+
+from geounet import publish, vectorize
+from geounet.errors import ConfigError, WriteError
+
+SCHEMAS = Path(__file__).with_name("data") / "stac-schemas"
+
+
+@pytest.fixture(scope="module")
+def stac_schemas() -> dict[str, dict]:
+    """Offline extension schemas (see tests/data/stac-schemas/README.md), keyed by their URI."""
+    schemas = [json.loads(p.read_text()) for p in sorted(SCHEMAS.glob("*.json"))]
+    return {s["$id"]: s for s in schemas}
+
+
+def canonical(gdf: gpd.GeoDataFrame) -> pd.DataFrame:
+    frame = gdf.assign(wkb=[g.normalize().wkb_hex for g in gdf.geometry])
+    frame = frame.sort_values(["class_id", "wkb"]).reset_index(drop=True)
+    return pd.DataFrame(frame.drop(columns="geometry"))
+
+
+def test_all_vector_formats_hold_the_same_features(tmp_path: Path, run_outputs, landuse) -> None:
+    gdf = vectorize.polygons(
+        run_outputs["classes"], classes=landuse.classes, confidence_path=run_outputs["confidence"]
+    )
+    read = {"gpkg": gpd.read_file(run_outputs["polygons"], layer="polygons")}
+    for fmt, ext in (("parquet", ".parquet"), ("fgb", ".fgb")):
+        path = publish.write_vectors(gdf, tmp_path / f"polygons{ext}", classes=landuse.classes, fmt=fmt)
+        read[fmt] = gpd.read_parquet(path) if fmt == "parquet" else gpd.read_file(path)
+    reference = canonical(read["gpkg"])
+    assert len(reference) == len(gdf) > 100
+    for fmt in ("parquet", "fgb"):
+        assert read[fmt].crs == read["gpkg"].crs == gdf.crs
+        pd.testing.assert_frame_equal(canonical(read[fmt]), reference, check_dtype=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["polygons.fgb", "polygons.parquet"]  # no temp left
+
+
+def test_geopackage_style_row_as_qgis_needs_it(run_outputs, landuse) -> None:
+    with sqlite3.connect(run_outputs["polygons"]) as db:
+        geom_col = db.execute(
+            "SELECT column_name FROM gpkg_geometry_columns WHERE table_name = 'polygons'"
+        ).fetchone()[0]
+        rows = db.execute(
+            "SELECT f_table_catalog, f_table_schema, f_table_name, f_geometry_column, useAsDefault, styleQML "
+            "FROM layer_styles"
+        ).fetchall()
+        contents = db.execute(
+            "SELECT data_type FROM gpkg_contents WHERE table_name = 'layer_styles'"
+        ).fetchone()
+        rtree = db.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = ?", (f"rtree_polygons_{geom_col}",)
+        ).fetchone()[0]
+    assert rtree == 1  # spatial index
+    assert contents == ("attributes",)
+    assert len(rows) == 1
+    catalog, schema, table, column, default, qml = rows[0]
+    assert (catalog, schema, table, column, default) == ("", "", "polygons", geom_col, 1)
+    renderer = ET.fromstring(qml.split("\n", 1)[1]).find("renderer-v2")
+    assert renderer.get("type") == "categorizedSymbol" and renderer.get("attr") == "class_id"
+    cats = [(c.get("value"), c.get("label")) for c in renderer.iter("category")]
+    assert cats == [(str(c.id), c.name) for c in landuse.classes]
+
+
+def test_area_table_matches_raster(run_outputs, landuse) -> None:
+    with open(run_outputs["areas"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    counts = np.bincount(landuse.array.ravel(), minlength=256)
+    valid = counts.sum() - counts[255]
+    for row, c in zip(rows, landuse.classes, strict=True):
+        assert (int(row["class_id"]), row["class_name"]) == (c.id, c.name)
+        assert int(row["pixels"]) == counts[c.id]
+        assert float(row["area_km2"]) == pytest.approx(counts[c.id] * landuse.grid.pixel_area / 1e6)
+        assert float(row["percent"]) == pytest.approx(100 * counts[c.id] / valid, abs=1e-4)
+    assert sum(float(r["percent"]) for r in rows) == pytest.approx(100, abs=1e-2)
+
+
+def test_stac_item_validates_offline_and_describes_the_outputs(run_outputs, landuse, stac_schemas) -> None:
+    used = publish.validate_item(run_outputs["item"], schemas=stac_schemas)
+    assert any("projection" in uri for uri in used) and any("classification" in uri for uri in used)
+    item = pystac.Item.from_file(str(run_outputs["item"]))
+    root = run_outputs["item"].parent
+    for key in ("classes", "confidence", "polygons", "areas", "quicklook", "project", "manifest"):
+        assert (root / item.assets[key].href).is_file(), key
+    assert item.properties["proj:code"] == "EPSG:32633"
+    assert item.properties["proj:shape"] == list(landuse.grid.shape)
+    assert item.properties["proj:transform"] == list(landuse.grid.transform)[:6]
+    classes = item.assets["classes"].extra_fields["classification:classes"]
+    expected = [
+        {"value": c.id, "name": c.name, "title": c.name, "color_hint": c.color[1:].upper()}
+        for c in landuse.classes
+    ]
+    assert classes[:-1] == expected
+    assert classes[-1]["value"] == 255 and classes[-1]["nodata"] is True
+    assert [a["class_name"] for a in item.properties["geounet:areas"]] == [c.name for c in landuse.classes]
+    lon, lat = item.geometry["coordinates"][0][0]
+    assert 12 < lon < 13 and 52 < lat < 53  # Brandenburg
+    assert json.loads(run_outputs["manifest"].read_text())["model"] == "none (labels)"
+
+
+def test_stac_validation_catches_a_broken_item(run_outputs, stac_schemas) -> None:
+    item = json.loads(run_outputs["item"].read_text())
+    item["assets"]["classes"]["classification:classes"][0]["color_hint"] = "#zz0000"
+    with pytest.raises(pystac.errors.STACValidationError):
+        publish.validate_item(pystac.Item.from_dict(item), schemas=stac_schemas)
+
+
+def test_quicklook_is_small_and_shows_the_classes(tmp_path: Path, run_outputs, landuse) -> None:
+    blended = np.asarray(Image.open(run_outputs["quicklook"]))
+    assert blended.shape == (512, 1024, 4) and (blended[..., 3] == 255).all()
+    alone = publish.quicklook(run_outputs["classes"], tmp_path / "q.png", classes=landuse.classes, size=256)
+    image = np.asarray(Image.open(alone))
+    assert image.shape == (128, 256, 4)
+    colors = {tuple(px) for px in image[image[..., 3] == 255][:, :3]}
+    assert colors <= {c.rgb for c in landuse.classes}
+    assert len(colors) >= 6
+    assert (image[..., 3] == 0).mean() > 0.3  # the unlabelled east is transparent
+
+
+def test_bad_format_and_unwritable_path(tmp_path: Path, landuse) -> None:
+    gdf = vectorize.from_array(
+        landuse.array[:64, :64],
+        grid=landuse.grid.window_grid(vectorize.Window(0, 0, 64, 64)),
+        classes=landuse.classes,
+    )
+    with pytest.raises(ConfigError, match="gpkg, parquet, fgb"):
+        publish.write_vectors(gdf, tmp_path / "x.shp", classes=landuse.classes, fmt="shp")
+    with pytest.raises(WriteError, match="cannot write gpkg"):
+        publish.write_vectors(gdf, tmp_path / "missing" / "x.gpkg", classes=landuse.classes)
+    assert list(tmp_path.iterdir()) == []

@@ -272,6 +272,7 @@ def products(
     preview_path: Path | None = None,
     manifest: dict[str, Any] | None = None,
     block: int = 1024,
+    attributes: Mapping[str, str | int | float] | None = None,
 ) -> dict[str, Path]:
     """Write every GIS product of a run into ``out_dir``; returns name → path.
 
@@ -279,6 +280,8 @@ def products(
     (``quicklook.png``), ``project`` (``project.qgs``), ``manifest`` (``run.json``, only when
     ``manifest`` is given) and ``item`` (``item.json``, written last, describing the others).
     ``manifest`` may carry ``id`` and ``datetime`` (ISO 8601) for the STAC Item.
+    ``attributes`` are constant columns added to every polygon, for provenance, e.g.
+    ``{"scene_id": "S2A_...", "date": "2017-02-16"}``.
     """
     _, ext, _ = _vector_format(vector_format)
     out_dir = Path(out_dir)
@@ -290,6 +293,7 @@ def products(
         simplify=simplify,
         min_area=min_area,
     )
+    gdf = with_attributes(gdf, attributes or {})
     paths: dict[str, Path] = {
         "polygons": write_vectors(gdf, out_dir / f"polygons{ext}", classes=classes, fmt=vector_format)
     }
@@ -318,6 +322,17 @@ def products(
     paths["item"] = out_dir / "item.json"
     replace_text(paths["item"], json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")
     return paths
+
+
+def with_attributes(gdf: gpd.GeoDataFrame, attributes: Mapping[str, str | int | float]) -> gpd.GeoDataFrame:
+    """``gdf`` with one constant column per attribute, inserted before the geometry column."""
+    clash = sorted(set(attributes) & set(gdf.columns))
+    if clash:
+        raise ConfigError(f"polygon attributes {clash} clash with the standard columns; rename them")
+    out = gdf.copy()
+    for name, value in attributes.items():
+        out.insert(out.columns.get_loc(out.geometry.name), name, value)
+    return out
 
 
 # -- area table ------------------------------------------------------------------------------

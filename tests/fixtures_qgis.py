@@ -55,6 +55,8 @@ NDVI_CLASSES = (
     ClassInfo(3, "vegetation", "#35978f"),
 )
 _NDVI_EDGES = (0.0, 0.2, 0.4)
+#: Provenance columns the run fixture adds to every polygon.
+PROVENANCE = {"scene_id": "S2A_MSIL1C_20170216T102101_T33UUU", "date": "2017-02-16"}
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ def run_outputs(
         classes=landuse.classes,
         preview_path=preview,
         manifest=manifest,
+        attributes=PROVENANCE,
     )
     return {"classes": out / "classes.tif", "confidence": out / "confidence.tif", **paths}
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pystac
 import pytest
+from fixtures_qgis import PROVENANCE
 from PIL import Image
 
 from geounet import publish, vectorize
@@ -42,11 +43,14 @@ def test_all_vector_formats_hold_the_same_features(tmp_path: Path, run_outputs, 
     gdf = vectorize.polygons(
         run_outputs["classes"], classes=landuse.classes, confidence_path=run_outputs["confidence"]
     )
+    gdf = publish.with_attributes(gdf, PROVENANCE)
     read = {"gpkg": gpd.read_file(run_outputs["polygons"], layer="polygons")}
     for fmt, ext in (("parquet", ".parquet"), ("fgb", ".fgb")):
         path = publish.write_vectors(gdf, tmp_path / f"polygons{ext}", classes=landuse.classes, fmt=fmt)
         read[fmt] = gpd.read_parquet(path) if fmt == "parquet" else gpd.read_file(path)
     reference = canonical(read["gpkg"])
+    assert list(read["gpkg"].columns) == [*vectorize.COLUMNS[:-1], *PROVENANCE, "geometry"]
+    assert (read["gpkg"].date == "2017-02-16").all()
     assert len(reference) == len(gdf) > 100
     for fmt in ("parquet", "fgb"):
         assert read[fmt].crs == read["gpkg"].crs == gdf.crs

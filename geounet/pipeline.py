@@ -149,6 +149,52 @@ def plan(source: str | Path, *, model: str | Path, out_dir: str | Path, options:
     )
 
 
+def plan_scenes(
+    scenes: Sequence[Any],
+    *,
+    model: str | Path,
+    out_dir: str | Path,
+    options: PredictOptions,
+    grid: Grid | None = None,
+    aoi: Any = None,
+    source: str = "stac",
+) -> Job:
+    """Plan a prediction of STAC scenes (searched with the model's bands), composited onto ``grid``.
+
+    Without ``grid`` the scenes' own pixel grid is the target (:func:`geounet.scenes.native_grid`),
+    so predicting a STAC item gives what predicting its local file gives. ``aoi`` (shapely, in
+    the grid's CRS) makes pixels outside it nodata. ``source`` labels the job in the manifest.
+
+    Raises:
+        InputError: no scenes, or scenes on different grids without a ``grid``.
+        ReadError, BundleError, ConfigError: with the value and the fix.
+    """
+    from geounet import scenes as scenes_mod
+
+    bundle = model_mod.load(model)
+    target = grid if grid is not None else scenes_mod.native_grid(scenes)
+    tile = options.tile or bundle.tile
+    halo = bundle.halo if options.halo is None else options.halo
+    tiles = plan_tiles(target.shape, tile=tile, halo=halo, align=bundle.spec.stride)
+    dates = sorted(s.datetime for s in scenes if s.datetime is not None)
+    extra: dict[str, Any] = {"scenes": [s.to_dict() for s in scenes]}
+    if dates:
+        extra["datetime"] = dates[-1].isoformat()
+    return Job(
+        source=source,
+        model_path=str(model),
+        out_dir=Path(out_dir),
+        grid=target,
+        plan=tiles,
+        bands=tuple(range(1, len(bundle.bands) + 1)),
+        options=replace(options, tile=tiles.read_size, halo=halo),
+        model_sha256=file_sha256(model),
+        extra=extra,
+        scenes=tuple(scenes),
+        aoi=aoi,
+    )
+
+
 def read_chips(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
     """Read the chips of ``tiles``; ``None`` for tiles with no valid pixel in their core."""
     if job.scenes:

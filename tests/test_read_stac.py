@@ -223,5 +223,40 @@ def test_native_grid_is_the_finest_asset_grid(
         stac_api, collections=["sentinel-2-l1c"], bbox=BRANDENBURG_BBOX, bands=["B05", "B02", "B01"]
     )
     assert scenes.native_grid([scene]) == grid_of(jp2(data_dir, "B02"))
-    with pytest.raises(InputError, match="different grids.*give a target resolution"):
+    with pytest.raises(InputError, match=r"different grids.*give a target resolution"):
         scenes.native_grid(zone_pair)
+
+
+def test_predict_from_a_stac_search_equals_predict_on_the_local_file(
+    stac_api: str, data_dir: Path, tmp_path: Path
+) -> None:
+    import geopandas
+
+    from geounet import pipeline
+    from geounet.cli import main
+    from geounet.cli.search import stac_job
+
+    bundle = tmp_path / "s2.safetensors"
+    main(["model", "init", "--bands", "B02,B03,B04,B08", "--classes", "other:#cccccc,forest:#33a02c,grass:#b2df8a",
+          "--depth", "2", "--width", "8", "--scale", "1", "--seed", "3", "--out", str(bundle)])  # fmt: skip
+    options = pipeline.PredictOptions(device="cpu", tile=64, halo=16, batch_size=4)
+    src = data_dir / "s2-slovenia-eolearn" / "geotiff" / "reference_scene_2_s2l1c_13band.tif"
+    local = pipeline.run(
+        pipeline.plan(src, model=bundle, out_dir=tmp_path / "local", options=options), progress=False
+    )
+    job = stac_job(
+        None, model_path=str(bundle), out_dir=str(tmp_path / "stac"), options=options, resolution=None, crs=None,
+        stac=stac_api, collections=("sentinel-2-l1c",), bbox=",".join(map(str, SLOVENIA_BBOX)), aoi=None,
+        datetime_="2015-07-01/2015-09-30", max_cloud=10.0, limit=None, sortby=(), cql2=None,
+    )  # fmt: skip
+    assert scenes.order(job.scenes)[0].id == "S2_L1C_slovenia_20150909"  # the clear scene of src
+    remote = pipeline.run(job, progress=False)
+    assert set(remote) == set(local)
+    for name in ("classes", "confidence"):
+        with rasterio.open(local[name]) as a, rasterio.open(remote[name]) as b:
+            assert (a.crs, a.transform, a.shape) == (b.crs, b.transform, b.shape)
+            np.testing.assert_array_equal(a.read(), b.read())
+    a, b = geopandas.read_file(local["polygons"]), geopandas.read_file(remote["polygons"])
+    assert len(a) == len(b) > 0
+    assert a.geometry.normalize().to_wkt().tolist() == b.geometry.normalize().to_wkt().tolist()
+    assert a.drop(columns="geometry").equals(b.drop(columns="geometry"))

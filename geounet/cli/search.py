@@ -92,6 +92,54 @@ def run_search(
     )
 
 
+def stac_job(
+    source: str | None,
+    *,
+    model_path: str,
+    out_dir: str,
+    options: Any,
+    resolution: float | None,
+    crs: str | None,
+    **query: Any,
+) -> Any:
+    """Plan a ``predict`` job over STAC: a search (``--stac ...``) or one item JSON (``SOURCE``).
+
+    Scenes are searched with the model's bands. Without ``resolution`` the target is the
+    scenes' own grid; with it, the grid of the AOI/bbox (or of the scenes' footprints) in
+    ``crs`` (default: UTM of its centroid), and pixels outside the AOI/bbox are nodata.
+    """
+    from pyproj import Transformer
+    from shapely import ops, union_all
+    from shapely.geometry import box
+
+    from geounet import model, pipeline
+
+    bands = model.load(model_path).bands
+    if query.get("stac"):
+        found = run_search(bands=bands, **query)
+        label = str(query["stac"])
+    elif source is not None:
+        found = [gsearch.item(source, bands=bands)]
+        label = source
+    else:
+        raise ConfigError("give SOURCE (a raster file or STAC item JSON) or --stac URL|CATALOG with a query")
+    grid = aoi = None
+    if resolution is not None:
+        bbox = parse_bbox(query.get("bbox"))
+        if query.get("aoi"):
+            area = gsearch.read_aoi(query["aoi"])
+        else:
+            area = box(*bbox) if bbox else union_all([s.footprint for s in found])
+        grid = gsearch.target_grid(area, resolution=resolution, crs=crs)
+        to_grid = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True).transform
+        aoi = ops.transform(to_grid, area)
+    elif crs is not None:
+        raise ConfigError(f"--crs {crs} needs --resolution (the target grid's pixel size in CRS units)")
+    return pipeline.plan_scenes(
+        found, model=model_path, out_dir=out_dir, options=options, grid=grid, aoi=aoi, source=label
+    )
+
+
 def _table(found: Sequence[gsearch.Scene]) -> str:
     rows = [("id", "datetime", "cloud %", "crs", "bands")]
     for s in found:

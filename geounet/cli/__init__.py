@@ -24,6 +24,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("geounet.cli.search", "search"),
     "train": ("geounet.cli.train", "train"),
     "evaluate": ("geounet.cli.evaluate", "evaluate"),
+    "doctor": ("geounet.cli.doctor", "doctor"),
 }
 
 

@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -33,6 +33,7 @@ from geounet.errors import ConfigError, ExecutionError, WriteError
 from geounet.geo import Grid
 from geounet.model import NODATA_CLASS, Bundle
 from geounet.read import Chip
+from geounet.resume import TileStore
 from geounet.tiling import Tile, TileGrid
 from geounet.tiling import grid as plan_tiles
 
@@ -313,7 +314,10 @@ def local_results(job: Job, *, tiles: Iterable[Tile] | None = None) -> Iterator[
             yield from predictor(batch, chips)
 
 
-ResultsFn = Callable[[Job], Iterable[TileResult]]
+#: An executor: ``results(job, tiles=...)`` yields one :class:`TileResult` per tile of ``tiles``
+#: (the whole plan when ``None``), in any order. :func:`local_results` and
+#: :class:`geounet.distributed.RayExecutor` are the two shipped.
+ResultsFn = Callable[..., Iterable[TileResult]]
 
 
 @contextlib.contextmanager
@@ -340,13 +344,39 @@ def output_lock(out_dir: Path) -> Iterator[None]:
         lock.release()
 
 
-def run(job: Job, *, results: ResultsFn = local_results, progress: bool | None = None) -> dict[str, Path]:
-    """Execute a planned job and publish its outputs; returns output name → path."""
+def run(
+    job: Job, *, results: ResultsFn = local_results, progress: bool | None = None, resume: bool = True
+) -> dict[str, Path]:
+    """Execute a planned job and publish its outputs; returns output name → path.
+
+    Finished tiles are recorded in ``out_dir/.geounet-run`` (see :mod:`geounet.resume`); with
+    ``resume`` a rerun after a crash reuses them and predicts only the rest.
+    """
     with output_lock(job.out_dir):
         started = time.time()
-        counts = write_rasters(job, _progress(results(job), total=len(job.plan), enabled=progress))
+        store = TileStore.open(job, resume=resume)
+        todo = [t for t in job.plan if t.index not in store.done]
+        stream = _resumed(store, results(job, tiles=todo))
+        try:
+            counts = write_rasters(job, _progress(stream, total=len(job.plan), enabled=progress))
+        finally:
+            stream.close()  # stops the executor (Ray actors) even when writing failed
+        counts["reused"] = store.reused
         raster_s = time.time() - started
-        return publish_outputs(job, counts=counts, timings={"rasters_s": raster_s}, started=started)
+        outputs = publish_outputs(job, counts=counts, timings={"rasters_s": raster_s}, started=started)
+        store.remove()
+        return outputs
+
+
+def _resumed(store: TileStore, computed: Iterable[TileResult]) -> Generator[TileResult, None, None]:
+    """Cached tiles first, then the executor's results, recorded as they pass; closes the executor."""
+    try:
+        yield from store.cached()
+        yield from store.record(computed)
+    finally:
+        close = getattr(computed, "close", None)
+        if close is not None:
+            close()
 
 
 def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, int]:

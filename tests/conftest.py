@@ -9,9 +9,11 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("GDAL_HTTP_MAX_RETRY", "0")
+# `geounet predict` defaults to Ray; CLI tests that do not test Ray run in-process (fast).
+os.environ.setdefault("GEOUNET_EXECUTOR", "local")
 
 # Fixture modules of the test suite (each owns one real component: STAC server, Ray, QGIS...).
-pytest_plugins: list[str] = ["fixtures_stac", "fixtures_qgis"]
+pytest_plugins: list[str] = ["fixtures_stac", "fixtures_qgis", "fixtures_ray"]
 
 _DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

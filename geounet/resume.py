@@ -1,0 +1,286 @@
+"""Resumable jobs: a run directory that records finished tiles durably, for every executor.
+
+Every prediction job keeps ``OUT/.geounet-run/`` while it runs:
+
+- ``manifest.json``: what the cached tiles depend on (source, model sha256, grid, tile plan,
+  bands, the options that change pixels, scene ids...), and its sha256 ``fingerprint``;
+- ``parts/NNNNNNNN.npz``: finished tiles, a few per file (classes + confidence of the core
+  for ``crop``, read-window probabilities + valid mask for ``blend``), each written to a
+  temporary name, fsync'd and renamed, so a part file is complete or absent;
+- ``tiles.log``: one JSON line per part file (its tile indexes, and the skipped tiles),
+  appended and fsync'd *after* the part is in place. A torn last line (crash while
+  appending) is ignored, so a tile counts as done only once its data is on disk.
+
+Rerunning the same job reads the log and feeds the recorded tiles to the writer again
+(identical arrays, so identical outputs); only the others are predicted. A run whose
+fingerprint differs (another model, plan, input...) discards the cache with a message.
+The run directory is removed once the outputs are published.
+
+Example (``job`` and ``results`` from :mod:`geounet.pipeline`)::
+
+    store = TileStore.open(job, resume=True)
+    todo = [t for t in job.plan if t.index not in store.done]
+    stream = itertools.chain(store.cached(), store.record(results(job, tiles=todo)))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from geounet.errors import WriteError
+
+if TYPE_CHECKING:
+    from geounet.pipeline import Job, TileResult
+    from geounet.tiling import TileGrid
+
+log = logging.getLogger(__name__)
+
+RUN_DIR = ".geounet-run"
+_FORMAT = 1
+#: Options that change the predicted pixels (the others only change publishing).
+_PIXEL_OPTIONS = ("merge", "blend_window", "amp", "tta")
+
+
+def fingerprint_of(job: Job) -> dict[str, Any]:
+    """Everything a cached tile depends on, as plain JSON values."""
+    source: dict[str, Any] = {"path": job.source}
+    path = Path(job.source)
+    if path.exists():
+        st = path.stat()
+        source |= {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    opts = {k: getattr(job.options, k) for k in _PIXEL_OPTIONS}
+    return {
+        "format": _FORMAT,
+        "source": source,
+        "model_sha256": job.model_sha256,
+        "grid": {
+            "shape": list(job.grid.shape),
+            "transform": list(job.grid.transform)[:6],
+            "crs": job.grid.crs,
+        },
+        "plan": {
+            "shape": list(job.plan.shape),
+            "size": job.plan.size,
+            "halo": job.plan.halo,
+            "align": job.plan.align,
+        },
+        "bands": list(job.bands),
+        "options": opts,
+        "scenes": [str(getattr(s, "id", s)) for s in getattr(job, "scenes", ())],
+        "aoi": getattr(getattr(job, "aoi", None), "wkt", None),
+        "extra": json.loads(json.dumps(job.extra, sort_keys=True, default=str)),
+    }
+
+
+def _digest(doc: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class TileStore:
+    """The run directory of one job: which tiles are done, their data, and new records.
+
+    Use :meth:`open`; ``done`` maps tile index → part file name (``None`` for skipped tiles).
+    """
+
+    def __init__(
+        self, root: Path, *, plan: TileGrid, doc: dict[str, Any], done: dict[int, str | None]
+    ) -> None:
+        self.root = root
+        self.plan = plan
+        self.doc = doc
+        self.done = done
+        self.reused = len(done)
+        self._next_part = 1 + max((int(p.split(".")[0]) for p in set(done.values()) if p), default=0)
+
+    @property
+    def parts(self) -> Path:
+        """Folder of the part files."""
+        return self.root / "parts"
+
+    @property
+    def log_path(self) -> Path:
+        """The append-only log of finished tiles."""
+        return self.root / "tiles.log"
+
+    @classmethod
+    def open(cls, job: Job, *, resume: bool = True) -> TileStore:
+        """Open (or create) ``job.out_dir/.geounet-run``; reuse its tiles when ``resume`` and it matches.
+
+        Raises:
+            WriteError: when the run directory cannot be created or written.
+        """
+        root = job.out_dir / RUN_DIR
+        doc = fingerprint_of(job)
+        fp = _digest(doc)
+        done: dict[int, str | None] = {}
+        manifest = root / "manifest.json"
+        try:
+            if root.exists():
+                old = _read_manifest(manifest)
+                if not resume:
+                    log.info("--no-resume: discarding the run cache in %s", root)
+                    shutil.rmtree(root)
+                elif old is None or old.get("fingerprint") != fp:
+                    what = ", ".join(_changed(old.get("job", {}), doc)) if old else "unreadable manifest"
+                    log.warning(
+                        "run cache %s belongs to a different job (changed: %s); discarding it and "
+                        "predicting every tile",
+                        root,
+                        what,
+                    )
+                    shutil.rmtree(root)
+                else:
+                    done = _read_log(root / "tiles.log", root / "parts")
+            (root / "parts").mkdir(parents=True, exist_ok=True)
+            if not manifest.exists():
+                body = {"fingerprint": fp, "job": doc, "tiles": len(job.plan), "created": time.time()}
+                _fsync_write(manifest, json.dumps(body, indent=2, sort_keys=True).encode())
+        except OSError as exc:
+            raise WriteError(
+                f"cannot use the run directory {root} ({exc}); check that --out is writable "
+                "or rerun with --no-resume"
+            ) from exc
+        done = {i: p for i, p in done.items() if 0 <= i < len(job.plan)}
+        if done:
+            log.info("resuming: reusing %d of %d tiles from %s", len(done), len(job.plan), root)
+        return cls(root, plan=job.plan, doc=doc, done=done)
+
+    def cached(self) -> Iterator[TileResult]:
+        """The recorded tiles as :class:`TileResult` values, in tile order, one part file at a time."""
+        from geounet.pipeline import TileResult
+
+        plan = self.plan
+        by_part: dict[str | None, list[int]] = {}
+        for index, part in sorted(self.done.items()):
+            by_part.setdefault(part, []).append(index)
+        for index in by_part.pop(None, []):
+            yield TileResult(tile=plan[index], skipped=True)
+        for part, indexes in sorted(by_part.items(), key=lambda kv: min(kv[1])):
+            assert part is not None
+            with np.load(self.parts / part) as npz:
+                for index in indexes:
+                    arrays = {k.split("_", 1)[1]: npz[k] for k in npz.files if k.startswith(f"t{index}_")}
+                    yield TileResult(tile=plan[index], **arrays)
+
+    def record(
+        self, results: Iterable[TileResult], *, every: int = 8, seconds: float = 2.0
+    ) -> Iterator[TileResult]:
+        """Pass ``results`` through, recording them durably every ``every`` tiles or ``seconds``.
+
+        Whatever was received is flushed when the stream ends or is closed early (an error
+        downstream), so finished work is never lost.
+        """
+        buffer: list[TileResult] = []
+        last = time.monotonic()
+        try:
+            for res in results:
+                buffer.append(res)
+                yield res
+                if len(buffer) >= every or time.monotonic() - last >= seconds:
+                    self._flush(buffer)
+                    buffer, last = [], time.monotonic()
+        finally:
+            if buffer:
+                self._flush(buffer)
+
+    def _flush(self, results: list[TileResult]) -> None:
+        arrays: dict[str, np.ndarray] = {}
+        skipped: list[int] = []
+        for res in results:
+            if res.skipped:
+                skipped.append(res.tile.index)
+                continue
+            for name in ("classes", "confidence", "probs", "valid"):
+                value = getattr(res, name)
+                if value is not None:
+                    arrays[f"t{res.tile.index}_{name}"] = value
+        tiles = sorted({r.tile.index for r in results if not r.skipped})
+        part = None
+        try:
+            if tiles:
+                part = f"{self._next_part:08d}.npz"
+                self._next_part += 1
+                tmp = self.parts / f".{part}.tmp"
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.parts / part)
+                _fsync_dir(self.parts)
+            line = json.dumps({"part": part, "tiles": tiles, "skipped": sorted(skipped)}) + "\n"
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise WriteError(
+                f"cannot record finished tiles in {self.root} ({exc}); free disk space or rerun with "
+                "--no-resume"
+            ) from exc
+        for i in tiles:
+            self.done[i] = part
+        for i in skipped:
+            self.done[i] = None
+
+    def remove(self) -> None:
+        """Delete the run directory (after the outputs are published)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _read_log(path: Path, parts: Path) -> dict[int, str | None]:
+    """Tile index → part file of every complete log line whose part file exists."""
+    done: dict[int, str | None] = {}
+    if not path.exists():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a torn last line: that part's tiles are simply predicted again
+        part = entry.get("part")
+        if part is not None and not (parts / part).is_file():
+            continue
+        done.update({int(i): part for i in entry.get("tiles", [])})
+        done.update({int(i): None for i in entry.get("skipped", [])})
+    return done

@@ -1,0 +1,73 @@
+"""Ray test fixtures: a tiny real U-Net bundle for the Landsat RGB scene and a real Ray cluster.
+
+The cluster is a ``ray.cluster_utils.Cluster`` (real raylets on loopback), started once per
+test module that asks for it, with a 2-CPU head; multi-node tests add worker nodes to it.
+Every Ray process is stopped when the module ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from geounet import model
+from geounet.model import ClassInfo, ModelSpec
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+RGB_CLASSES = (
+    ClassInfo(0, "water", "#1f78b4"),
+    ClassInfo(1, "forest", "#33a02c"),
+    ClassInfo(2, "urban", "#e31a1c"),
+)
+
+
+@pytest.fixture(scope="session")
+def landsat_rgb(data_dir: Path) -> Path:
+    """The real Landsat 7 RGB scene (791×718, 3 bands, nodata border)."""
+    return data_dir / "landsat7-rgb" / "RGB.byte.tif"
+
+
+@pytest.fixture(scope="session")
+def rgb_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised depth-2, width-4 U-Net for 3 bands / 3 classes (receptive radius < 24).
+
+    The head is scaled up so the classes vary across the scene (a fresh head predicts
+    one class almost everywhere, which would make output comparisons vacuous).
+    """
+    bundle = model.init_bundle(
+        bands=("red", "green", "blue"),
+        classes=RGB_CLASSES,
+        spec=ModelSpec(in_channels=3, n_classes=3, depth=2, width=4),
+        normalization=model.Normalization(mean=(60.0,) * 3, std=(30.0,) * 3),
+        seed=7,
+    )
+    weights = dict(bundle.weights)
+    weights["head.weight"] = weights["head.weight"] * 50
+    bundle = dataclasses.replace(bundle, weights=weights)
+    return model.save(bundle, tmp_path_factory.mktemp("ray-model") / "rgb.safetensors")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    """A real Ray cluster (2-CPU head, no dashboard), connected in this process; shut down after."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(
+        initialize_head=True,
+        connect=True,
+        head_node_args={"num_cpus": 2, "include_dashboard": False},
+    )
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -40,6 +40,7 @@ import rasterio
 import rasterio.warp
 import shapely.geometry
 import shapely.geometry.polygon
+from affine import Affine
 from PIL import Image
 from pyproj import CRS, Geod
 from pystac.extensions.classification import Classification, ClassificationExtension
@@ -446,17 +447,17 @@ def _preview_rgb(preview_path: Path, target: Any, shape: tuple[int, int]) -> np.
     with _open(preview_path) as src:
         bands = _rgb_bands(src)
         if src.crs is not None and target.crs is not None:
+            # Warp straight onto the small quicklook grid: GDAL reads only what that needs.
+            scale = Affine.scale(target.width / shape[1], target.height / shape[0])
             with WarpedVRT(
                 src,
                 crs=target.crs,
-                transform=target.transform,
-                width=target.width,
-                height=target.height,
+                transform=target.transform * scale,
+                width=shape[1],
+                height=shape[0],
                 resampling=Resampling.average,
             ) as vrt:
-                data = vrt.read(
-                    bands, out_shape=(len(bands), *shape), resampling=Resampling.average, masked=True
-                )
+                data = vrt.read(bands, masked=True)
         else:
             data = src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average, masked=True)
     data = data.astype(np.float64)
@@ -471,11 +472,27 @@ def _preview_rgb(preview_path: Path, target: Any, shape: tuple[int, int]) -> np.
     return out
 
 
+_RGB_NAMES = (("red", "b04", "b4"), ("green", "b03", "b3"), ("blue", "b02", "b2"))
+
+
 def _rgb_bands(src: Any) -> list[int]:
-    """Band indexes of red, green, blue by color interpretation, else the first three (or one)."""
+    """Band indexes of red, green, blue: by color interpretation, else by band description
+    (``red``/``B04``...), else the first three bands (or the only one).
+
+    Example:
+        >>> class S:
+        ...     count, colorinterp = 4, []
+        ...     descriptions = ("B02", "B03", "B04", "B08")
+        >>> _rgb_bands(S())
+        [3, 2, 1]
+    """
     interp = [ci.name for ci in src.colorinterp]
     if all(name in interp for name in ("red", "green", "blue")):
         return [interp.index(name) + 1 for name in ("red", "green", "blue")]
+    desc = [(d or "").strip().lower() for d in src.descriptions]
+    found = [next((i + 1 for i, d in enumerate(desc) if d in names), 0) for names in _RGB_NAMES]
+    if all(found):
+        return found
     return [1, 2, 3] if src.count >= 3 else [1]
 
 

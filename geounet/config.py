@@ -337,6 +337,10 @@ class MonitorConfig(_Strict):
     parcels: ParcelsSection
     stac: StacSection = StacSection()
     bands: MonitorBands = MonitorBands()
+    grid: GridSection = GridSection()
+    lookback_days: float = Field(
+        default=30, ge=0, description="search this long before the watermark (late items); ids dedupe"
+    )
     model: Path | None = Field(default=None, description="segmentation bundle for class fractions (optional)")
     predict: PredictSection = PredictSection()
     execution: ExecutionSection = ExecutionSection(executor="local")

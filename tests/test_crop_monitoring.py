@@ -1,0 +1,222 @@
+"""Crop monitoring over three simulated nights on the five real Slovenia Sentinel-2 dates.
+
+The items appear night by night in a static STAC catalog (the loopback pgstac fixture has no
+transactions extension enabled, so items cannot be added to it between runs). Each item has
+the 13-band L1C scene and a cloud-mask asset made from eo-learn's own CLM mask of that date
+(dates 2015-07-31 and 2015-08-20 are fully cloudy). Parcels: the 88 real land-use polygons of
+the patch (eo-learn's LULC.gpkg) with their row number as id.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pystac
+import pytest
+import rasterio
+import yaml
+
+from geounet import model
+from geounet.config import load_monitor_config
+from geounet.model import ClassInfo, ModelSpec
+from geounet.state import StateStore
+from workflows import crop_monitoring
+
+S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+COMMON = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir"}
+# reference scene index → date (eo-learn's timestamps); CLM says 07-31 and 08-20 are fully cloudy
+DATES = {4: "2015-07-11", 1: "2015-07-31", 0: "2015-08-20", 3: "2015-08-30", 2: "2015-09-09"}
+NIGHTS = [[4, 1], [0, 3], [2]]
+
+
+@pytest.fixture(scope="module")
+def slovenia(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import geopandas as gpd
+
+    src = data_dir / "s2-slovenia-eolearn"
+    tmp = tmp_path_factory.mktemp("slovenia")
+    stamps = json.loads((src / "original/TestEOPatch/timestamps.json").read_text())
+    clm = np.load(src / "original/TestEOPatch/mask/CLM.npy")
+    items: dict[int, pystac.Item] = {}
+    for index, date in DATES.items():
+        scene = src / "geotiff" / f"reference_scene_{index}_s2l1c_13band.tif"
+        t = next(i for i, s in enumerate(stamps) if s.startswith(date))
+        with rasterio.open(scene) as ds:
+            profile = dict(ds.profile, count=1, dtype="uint8", nodata=None)
+            bounds, crs = ds.bounds, ds.crs
+        mask_path = tmp / f"cloud_{date}.tif"
+        with rasterio.open(mask_path, "w", **profile) as dst:
+            dst.write(clm[t, :, :, 0].astype("uint8"), 1)
+        from rasterio.warp import transform_bounds
+        from shapely.geometry import box, mapping
+
+        ll = transform_bounds(crs, "EPSG:4326", *bounds)
+        item = pystac.Item(f"S2_slovenia_{date}", mapping(box(*ll)), list(ll),
+                           pd.Timestamp(f"{date}T10:00:00Z").to_pydatetime(),
+                           {"eo:cloud_cover": float(clm[t].mean() * 100)}, collection="s2-slovenia")  # fmt: skip
+        item.add_asset("data", pystac.Asset(str(scene), media_type=pystac.MediaType.GEOTIFF, roles=["data"],
+                       extra_fields={"eo:bands": [{"name": b, **({"common_name": COMMON[b]} if b in COMMON else {})}
+                                                  for b in S2]}))  # fmt: skip
+        item.add_asset("cloud", pystac.Asset(str(mask_path), media_type=pystac.MediaType.GEOTIFF, roles=["data"],
+                       extra_fields={"eo:bands": [{"name": "cloud"}]}))  # fmt: skip
+        items[index] = item
+    parcels = gpd.read_file(src / "original/TestEOPatch/vector_timeless/LULC.gpkg")
+    parcels["field_id"] = [f"p{i:03d}" for i in range(len(parcels))]
+    parcels_path = tmp / "parcels.gpkg"
+    parcels[["field_id", "LULC_NAME", "geometry"]].to_file(parcels_path)
+    bundle = model.init_bundle(
+        bands=("B02", "B03", "B04", "B08"),
+        classes=(ClassInfo(0, "forest", "#1b7837"), ClassInfo(1, "grass", "#a6dba0")),
+        spec=ModelSpec(in_channels=4, n_classes=2, depth=2, width=8),
+        normalization=model.Normalization(mean=(0.1,) * 4, std=(0.05,) * 4),
+        seed=1,
+    )
+    return {"items": items, "parcels": parcels_path, "n_parcels": len(parcels),
+            "bundle": model.save(bundle, tmp / "m.safetensors")}  # fmt: skip
+
+
+def _publish(catalog_dir: Path, items: list[pystac.Item]) -> Path:
+    """(Re)write a static catalog holding ``items``: what a nightly ingest would do."""
+    cat = pystac.Catalog("nightly", "items so far")
+    for it in items:
+        cat.add_item(it.clone())
+    cat.normalize_hrefs(str(catalog_dir))
+    cat.save(catalog_type=pystac.CatalogType.ABSOLUTE_PUBLISHED)
+    return catalog_dir / "catalog.json"
+
+
+def _config(tmp: Path, catalog: Path, parcels: Path, bundle: Path | None) -> Path:
+    cfg = {
+        "name": "slovenia-test",
+        "parcels": {"file": str(parcels), "id_field": "field_id"},
+        "stac": {"source": str(catalog)},
+        "bands": {"red": "red", "nir": "nir", "mask": "cloud", "mask_kind": "binary"},
+        "grid": {"resolution": 10},
+        "model": str(bundle) if bundle else None,
+        "predict": {"tile": 64, "halo": 8, "batch_size": 4},
+        "screening": {"min_valid_fraction": 0.5},
+        "change": {"ndvi_drop": 0.01},
+        "outputs": {"dir": str(tmp / "out")},
+    }
+    path = tmp / "monitor.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def nights(slovenia: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("nights")
+    published: list[pystac.Item] = []
+    results = []
+    rows_after = []
+    catalog = tmp / "catalog" / "catalog.json"
+    cfg_path = _config(tmp, catalog, slovenia["parcels"], slovenia["bundle"])
+    for night in NIGHTS:
+        published += [slovenia["items"][i] for i in night]
+        _publish(catalog.parent, published)
+        cfg = load_monitor_config(cfg_path)
+        results.append(crop_monitoring.run(cfg))
+        rows_after.append(len(crop_monitoring.read_timeseries(cfg.outputs.dir)))
+    rerun = crop_monitoring.run(cfg)
+    return {"cfg": cfg, "cfg_path": cfg_path, "results": results, "rows_after": rows_after, "rerun": rerun,
+            "ts": crop_monitoring.read_timeseries(cfg.outputs.dir)}  # fmt: skip
+
+
+def test_each_night_processes_only_the_new_scenes(nights: dict[str, Any]) -> None:
+    got = [r.scenes for r in nights["results"]]
+    assert got == [
+        ("S2_slovenia_2015-07-11", "S2_slovenia_2015-07-31"),
+        ("S2_slovenia_2015-08-20", "S2_slovenia_2015-08-30"),
+        ("S2_slovenia_2015-09-09",),
+    ]
+    assert [r.status for r in nights["results"]] == ["done"] * 3
+    ts = nights["ts"]
+    assert not ts.duplicated(["parcel_id", "scene_id"]).any()
+    per_scene = ts.groupby("scene_id").size()
+    assert len(per_scene) == 5 and per_scene.nunique() == 1  # every scene: the same parcels
+
+
+def test_a_rerun_adds_no_rows(nights: dict[str, Any]) -> None:
+    assert nights["rerun"].status == "nothing-new" and nights["rerun"].exit_code == 0
+    assert len(nights["ts"]) == nights["rows_after"][-1]
+    # a crash after writing rows but before marking the scene: the rerun re-reads it, writes nothing
+    cfg = nights["cfg"]
+    store = StateStore.open(None, out_dir=cfg.outputs.dir)
+    store._exec("DELETE FROM geounet_scenes WHERE scene_id = ?", ("S2_slovenia_2015-09-09",))
+    store._commit()
+    store.close()
+    again = crop_monitoring.run(cfg)
+    assert again.scenes == ("S2_slovenia_2015-09-09",) and again.rows == 0
+    assert len(crop_monitoring.read_timeseries(cfg.outputs.dir)) == nights["rows_after"][-1]
+
+
+def test_cloudy_scenes_are_screened_per_parcel(nights: dict[str, Any]) -> None:
+    ts = nights["ts"]
+    cloudy = ts[ts["scene_id"].isin(["S2_slovenia_2015-07-31", "S2_slovenia_2015-08-20"])]
+    assert (cloudy["status"] != "ok").all() and cloudy["ndvi_median"].isna().all()
+    assert (cloudy["status"] == "cloudy").mean() > 0.8  # the rest: parcels mostly past the scene edge
+    clear = ts[ts["scene_id"] == "S2_slovenia_2015-08-30"]
+    assert (clear["status"] == "ok").mean() > 0.8
+    assert (clear["status"] != "cloudy").all()  # the others: LULC polygons mostly outside the 1 km² patch
+    ok = clear[clear["status"] == "ok"]
+    assert ok["ndvi_median"].between(-1, 1).all() and (ok["valid_fraction"] >= 0.5).all()
+    fracs = ok[["frac_forest", "frac_grass"]].sum(axis=1)
+    assert np.allclose(fracs, 1.0, atol=1e-3)
+    assert set(ok["dominant_class"]) <= {"forest", "grass"}
+
+
+def test_ndvi_matches_a_direct_computation(nights: dict[str, Any], data_dir: Path) -> None:
+    """Parcel median NDVI ≈ numpy's over the parcel on the scene's own grid (the job warps 9.99 m → 10 m)."""
+    from rasterio.features import rasterize
+
+    ts = nights["ts"]
+    with rasterio.open(data_dir / "s2-slovenia-eolearn/geotiff/reference_scene_3_s2l1c_13band.tif") as ds:
+        red, nir = ds.read(4).astype("float64"), ds.read(8).astype("float64")
+        transform, shape = ds.transform, ds.shape
+    ok = ts[
+        (ts["scene_id"] == "S2_slovenia_2015-08-30") & (ts["status"] == "ok") & (ts["data_fraction"] == 1)
+    ]
+    assert len(ok) > 10
+    for _, row in ok.sort_values("pixels").tail(5).iterrows():
+        sel = rasterize([row.geometry], out_shape=shape, transform=transform, fill=0) == 1
+        expected = float(np.median(((nir - red) / (nir + red))[sel]))
+        assert row["ndvi_median"] == pytest.approx(expected, abs=0.01)
+
+
+def test_changes_are_written_and_consistent(nights: dict[str, Any]) -> None:
+    last = nights["results"][-1]
+    out = Path(nights["cfg"].outputs.dir)
+    data = json.loads((out / "changes.json").read_text())
+    assert data["scenes"] == ["S2_slovenia_2015-09-09"]
+    assert len(data["changes"]) == len(last.changes)
+    for ch in last.changes:
+        if "ndvi_drop" in ch["change"]:
+            assert ch["previous_ndvi_median"] - ch["ndvi_median"] > 0.01
+    assert (out / "changes.csv").read_text().startswith("parcel_id,change")
+    import geopandas as gpd
+
+    pq = gpd.read_parquet(out / "timeseries.parquet")
+    assert len(pq) == len(nights["ts"]) and pq.crs == nights["ts"].crs
+
+
+def test_a_second_concurrent_run_exits_cleanly(nights: dict[str, Any]) -> None:
+    cfg = nights["cfg"]
+    store = StateStore.open(None, out_dir=cfg.outputs.dir)
+    with store.lock(cfg.name):  # a run in progress
+        res = crop_monitoring.run(cfg)
+        proc = subprocess.run(
+            [sys.executable, "-m", "workflows.crop_monitoring", str(nights["cfg_path"])],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    store.close()
+    assert res.status == "locked" and "another run" in res.message and res.exit_code == 0
+    assert proc.returncode == 0, proc.stderr
+    assert "locked: another run of monitor 'slovenia-test'" in proc.stdout
+    runs = StateStore.open(None, out_dir=cfg.outputs.dir).runs(cfg.name)
+    assert all(r["status"] != "running" for r in runs)

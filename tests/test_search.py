@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -263,6 +264,7 @@ def test_scene_is_a_frozen_value(stac_assets: StacAssets) -> None:
         scene.id = "other"  # type: ignore[misc]
     assert hash(scene) == hash(search.scenes(str(stac_assets.catalog), collections=["landsat-7-rgb"])[0])
     assert json.loads(search.to_json([scene]))[0]["id"] == "LE07_RGB_byte"
+    assert pickle.loads(pickle.dumps(scene)) == scene  # travels to Ray tasks
 
 
 def test_cli_search_prints_a_table_and_json(stac_api: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -217,7 +217,9 @@ def scenes(
         sortby=(sortby,) if isinstance(sortby, str) else tuple(sortby),
         filter=filter,
     )
-    if _is_static(url):
+    if geom is not None and query.bbox and not geom.intersects(box(*query.bbox)):
+        items: list[pystac.Item] = []  # the AOI and the bbox do not overlap: nothing can match
+    elif _is_static(url):
         items = _static_items(query, retries)
     else:
         items = _api_items(query, page_size=page_size, retries=retries, preset=chosen)
@@ -399,10 +401,13 @@ def _api_items(query: Query, *, page_size: int, retries: Retries, preset: Preset
 
 
 def _search_kwargs(query: Query, client: Client) -> dict[str, Any]:
+    area = query.intersects
+    if area is not None and query.bbox:  # STAC APIs take bbox or intersects, not both
+        area = area.intersection(box(*query.bbox))
     kwargs: dict[str, Any] = {
         "collections": list(query.collections) or None,
-        "bbox": list(query.bbox) if query.bbox else None,
-        "intersects": mapping(query.intersects) if query.intersects is not None else None,
+        "bbox": list(query.bbox) if query.bbox and area is None else None,
+        "intersects": mapping(area) if area is not None else None,
         "datetime": query.datetime,
         "sortby": list(query.sortby) or None,
     }

@@ -92,6 +92,10 @@ def test_aoi_from_wkt_geojson_and_gpkg(source: str, tmp_path: Path) -> None:
     for value in (aoi.wkt, tmp_path / "aoi.gpkg", str(tmp_path / "aoi.geojson")):
         found = search.scenes(source, collections=["sentinel-2-l1c"], aoi=value, max_cloud=10)
         assert ids(found) == CLEAR
+    both = search.scenes(source, collections=["sentinel-2-l1c"], aoi=aoi, bbox=(14, 45, 15, 46), max_cloud=10)
+    assert ids(both) == CLEAR
+    with pytest.raises(SearchError, match="no scenes match"):
+        search.scenes(source, collections=["sentinel-2-l1c"], aoi=aoi, bbox=BRANDENBURG_BBOX)
 
 
 def test_bands_map_to_assets_in_model_order(source: str, stac_assets: StacAssets) -> None:

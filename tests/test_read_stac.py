@@ -264,3 +264,32 @@ def test_predict_from_a_stac_search_equals_predict_on_the_local_file(
     assert len(a) == len(b) > 0
     assert a.geometry.normalize().to_wkt().tolist() == b.geometry.normalize().to_wkt().tolist()
     assert a.drop(columns="geometry").equals(b.drop(columns="geometry"))
+
+
+def test_stac_job_plans_native_and_mosaic_grids(
+    stac_api: str, stac_assets: StacAssets, tmp_path: Path
+) -> None:
+    from geounet import pipeline
+    from geounet.cli import main
+    from geounet.cli.search import stac_job
+    from geounet.errors import ConfigError as CE
+
+    bundle = tmp_path / "m.safetensors"
+    main(["model", "init", "--bands", "B04,B08", "--classes", "a,b", "--depth", "2", "--width", "4",
+          "--out", str(bundle)])  # fmt: skip
+    options = pipeline.PredictOptions(device="cpu", tile=64, halo=16)
+    query = dict(stac=stac_api, collections=("s2-zone-pair",), bbox="12.58,52.46,12.64,52.48", aoi=None,
+                 datetime_=None, max_cloud=None, limit=None, sortby=(), cql2=None)  # fmt: skip
+    common = dict(model_path=str(bundle), out_dir=str(tmp_path / "o"), options=options)
+    mosaic = stac_job(None, resolution=20.0, crs=None, **common, **query)
+    assert mosaic.grid.crs == "EPSG:32633" and mosaic.grid.resolution == (20.0, 20.0)
+    assert len(mosaic.scenes) == 2 and mosaic.aoi is not None
+    assert mosaic.grid.bounds[0] <= mosaic.aoi.bounds[0] and mosaic.grid.bounds[3] >= mosaic.aoi.bounds[3]
+    with pytest.raises(InputError, match="different grids"):
+        stac_job(None, resolution=None, crs=None, **common, **query)
+    with pytest.raises(CE, match="--crs EPSG:3035 needs --resolution"):
+        stac_job(None, resolution=None, crs="EPSG:3035", **common, **query)
+    item = next(stac_assets.catalog.parent.rglob(f"{BRANDENBURG_ID}_east.json"))
+    single = stac_job(str(item), resolution=None, crs=None, **common, **dict(query, stac=None))
+    assert [s.id for s in single.scenes] == [f"{BRANDENBURG_ID}_east"]
+    assert single.grid.crs == "EPSG:32633" and single.grid.shape == (768, 1536 - PAIR_SPLIT[1])

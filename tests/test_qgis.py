@@ -7,9 +7,12 @@ the way a user's QGIS does (default styles included), renders maps to PNG and re
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
@@ -64,8 +67,6 @@ def test_rasters_load_valid_with_crs_and_class_palette(seen, run_outputs, landus
 
 
 def test_geopackage_loads_with_default_categorized_style(seen, run_outputs, landuse) -> None:
-    import geopandas as gpd
-
     layer = seen[str(run_outputs["polygons"])]
     assert layer["valid"] and layer["crs"] == landuse.grid.crs
     assert layer["features"] == len(gpd.read_file(run_outputs["polygons"], layer="polygons")) > 100
@@ -97,3 +98,57 @@ def test_project_opens_every_layer_styled(seen, landuse) -> None:
     assert layers["polygons"]["renderer"] == "categorizedSymbol"
     assert layers["classes"]["palette"] == palette_of(landuse.classes)
     assert layers["confidence"]["renderer"] == "singlebandpseudocolor"
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory) -> Path:
+    """A real ``geounet predict`` run (random 3-class U-Net) on the real Landsat RGB scene."""
+    root = tmp_path_factory.mktemp("predict")
+    model = root / "m.safetensors"
+    geounet = [sys.executable, "-m", "geounet"]
+    classes = "water:#2166ac,field:#f5dc8c,forest:#1b7837"
+    init = [*geounet, "model", "init", "--bands", "red,green,blue", "--classes", classes]
+    subprocess.run(
+        [*init, "--depth", "2", "--width", "8", "--out", str(model)], check=True, capture_output=True
+    )
+    return root
+
+
+def test_a_real_predict_run_opens_in_qgis(predicted: Path, data_dir: Path, qgis) -> None:
+    out = predicted / "out"
+    src = data_dir / "landsat7-rgb" / "RGB.byte.tif"
+    run = [sys.executable, "-m", "geounet", "predict", str(src), "--model", str(predicted / "m.safetensors")]
+    proc = subprocess.run([*run, "--out", str(out)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    classes, gpkg = str(out / "classes.tif"), str(out / "polygons.gpkg")
+    with rasterio.open(classes) as ds:
+        array, crs = ds.read(1), ds.crs.to_string()
+    png = str(predicted / "map.png")
+    report = qgis(
+        {
+            "rasters": [classes, str(out / "confidence.tif")],
+            "vectors": [gpkg],
+            "project": str(out / "project.qgs"),
+            "render": [{"layer": classes, "png": png, "width": array.shape[1], "height": array.shape[0]}],
+        }
+    )
+    expected = [
+        ClassInfo(0, "water", "#2166ac"),
+        ClassInfo(1, "field", "#f5dc8c"),
+        ClassInfo(2, "forest", "#1b7837"),
+    ]
+    assert report[classes]["valid"] and report[classes]["crs"] == crs == "EPSG:32618"
+    assert report[classes]["palette"] == palette_of(tuple(expected))
+    layer = report[gpkg]
+    assert layer["valid"] and layer["crs"] == crs
+    assert layer["features"] == len(gpd.read_file(gpkg, layer="polygons"))
+    assert layer["renderer"] == "categorizedSymbol" and layer["attribute"] == "class_id"
+    assert [c["color"] for c in layer["categories"]] == [c.color for c in expected]
+    assert report["project"]["read"] and all(v["valid"] for v in report["project"]["layers"].values())
+    image = np.asarray(Image.open(png).convert("RGB"))
+    for c in expected:
+        inside = ndimage.binary_erosion(array == c.id, iterations=1)
+        if inside.any():
+            assert (image[inside] == np.array(c.rgb)).all(axis=1).mean() > 0.99, c.name
+    border = ndimage.binary_erosion(array == 255, iterations=2)
+    assert border.any() and (image[border] == 255).all(axis=1).mean() > 0.99  # nodata border

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from filelock import FileLock, Timeout
 
-from geounet import __version__, merge
+from geounet import __version__, merge, safety
 from geounet import model as model_mod
 from geounet import read as read_mod
-from geounet.errors import ConfigError, ExecutionError, WriteError
+from geounet.errors import ConfigError, ExecutionError, InputError, ReadError, WriteError
 from geounet.geo import Grid
 from geounet.model import NODATA_CLASS, Bundle
 from geounet.read import Chip
@@ -173,12 +173,19 @@ def plan_scenes(
     from geounet import scenes as scenes_mod
 
     bundle = model_mod.load(model)
+    scenes, failed = scenes_mod.preflight(scenes)
+    if failed and not scenes:
+        raise ReadError(f"no scene can be read: {failed[0]['error']}")
+    for bad in failed:
+        log.warning("scene %s left out: %s", bad["id"], bad["error"])
     target = grid if grid is not None else scenes_mod.native_grid(scenes)
     tile = options.tile or bundle.tile
     halo = bundle.halo if options.halo is None else options.halo
     tiles = plan_tiles(target.shape, tile=tile, halo=halo, align=bundle.spec.stride)
     dates = sorted(s.datetime for s in scenes if s.datetime is not None)
     extra: dict[str, Any] = {"scenes": [s.to_dict() for s in scenes]}
+    if failed:
+        extra["failed_scenes"] = failed
     if dates:
         extra["datetime"] = dates[-1].isoformat()
     return Job(
@@ -235,6 +242,8 @@ def _scene_chips(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
                 invert=True,
             )
             chip = Chip(tile=tile, data=chip.data, valid=chip.valid & inside)
+        if failures and not chip.core_valid.any():
+            raise failures[0]  # the failed scenes were all this tile had: never write it as nodata
         out.append(chip if chip.core_valid.any() else None)
     return out
 
@@ -430,6 +439,11 @@ def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, int]:
                 assert res.classes is not None and res.confidence is not None
                 cls_w.write(res.tile.core, res.classes)
                 conf_w.write(res.tile.core, res.confidence)
+        if counts["predicted"] == 0:  # raised inside the writers: they abort, no empty COG is left
+            raise InputError(
+                f"{job.source!r} has no valid pixel in any of its {counts['tiles']} tiles (all nodata or "
+                "outside the AOI); check the input's nodata value, the AOI and the scenes' dates"
+            )
     return counts
 
 
@@ -441,7 +455,9 @@ def publish_outputs(
 
     bundle = model_mod.load(job.model_path)
     t0 = time.time()
-    manifest = manifest_for(job, bundle=bundle, counts=counts, timings=timings, started=started)
+    manifest = safety.redact_obj(
+        manifest_for(job, bundle=bundle, counts=counts, timings=timings, started=started)
+    )
     paths = publish.products(
         job.out_dir,
         classes_path=job.out_dir / "classes.tif",

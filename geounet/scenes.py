@@ -35,7 +35,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window as RioWindow
 from shapely.geometry import Polygon, box
 
-from geounet import read
+from geounet import read, safety
 from geounet.errors import ConfigError, InputError, ReadError
 from geounet.geo import Grid, Window
 from geounet.read import Chip
@@ -328,6 +328,26 @@ def native_grid(scenes: Sequence[Scene]) -> Grid:
     return distinct.pop()
 
 
+def preflight(scenes: Sequence[Scene]) -> tuple[list[Scene], list[dict[str, str]]]:
+    """Open every asset header of ``scenes`` (no pixels): the scenes that open, and the failures.
+
+    A failure is ``{"id": scene id, "error": one-line message}`` (an asset that is missing,
+    forbidden, unreachable, not a raster, or whose href is refused by
+    :func:`geounet.safety.check_href`); a batch job leaves those scenes out and records them.
+    """
+    ok: list[Scene] = []
+    failed: list[dict[str, str]] = []
+    for scene in scenes:
+        try:
+            for href in dict.fromkeys(b.href for b in scene.bands):
+                _asset_grid(scene, href)
+        except (ReadError, InputError) as exc:
+            failed.append({"id": scene.id, "error": str(exc)})
+            continue
+        ok.append(scene)
+    return ok, failed
+
+
 def _asset_grid(scene: Scene, href: str) -> Grid:
     try:
         with rasterio.Env(**GDAL_ENV), rasterio.open(vsi_path(href)) as src:
@@ -346,6 +366,7 @@ def vsi_path(href: str) -> str:
         >>> vsi_path("https://h/B02.tif"), vsi_path("s3://bucket/B02.tif"), vsi_path("/data/B02.tif")
         ('/vsicurl/https://h/B02.tif', '/vsis3/bucket/B02.tif', '/data/B02.tif')
     """
+    safety.check_href(href)  # untrusted: no ftp:, /vsi..., inline VRT XML, PG: connection strings
     if href.startswith(("http://", "https://")):
         return f"/vsicurl/{href}"
     for scheme, prefix in (("s3://", "/vsis3/"), ("gs://", "/vsigs/"), ("az://", "/vsiaz/")):
@@ -366,5 +387,7 @@ def _resampling(name: str) -> Resampling:
 
 
 def _first_line(exc: BaseException) -> str:
+    while "previous exception" in str(exc) and exc.__cause__ is not None:
+        exc = exc.__cause__  # rasterio's "Read failed. See previous exception": GDAL's reason is the cause
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__

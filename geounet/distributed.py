@@ -123,6 +123,7 @@ class RayOptions:
         max_restarts: restarts of a crashed actor.
         ready_timeout_s: how long actors may take to start before the job fails.
         stall_timeout_s: how long without any finished batch before the job fails.
+        threads: torch threads per actor (default: its whole CPUs, at least 1).
         fallback: run in-process when no address is given and a local Ray cannot start.
     """
 
@@ -138,6 +139,7 @@ class RayOptions:
     max_restarts: int = 3
     ready_timeout_s: float = 300.0
     stall_timeout_s: float = 600.0
+    threads: int | None = None
     fallback: bool = True
 
     def __post_init__(self) -> None:
@@ -230,7 +232,9 @@ def plan_pool(nodes: Sequence[Mapping[str, float]], *, device: str, options: Ray
             f"the Ray cluster's {total_cpu:g} CPUs cannot hold {actors} predict actors plus read tasks "
             f"({_describe(nodes)}); lower --actors or add CPUs"
         )
-    threads = 1 if use_gpu else max(1, min(8, int(total_cpu // actors)))
+    # Ray's own convention (OMP_NUM_THREADS = the task's CPUs): oversubscribed torch threads
+    # spin against each other and the reads, which costs far more than one thread per CPU.
+    threads = options.threads or max(1, int(cpa))
     pool = PoolPlan(
         actors=actors,
         cpus_per_actor=cpa,
@@ -298,10 +302,12 @@ class _PredictActor:
 
         return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "device": self.device}
 
-    def predict(self, tiles: Sequence[Tile], chips: Sequence[Chip | None]) -> tuple[str, list[TileResult]]:
+    def predict(
+        self, tiles: Sequence[Tile], chips: Sequence[Chip | None]
+    ) -> tuple[str, int, list[TileResult]]:
         import ray
 
-        return ray.get_runtime_context().get_node_id(), self.predictor(tiles, chips)
+        return ray.get_runtime_context().get_node_id(), os.getpid(), self.predictor(tiles, chips)
 
 
 @dataclass
@@ -311,6 +317,7 @@ class RayStats:
     pool: PoolPlan | None = None
     actors: list[dict[str, Any]] = field(default_factory=list)
     tiles_per_node: dict[str, int] = field(default_factory=dict)
+    pids: set[int] = field(default_factory=set)
     resubmitted: int = 0
     fell_back: bool = False
 
@@ -360,8 +367,8 @@ class RayExecutor:
             nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
             pool = plan_pool(nodes, device=job.options.device, options=self.options)
             self.stats.pool = pool
-            job_ref = ray.put(job)
-            actors = self._start_actors(job_ref, pool)
+            job_ref = ray.put(job)  # read tasks share one copy
+            actors = self._start_actors(job, pool)
             yield from self._stream(job_ref, todo, actors, pool, batch_size=job.options.batch_size)
         finally:
             for actor in actors:
@@ -393,7 +400,7 @@ class RayExecutor:
             ) from exc
         return True
 
-    def _start_actors(self, job_ref: Any, pool: PoolPlan) -> list[Any]:
+    def _start_actors(self, job: Job, pool: PoolPlan) -> list[Any]:
         import ray
 
         cls: Any = ray.remote(_PredictActor).options(
@@ -404,7 +411,9 @@ class RayExecutor:
             max_task_retries=self.options.max_retries,
             scheduling_strategy="SPREAD",
         )
-        actors: list[Any] = [cls.remote(job_ref, pool.device, pool.threads) for _ in range(pool.actors)]
+        # The job goes by value (it is small): a restarted actor must not depend on an object
+        # that could be lost with a node.
+        actors: list[Any] = [cls.remote(job, pool.device, pool.threads) for _ in range(pool.actors)]
         infos = [a.info.remote() for a in actors]
         ready, pending = ray.wait(infos, num_returns=len(infos), timeout=self.options.ready_timeout_s)
         try:
@@ -473,7 +482,7 @@ class RayExecutor:
                 batch = inflight.pop(ref)
                 load[batch.actor] -= 1
                 try:
-                    node, results = ray.get(ref, timeout=self.options.stall_timeout_s)
+                    node, pid, results = ray.get(ref, timeout=self.options.stall_timeout_s)
                 except GeounetError:
                     raise  # a read or model error raised in a task: already says what to fix
                 except (RayActorError, ObjectLostError, OwnerDiedError, WorkerCrashedError) as exc:
@@ -499,6 +508,7 @@ class RayExecutor:
                         f"a Ray task failed: {_first_line(exc)}; rerun with --executor local -v"
                     ) from exc
                 self.stats.tiles_per_node[node] = self.stats.tiles_per_node.get(node, 0) + len(results)
+                self.stats.pids.add(pid)
                 yield from results
 
 

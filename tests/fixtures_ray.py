@@ -13,12 +13,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyogrio
 import pytest
+import rasterio
+import torch
 
-from geounet import model
+from geounet import model, pipeline
 from geounet.model import ClassInfo, ModelSpec
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+#: The tile plan of the Ray and resume tests: 255 tiles of 96 px (48 px cores) on the scene.
+RGB_OPTIONS = pipeline.PredictOptions(tile=96, halo=24, batch_size=4)
 
 RGB_CLASSES = (
     ClassInfo(0, "water", "#1f78b4"),
@@ -51,6 +58,42 @@ def rgb_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     weights["head.weight"] = weights["head.weight"] * 50
     bundle = dataclasses.replace(bundle, weights=weights)
     return model.save(bundle, tmp_path_factory.mktemp("ray-model") / "rgb.safetensors")
+
+
+def outputs_of(out: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[Any, ...]]]:
+    """(classes, confidence, sorted polygon rows) of a finished output folder."""
+    with rasterio.open(out / "classes.tif") as ds:
+        classes = ds.read(1)
+    with rasterio.open(out / "confidence.tif") as ds:
+        confidence = ds.read(1)
+    df = pyogrio.read_dataframe(out / "polygons.gpkg", layer="polygons")
+    rows = sorted((r.class_id, r.class_name, r.geometry.wkb) for r in df.itertuples())
+    return classes, confidence, rows
+
+
+def assert_same_outputs(a: Path, b: Path) -> None:
+    """Pixel-identical classes and confidence, identical polygons (geometry and attributes)."""
+    ca, fa, pa = outputs_of(a)
+    cb, fb, pb = outputs_of(b)
+    np.testing.assert_array_equal(ca, cb)
+    np.testing.assert_array_equal(fa, fb)
+    assert pa == pb
+
+
+@pytest.fixture(scope="session")
+def rgb_reference(landsat_rgb: Path, rgb_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Outputs of the in-process executor (one torch thread) on the scene with :data:`RGB_OPTIONS`."""
+    out = tmp_path_factory.mktemp("rgb-reference")
+    job = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=out, options=RGB_OPTIONS)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the Ray actors (one thread per CPU)
+    try:
+        pipeline.run(job, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    classes, _, polygons = outputs_of(out)
+    assert len(np.unique(classes[classes != 255])) >= 2 and len(polygons) > 10  # a non-trivial map
+    return out
 
 
 @pytest.fixture(scope="module")

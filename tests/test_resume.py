@@ -8,17 +8,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyogrio
 import pytest
-import rasterio
 import torch
+from fixtures_ray import RGB_OPTIONS, assert_same_outputs
 
 from geounet import model, pipeline
 from geounet.resume import RUN_DIR
 from geounet.tiling import Tile
 
-OPTIONS = pipeline.PredictOptions(tile=96, halo=24, batch_size=4)
+OPTIONS = RGB_OPTIONS
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -28,35 +26,6 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def outputs_of(out: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[Any, ...]]]:
-    """(classes, confidence, sorted polygon rows) of a finished output folder."""
-    with rasterio.open(out / "classes.tif") as ds:
-        classes = ds.read(1)
-    with rasterio.open(out / "confidence.tif") as ds:
-        confidence = ds.read(1)
-    df = pyogrio.read_dataframe(out / "polygons.gpkg", layer="polygons")
-    rows = sorted((r.class_id, r.class_name, r.geometry.wkb) for r in df.itertuples())
-    return classes, confidence, rows
-
-
-def assert_same_outputs(a: Path, b: Path) -> None:
-    ca, fa, pa = outputs_of(a)
-    cb, fb, pb = outputs_of(b)
-    np.testing.assert_array_equal(ca, cb)
-    np.testing.assert_array_equal(fa, fb)
-    assert pa == pb
-
-
-@pytest.fixture(scope="module")
-def reference(landsat_rgb: Path, rgb_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("reference")
-    job = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=out, options=OPTIONS)
-    pipeline.run(job, progress=False)
-    classes, _, polygons = outputs_of(out)
-    assert len(np.unique(classes[classes != 255])) >= 2 and len(polygons) > 10  # a non-trivial map
-    return out
 
 
 class Crashing:
@@ -83,7 +52,7 @@ def _crash(job: pipeline.Job, after: int) -> None:
 
 
 def test_crash_then_resume_reuses_tiles_and_gives_identical_outputs(
-    landsat_rgb: Path, rgb_bundle: Path, reference: Path, tmp_path: Path
+    landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
 ) -> None:
     job = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path, options=OPTIONS)
     _crash(job, after=150)
@@ -93,7 +62,7 @@ def test_crash_then_resume_reuses_tiles_and_gives_identical_outputs(
     assert 140 <= reused <= 150  # the last partial flush may be lost, never more
     assert len(again.asked) == len(job.plan) - reused
     assert set(again.asked).isdisjoint(range(reused - 8))
-    assert_same_outputs(reference, tmp_path)
+    assert_same_outputs(rgb_reference, tmp_path)
     assert not (tmp_path / RUN_DIR).exists()  # removed once the outputs are published
 
 
@@ -120,7 +89,7 @@ def test_changed_bundle_discards_the_cache(
 
 
 def test_torn_log_line_and_no_resume(
-    landsat_rgb: Path, rgb_bundle: Path, reference: Path, tmp_path: Path
+    landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
 ) -> None:
     job = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path, options=OPTIONS)
     _crash(job, after=30)
@@ -133,4 +102,4 @@ def test_torn_log_line_and_no_resume(
     fresh = Crashing(None)
     pipeline.run(job, results=fresh, progress=False, resume=False)
     assert len(fresh.asked) == len(job.plan)
-    assert_same_outputs(reference, tmp_path)
+    assert_same_outputs(rgb_reference, tmp_path)

@@ -29,6 +29,8 @@ def _parse_bands(value: str | None) -> tuple[int, ...] | None:
   geounet predict scene.tif --model lc.safetensors --out out/ --tile 384 --halo 96 --merge blend
   geounet predict photo.jpg --model crack.safetensors --out out/ --device cpu --tta
   geounet predict big.tif --model lc.safetensors --out out/ --dry-run
+  geounet predict big.tif --model lc.safetensors --out out/ --address ray-head:6379 --gpus-per-actor 0.5
+  geounet predict big.tif --model lc.safetensors --out out/ --executor local --no-resume
 """
 )
 @click.argument("source", type=str)
@@ -53,6 +55,28 @@ def _parse_bands(value: str | None) -> tuple[int, ...] | None:
     "--min-area", type=float, default=0.0, show_default=True, help="Drop polygons smaller (map units²)."
 )
 @click.option("--simplify", type=float, default=None, help="Simplify tolerance in map units [half a pixel].")
+@click.option(
+    "--executor",
+    type=click.Choice(["ray", "local"]),
+    default="ray",
+    envvar="GEOUNET_EXECUTOR",
+    show_default=True,
+    help="ray: read tasks + U-Net actor pool (a local Ray unless --address); local: in-process. "
+    "[env GEOUNET_EXECUTOR]",
+)
+@click.option(
+    "--address", type=str, default=None, help="Ray cluster to join (host:port, ray://…) [env RAY_ADDRESS]."
+)
+@click.option("--actors", type=int, default=None, help="Predict actors [one per GPU, else CPUs/4].")
+@click.option(
+    "--gpus-per-actor", type=float, default=None, help="GPUs per actor, fractional allowed, e.g. 0.5 [1]."
+)
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Reuse the tiles a crashed run of the same job left in OUT/.geounet-run.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the tile plan and exit.")
 def predict(
     source: str,
@@ -69,6 +93,11 @@ def predict(
     vector_format: str,
     min_area: float,
     simplify: float | None,
+    executor: str,
+    address: str | None,
+    actors: int | None,
+    gpus_per_actor: float | None,
+    resume: bool,
     dry_run: bool,
 ) -> None:
     """Segment SOURCE (GeoTIFF, COG, JPEG2000, or a JPG/PNG photo) with a U-Net bundle.
@@ -76,6 +105,10 @@ def predict(
     Writes classes.tif and confidence.tif (COGs, same grid as SOURCE), polygons, styles,
     a STAC Item and a run manifest into --out. Tiles overlap by --halo and only each
     tile's core is kept, so the result has no seams.
+
+    By default tiles are read by Ray tasks and predicted by a pool of Ray actors (a local
+    Ray, or the cluster at --address); a crashed run rerun with the same arguments reuses
+    the tiles it had finished.
     """
     options = pipeline.PredictOptions(
         tile=tile,
@@ -94,6 +127,15 @@ def predict(
     if dry_run:
         click.echo(pipeline.describe(job))
         return
-    outputs = pipeline.run(job)
+    results: pipeline.ResultsFn = pipeline.local_results
+    if executor == "ray":
+        from geounet import distributed
+
+        results = distributed.RayExecutor(
+            distributed.RayOptions(address=address, actors=actors, gpus_per_actor=gpus_per_actor)
+        )
+    elif address or actors or gpus_per_actor:
+        raise ConfigError("--address/--actors/--gpus-per-actor need --executor ray; drop them or add it")
+    outputs = pipeline.run(job, results=results, resume=resume)
     for name, path in outputs.items():
         click.echo(f"{name:12s} {path}")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from geounet import pipeline
+from geounet.cli.search import stac_job, stac_options
 from geounet.errors import ConfigError
 
 
@@ -29,11 +31,18 @@ def _parse_bands(value: str | None) -> tuple[int, ...] | None:
   geounet predict scene.tif --model lc.safetensors --out out/ --tile 384 --halo 96 --merge blend
   geounet predict photo.jpg --model crack.safetensors --out out/ --device cpu --tta
   geounet predict big.tif --model lc.safetensors --out out/ --dry-run
+  geounet predict --stac http://127.0.0.1:8081 --collection sentinel-2-l1c \\
+      --bbox 14.55,45.86,14.57,45.88 --datetime 2015-09-09 --model s2.safetensors --out out/
+  geounet predict --stac earth-search --aoi aoi.gpkg --datetime 2023-06-01/2023-06-30 \\
+      --max-cloud 20 --resolution 10 --model s2.safetensors --out out/
   geounet predict big.tif --model lc.safetensors --out out/ --address ray-head:6379 --gpus-per-actor 0.5
   geounet predict big.tif --model lc.safetensors --out out/ --executor local --no-resume
 """
 )
-@click.argument("source", type=str)
+@click.argument("source", type=str, required=False)
+@stac_options(required=False)
+@click.option("--resolution", type=float, default=None, help="STAC: mosaic grid pixel size [scenes' grid].")
+@click.option("--crs", type=str, default=None, help="STAC: mosaic grid CRS [UTM zone of the AOI].")
 @click.option(
     "--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Model bundle file."
 )
@@ -79,7 +88,7 @@ def _parse_bands(value: str | None) -> tuple[int, ...] | None:
 )
 @click.option("--dry-run", is_flag=True, help="Print the tile plan and exit.")
 def predict(
-    source: str,
+    source: str | None,
     model_path: str,
     out_dir: str,
     tile: int | None,
@@ -99,8 +108,15 @@ def predict(
     gpus_per_actor: float | None,
     resume: bool,
     dry_run: bool,
+    resolution: float | None,
+    crs: str | None,
+    **query: Any,
 ) -> None:
-    """Segment SOURCE (GeoTIFF, COG, JPEG2000, or a JPG/PNG photo) with a U-Net bundle.
+    """Segment SOURCE (GeoTIFF, COG, JPEG2000, JPG/PNG photo, STAC item JSON) with a U-Net bundle.
+
+    Or segment the scenes of a STAC search (--stac and --collection/--bbox/--aoi/--datetime/
+    --max-cloud), read over HTTP and composited (least cloudy, then newest first) onto the
+    scenes' own grid or, with --resolution, a mosaic grid of the AOI.
 
     Writes classes.tif and confidence.tif (COGs, same grid as SOURCE), polygons, styles,
     a STAC Item and a run manifest into --out. Tiles overlap by --halo and only each
@@ -123,7 +139,13 @@ def predict(
         min_area=min_area,
         simplify=simplify,
     )
-    job = pipeline.plan(source, model=model_path, out_dir=Path(out_dir), options=options)
+    if query.get("stac") or (source is not None and source.endswith(".json")):
+        job = stac_job(source, model_path=model_path, out_dir=out_dir, options=options,
+                       resolution=resolution, crs=crs, **query)  # fmt: skip
+    elif source is None:
+        raise ConfigError("give SOURCE (a raster file or STAC item JSON) or --stac URL|CATALOG with a query")
+    else:
+        job = pipeline.plan(source, model=model_path, out_dir=Path(out_dir), options=options)
     if dry_run:
         click.echo(pipeline.describe(job))
         return

@@ -256,7 +256,7 @@ class ExecutionSection(_Strict):
     address: str | None = Field(
         default=None, description="Ray cluster address (default: RAY_ADDRESS or local)"
     )
-    num_cpus: float | None = Field(default=None, gt=0, description="CPUs for a local Ray")
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs for a local Ray")
     gpus_per_actor: float | None = Field(default=None, ge=0)
     actors: int | None = Field(default=None, ge=1)
 

@@ -16,7 +16,8 @@
 5. only then is the scene marked processed; a scene that fails to read is logged, left
    unmarked (retried next run) and makes the run end ``partial`` (non-zero exit);
 6. the change summary (median NDVI drop above ``change.ndvi_drop``, dominant class change,
-   against each parcel's previous clear observation) is printed and written as
+   of each parcel's newest clear observation of this run against its newest one from earlier
+   runs) is printed and written as
    ``changes.csv`` / ``changes.json``.
 
 A lock lets one run per monitor proceed; a second concurrent run returns status ``locked``
@@ -341,25 +342,23 @@ def predict_scene(scene: Scene, parcels: Parcels, cfg: MonitorConfig, bundle_pat
     by_name = {b.name: b for b in scene.bands}
     model_scene = replace(scene, bands=tuple(by_name[b] for b in bundle.bands))
     p = cfg.predict
-    tile = p.tile or bundle.tile
-    halo = bundle.halo if p.halo is None else p.halo
     options = pipeline.PredictOptions(
-        tile=tile, halo=halo, batch_size=p.batch_size, merge=p.merge, device=p.device, amp=p.amp, tta=p.tta
+        tile=p.tile,
+        halo=p.halo,
+        batch_size=p.batch_size,
+        merge=p.merge,
+        device=p.device,
+        amp=p.amp,
+        tta=p.tta,
     )
-    from geounet.tiling import grid as plan_tiles
-
-    grid = parcels.grid
-    job = pipeline.Job(
-        source=scene.id,
-        model_path=str(bundle_path),
+    job = pipeline.plan_scenes(
+        [model_scene],
+        model=bundle_path,
         out_dir=out,
-        grid=grid,
-        plan=plan_tiles(grid.shape, tile=tile, halo=halo, align=bundle.spec.stride),
-        bands=tuple(range(1, len(bundle.bands) + 1)),
         options=options,
-        model_sha256=pipeline.file_sha256(bundle_path),
-        scenes=(model_scene,),
+        grid=parcels.grid,
         aoi=parcels.frame.union_all(),
+        source=scene.id,
     )
     out.mkdir(parents=True, exist_ok=True)
     pipeline.write_rasters(job, results_fn(cfg.execution)(job))
@@ -391,7 +390,7 @@ def append_rows(rows: list[dict[str, Any]], parcels: Parcels, out_dir: Path) -> 
     if path.exists():
         pyogrio.write_dataframe(gdf, path, layer=LAYER, driver="GPKG", append=True)
     else:
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".tmp-{path.name}")
         tmp.unlink(missing_ok=True)
         pyogrio.write_dataframe(gdf, tmp, layer=LAYER, driver="GPKG")
         tmp.replace(path)
@@ -424,7 +423,8 @@ def write_parquet(out_dir: Path) -> Path | None:
 
 
 def changes(ts: Any, scene_ids: Sequence[str], *, ndvi_drop: float) -> list[dict[str, Any]]:
-    """Parcels whose newest clear observation among ``scene_ids`` changed against the previous one."""
+    """Parcels whose newest clear observation among ``scene_ids`` (this run's scenes) changed against
+    their newest clear observation from earlier runs (nothing to compare on a parcel's first run)."""
     if ts.empty or not scene_ids:
         return []
     ok = ts[ts["status"] == "ok"].sort_values(["parcel_id", "datetime", "scene_id"])
@@ -432,10 +432,11 @@ def changes(ts: Any, scene_ids: Sequence[str], *, ndvi_drop: float) -> list[dict
     fresh = set(scene_ids)
     for pid, group in ok.groupby("parcel_id", sort=True):
         rows = group.to_dict("records")
-        latest_i = max((i for i, r in enumerate(rows) if r["scene_id"] in fresh), default=None)
-        if latest_i is None or latest_i == 0:
+        new = [r for r in rows if r["scene_id"] in fresh]
+        old = [r for r in rows if r["scene_id"] not in fresh]
+        if not new or not old:
             continue
-        now, before = rows[latest_i], rows[latest_i - 1]
+        now, before = new[-1], old[-1]
         kinds = []
         drop = float(before["ndvi_median"]) - float(now["ndvi_median"])
         if drop > ndvi_drop:
@@ -579,7 +580,7 @@ def _run_locked(cfg: MonitorConfig, store: StateStore, run_id: int, out: Path) -
     )
 
 
-def summary(result: MonitorResult, *, top: int = 10) -> str:
+def summary(result: MonitorResult, *, top: int = 10, paths: bool = True) -> str:
     """Short human summary of a run (status, counts, changes, outputs)."""
     if result.status in ("locked", "nothing-new"):
         return f"{result.status}: {result.message}"
@@ -595,7 +596,7 @@ def summary(result: MonitorResult, *, top: int = 10) -> str:
             f"    {ch['parcel_id']}: {ch['change']} (NDVI {ch['previous_ndvi_median']} → {ch['ndvi_median']}, "
             f"{ch['previous_datetime'][:10]} → {ch['datetime'][:10]})"
         )
-    for name, path in result.outputs.items():
+    for name, path in result.outputs.items() if paths else ():
         lines.append(f"  {name:<18} {path}")
     return "\n".join(lines)
 

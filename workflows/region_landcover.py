@@ -24,7 +24,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ from geounet.errors import ConfigError, SearchError
 from geounet.pipeline import Job, PredictOptions, TileResult
 from geounet.scenes import order
 from geounet.search import Scene
-from geounet.tiling import grid as plan_tiles
 
 log = logging.getLogger(__name__)
 
@@ -175,33 +174,26 @@ def plan(cfg: RunConfig) -> RegionPlan:
         min_area=cfg.outputs.min_area,
         polygons=cfg.outputs.polygons,
     )
-    tiles = plan_tiles(grid.shape, tile=tile, halo=halo, align=bundle.spec.stride)
-    job = Job(
-        source=f"{cfg.stac.source} ({len(chosen)} scenes)",
-        model_path=str(cfg.model),
-        out_dir=Path(cfg.outputs.dir),
-        grid=grid,
-        plan=tiles,
-        bands=tuple(range(1, len(bundle.bands) + 1)),
+    job = pipeline.plan_scenes(
+        chosen,
+        model=cfg.model,
+        out_dir=cfg.outputs.dir,
         options=options,
-        model_sha256=pipeline.file_sha256(cfg.model),
+        grid=grid,
+        aoi=_to_crs(aoi, grid.crs),
+        source=f"{cfg.stac.source} ({len(chosen)} scenes)",
+    )
+    job = replace(
+        job,
         extra={
+            **job.extra,
             "id": cfg.name,
-            "datetime": _newest(chosen),
             "workflow": "region-landcover",
             "config": cfg.model_dump(mode="json"),
-            "scenes": [s.to_dict() for s in chosen],
             "coverage": coverage.to_dict(),
         },
-        scenes=tuple(chosen),
-        aoi=_to_crs(aoi, grid.crs),
     )
     return RegionPlan(config=cfg, aoi=aoi, found=len(found), scenes=tuple(chosen), coverage=coverage, job=job)
-
-
-def _newest(scenes: Sequence[Scene]) -> str | None:
-    dates = [s.datetime for s in scenes if s.datetime is not None]
-    return max(dates).isoformat() if dates else None
 
 
 def tiles_in_aoi(rp: RegionPlan) -> int:
@@ -243,33 +235,19 @@ def describe(rp: RegionPlan) -> str:
 
 
 def results_fn(execution: ExecutionSection) -> Callable[[Job], Iterable[TileResult]]:
-    """The executor of ``execution``: in-process, or Ray (:mod:`geounet.distributed`)."""
+    """The executor of ``execution``: in-process, or Ray (:class:`geounet.distributed.RayExecutor`)."""
     if execution.executor == "local":
         return pipeline.local_results
     from geounet import distributed
 
-    ray_results = getattr(distributed, "ray_results", None)
-    if ray_results is None:
-        raise ConfigError(
-            "execution.executor='ray' is not available in this build (geounet.distributed has no "
-            "ray_results); use --executor local"
+    return distributed.RayExecutor(
+        distributed.RayOptions(
+            address=execution.address,
+            num_cpus=execution.num_cpus,
+            actors=execution.actors,
+            gpus_per_actor=execution.gpus_per_actor,
         )
-    opts = {
-        k: v
-        for k, v in {
-            "address": execution.address,
-            "num_cpus": execution.num_cpus,
-            "gpus_per_actor": execution.gpus_per_actor,
-            "actors": execution.actors,
-        }.items()
-        if v is not None
-    }
-
-    def run_ray(job: Job) -> Iterable[TileResult]:
-        results: Iterable[TileResult] = ray_results(job, **opts)
-        return results
-
-    return run_ray
+    )
 
 
 def run(cfg: RunConfig, *, progress: bool | None = None) -> RegionResult:

@@ -21,6 +21,9 @@ from geounet.errors import GeounetError
 _COMMANDS: dict[str, tuple[str, str]] = {
     "model": ("geounet.cli.model", "model"),
     "predict": ("geounet.cli.predict", "predict"),
+    "run": ("geounet.cli.run", "run"),
+    "monitor": ("geounet.cli.monitor", "monitor"),
+    "demo": ("geounet.cli.demo", "demo"),
     "search": ("geounet.cli.search", "search"),
     "train": ("geounet.cli.train", "train"),
     "evaluate": ("geounet.cli.evaluate", "evaluate"),

@@ -306,7 +306,8 @@ def polygons(
 
     Columns: ``class_id``, ``class_name``, ``area_m2``, ``perimeter_m`` (m² and m for
     projected CRSs in metres and geodesic for geographic ones; pixel units for photos
-    without CRS), ``mean_confidence`` (with ``confidence_path``, in that raster's units)
+    without georeferencing, whose polygons lie at x = column, y = -row, where QGIS draws
+    such images), ``mean_confidence`` (with ``confidence_path``, in that raster's units)
     and ``geometry``; CRS = the raster's. The raster's nodata value (255 by default) is
     excluded. See :func:`to_frame` for ``simplify`` and ``min_area``.
     """
@@ -465,6 +466,17 @@ def _union(geoms: np.ndarray) -> Any:
     return geom
 
 
+#: Where GIS software (QGIS, GDAL's default geotransform as QGIS reads it) draws a photo
+#: without georeferencing: x = column, y = -row, so polygons land on the image.
+PHOTO_TRANSFORM = Affine(1, 0, 0, 0, -1, 0)
+
+
+def _map_transform(grid: Grid) -> Affine:
+    if grid.crs is None and grid.transform == Affine.identity():
+        return PHOTO_TRANSFORM
+    return grid.transform
+
+
 def _simplify(geoms: np.ndarray, tolerance: float, grid: Grid) -> np.ndarray:
     """Pixel-space pieces → map-space polygons, coverage-simplified with ``tolerance`` (map units).
 
@@ -477,12 +489,12 @@ def _simplify(geoms: np.ndarray, tolerance: float, grid: Grid) -> np.ndarray:
     if len(geoms) == 0:
         return geoms
     if tolerance == 0:
-        return _to_map(geoms, grid.transform)
+        return _to_map(geoms, _map_transform(grid))
     if tolerance**2 < 0.5 * grid.pixel_area:
-        return _to_map(geoms, grid.transform)
+        return _to_map(geoms, _map_transform(grid))
     # Vertices at every pixel corner along every edge: neighbours then share identical
     # vertices (a valid coverage), which coverage simplification needs to keep them shared.
-    dense = _to_map(shapely.segmentize(geoms, 1.0), grid.transform)
+    dense = _to_map(shapely.segmentize(geoms, 1.0), _map_transform(grid))
     return np.asarray(shapely.coverage_simplify(dense, tolerance, simplify_boundary=True), dtype=object)
 
 

@@ -19,23 +19,54 @@ import rasterio
 from PIL import Image
 from scipy import ndimage
 
+from geounet import publish
+from geounet.geo import Grid
 from geounet.model import ClassInfo
+from geounet.write import write_array
 
 pytestmark = pytest.mark.slow
 
 
+CRACK_CLASSES = (
+    ClassInfo(0, "background", "#808080"),
+    ClassInfo(1, "crack", "#ff0000"),
+    ClassInfo(2, "planking", "#ffff00"),
+)
+
+
 @pytest.fixture(scope="module")
-def seen(run_outputs: dict[str, Path], qgis, tmp_path_factory) -> dict[str, Any]:
+def photo(data_dir: Path, tmp_path_factory) -> tuple[np.ndarray, dict[str, Path]]:
+    """Outputs for a photo without georeferencing: a real UAV75 crack mask as the class raster."""
+    out = tmp_path_factory.mktemp("photo")
+    mask = np.asarray(Image.open(data_dir / "crack-uav75/train_lab/DSC00552.png"))[..., 0]
+    array = np.select([mask == 255, mask == 204], [1, 2], 0).astype(np.uint8)
+    classes = write_array(
+        out / "classes.tif", array, Grid(shape=array.shape), nodata=255, classes=CRACK_CLASSES
+    )
+    paths = publish.products(out, classes_path=classes, confidence_path=None, classes=CRACK_CLASSES)
+    return array, {"classes": classes, **paths}
+
+
+@pytest.fixture(scope="module")
+def seen(run_outputs: dict[str, Path], photo, qgis, tmp_path_factory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("qgis-render")
     classes, gpkg = str(run_outputs["classes"]), str(run_outputs["polygons"])
+    photo_classes, photo_gpkg = str(photo[1]["classes"]), str(photo[1]["polygons"])
     with rasterio.open(classes) as src:
         width, height = src.width, src.height
     report = qgis(
         {
-            "rasters": [classes, str(run_outputs["confidence"])],
-            "vectors": [gpkg],
+            "rasters": [classes, str(run_outputs["confidence"]), photo_classes],
+            "vectors": [gpkg, photo_gpkg],
             "project": str(run_outputs["project"]),
             "render": [
+                {
+                    "layer": photo_gpkg,
+                    "extent_of": photo_classes,
+                    "png": str(out / "photo.png"),
+                    "width": 512,
+                    "height": 512,
+                },
                 {"layer": classes, "png": str(out / "raster.png"), "width": width, "height": height},
                 {
                     "layer": gpkg,
@@ -47,7 +78,7 @@ def seen(run_outputs: dict[str, Path], qgis, tmp_path_factory) -> dict[str, Any]
             ],
         }
     )
-    report["png"] = {"raster": out / "raster.png", "vector": out / "vector.png"}
+    report["png"] = {"raster": out / "raster.png", "vector": out / "vector.png", "photo": out / "photo.png"}
     return report
 
 
@@ -98,6 +129,18 @@ def test_project_opens_every_layer_styled(seen, landuse) -> None:
     assert layers["polygons"]["renderer"] == "categorizedSymbol"
     assert layers["classes"]["palette"] == palette_of(landuse.classes)
     assert layers["confidence"]["renderer"] == "singlebandpseudocolor"
+
+
+def test_photo_polygons_lie_on_the_photo_in_qgis(seen, photo) -> None:
+    """No georeferencing: QGIS draws the image at y = -row; the polygons must land on it."""
+    array, paths = photo
+    assert seen[str(paths["classes"])]["valid"] and seen[str(paths["polygons"])]["valid"]
+    assert seen[str(paths["polygons"])]["crs"] == ""
+    image = np.asarray(Image.open(seen["png"]["photo"]).convert("RGB"))
+    for c in CRACK_CLASSES:
+        inside = ndimage.binary_erosion(array == c.id, iterations=1)
+        assert inside.any()
+        assert (image[inside] == np.array(c.rgb)).all(axis=1).mean() > 0.99, c.name
 
 
 @pytest.fixture(scope="module")

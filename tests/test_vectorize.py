@@ -148,7 +148,10 @@ def test_photo_without_crs_in_pixel_units(data_dir: Path, tmp_path: Path) -> Non
     total = gdf.groupby("class_id").area_m2.sum()
     for cid, n in zip(*np.unique(array, return_counts=True), strict=True):
         assert total[cid] == pytest.approx(float(n), rel=0.005)
-    assert gdf.geometry.total_bounds.tolist() == [0.0, 0.0, 512.0, 512.0]
+    assert gdf.geometry.total_bounds.tolist() == [0.0, -512.0, 512.0, 0.0]  # where QGIS draws the photo
+    crack = gdf[gdf.class_id == 1].geometry.union_all()
+    rows, cols = np.nonzero(array == 1)
+    assert crack.contains(shapely.points(cols + 0.5, -(rows + 0.5))).all()
 
 
 def test_geographic_crs_areas_are_geodesic(landuse) -> None:

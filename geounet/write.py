@@ -250,6 +250,7 @@ class CogWriter:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 rasterio.shutil.copy(self._scratch, tmp, driver="COG", **options)
+            _verify(tmp, self.path)
             # Sidecars first, the raster last: once `path` exists, everything is complete.
             if self.classes is not None:
                 replace_text(aux, category_aux_xml(self.classes))
@@ -258,6 +259,8 @@ class CogWriter:
                 aux.unlink(missing_ok=True)
                 replace_text(qml, gradient_qml(self._value_range()))
             os.replace(tmp, self.path)
+        except WriteError:
+            raise
         except (rasterio.errors.RasterioError, OSError) as exc:
             tmp.unlink(missing_ok=True)
             raise WriteError(
@@ -273,6 +276,26 @@ class CogWriter:
         if self.value_range is not None:
             return self.value_range
         return (0.0, 1.0) if self.dtype.kind == "f" else (0.0, 100.0)
+
+
+def _verify(tmp: Path, path: Path) -> None:
+    """Read every block of ``tmp`` back, overviews too: GDAL reports some write failures (a full
+    disk while building the COG) only as log lines and leaves a truncated file behind."""
+    with rasterio.open(tmp) as ds:
+        levels: list[int | None] = [None, *range(len(ds.overviews(1)))]
+    try:
+        for level in levels:
+            with rasterio.open(tmp, **({} if level is None else {"overview_level": level})) as ds:
+                for _, window in ds.block_windows(1):
+                    ds.read(1, window=window)
+    except rasterio.errors.RasterioError as exc:
+        cause: BaseException = exc
+        while "previous exception" in str(cause) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise WriteError(
+            f"COG {path} came out incomplete ({str(cause).splitlines()[0] if str(cause) else cause!r}); "
+            "the disk is probably full: free space and rerun"
+        ) from exc
 
 
 def write_array(path: Path, array: np.ndarray, grid: Grid, **options: Any) -> Path:

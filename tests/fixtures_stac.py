@@ -386,7 +386,7 @@ def stac_api(stac_assets: StacAssets) -> Iterator[str]:
         with log.open("wb") as sink:
             api = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app", "--factory",
-                 "--host", "127.0.0.1", "--port", str(api_port), "--log-level", "warning"],
+                 "--host", "127.0.0.1", "--port", str(api_port), "--log-level", "warning", "--timeout-graceful-shutdown", "1"],
                 cwd=base, env=env, stdout=sink, stderr=subprocess.STDOUT,
             )  # fmt: skip
         url = f"http://127.0.0.1:{api_port}"

@@ -13,6 +13,7 @@ print it. Built inputs are cached under ``bench/_work/`` (git-ignored).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -246,6 +247,7 @@ def run_child(module: str, args: Sequence[str], *, timeout: float = 3600) -> dic
 # --------------------------------------------------------------------------- inputs
 
 
+@functools.cache
 def real_scene() -> tuple[np.ndarray, dict[str, Any]]:
     """The real Brandenburg Sentinel-2 10 m bands B02, B03, B04, B08: uint16 (4, 768, 1536) and profile."""
     import rasterio

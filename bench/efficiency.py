@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import resource
 import sys
 import tempfile
 import time
@@ -45,6 +46,19 @@ def model_only(bundle_path: Path, *, n_tiles: int, tile: int, batch: int, device
     for i in range(0, n_tiles, batch):
         pred.predict(x[: min(batch, n_tiles - i)])
     return time.perf_counter() - t0
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far, all threads (contention-robust work measure)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def polygon_count(out_dir: Path) -> int:
+    """Features in the run's polygon layer (vectorizing cost grows with it)."""
+    import pyogrio
+
+    return int(pyogrio.read_info(out_dir / "polygons.gpkg", layer="polygons")["features"])
 
 
 def end_to_end(src: Path, bundle_path: Path, out_dir: Path, **options: Any) -> tuple[float, dict[str, int]]:
@@ -176,17 +190,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"device {args.device}"
         )
         secs: dict[str, list[float]] = {"a": [], "b": []}
-        n_tiles = n_plan
+        cpu: dict[str, list[float]] = {"a": [], "b": []}
+        n_tiles, n_polygons = n_plan, 0
         for i, which in common.interleave(args.repeats, "b", "a"):
+            c0 = cpu_seconds()
             if which == "b":
                 s, counts = end_to_end(src, bundle_path, tmp / f"out{i}", **opts)
-                n_tiles = counts["predicted"]
+                n_tiles, n_polygons = counts["predicted"], polygon_count(tmp / f"out{i}")
             else:
                 s = model_only(bundle_path, n_tiles=n_tiles, tile=tile, batch=args.batch, device=args.device)
             secs[which].append(s)
-            print(f"  repeat {i} {'model-only' if which == 'a' else 'end-to-end'}: {s:.2f} s")
+            cpu[which].append(cpu_seconds() - c0)
+            print(
+                f"  repeat {i} {'model-only' if which == 'a' else 'end-to-end'}: {s:.2f} s wall, "
+                f"{cpu[which][-1]:.1f} s CPU"
+            )
         a, bb = common.Stat(tuple(secs["a"])), common.Stat(tuple(secs["b"]))
         ratio = common.Stat(tuple(x / y for x, y in zip(secs["a"], secs["b"], strict=True)))
+        cpu_ratio = common.Stat(tuple(x / y for x, y in zip(cpu["a"], cpu["b"], strict=True)))
         import torch
 
         with torch.inference_mode():
@@ -200,6 +221,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model-only Mpx/s": a.map(lambda s: mpx / s).fmt(3),
             "end-to-end Mpx/s": bb.map(lambda s: mpx / s).fmt(3),
             "ratio (b)/(a)": ratio.fmt(3),
+            "CPU-time ratio (a)/(b)": cpu_ratio.fmt(3),
+            "polygons": n_polygons,
             "model-only s": a.fmt(1),
             "end-to-end s": bb.fmt(1),
             "kFLOP/output px": f"{total_flops / out_px / 1e3:.0f}",

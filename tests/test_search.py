@@ -317,3 +317,20 @@ def test_cli_search_errors_are_one_line(stac_api: str, capsys: pytest.CaptureFix
     with pytest.raises(SystemExit):
         main(["search", "--stac", stac_api, "--bbox", "1,2,3"])
     assert "ConfigError: --bbox '1,2,3' must be four numbers" in capsys.readouterr().err
+
+
+def test_preset_name_resolves_to_its_api_and_collection(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[search.Query] = []
+
+    def fake_api(query: search.Query, **kwargs: object) -> list[object]:
+        seen.append(query)
+        return []
+
+    monkeypatch.setattr(search, "_api_items", fake_api)  # no network beyond loopback in tests
+    with pytest.raises(SearchError, match=r"source=https://earth-search\.aws\.element84\.com/v1 "):
+        search.scenes("earth-search", bbox=BRANDENBURG_BBOX, max_cloud=20)
+    assert seen[0].collections == ("sentinel-2-l2a",) and seen[0].max_cloud == 20
+    with pytest.raises(SearchError):
+        search.scenes("pc", collections=["sentinel-2-l1c"])
+    assert seen[1].source == "https://planetarycomputer.microsoft.com/api/stac/v1"
+    assert seen[1].collections == ("sentinel-2-l1c",)

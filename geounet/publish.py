@@ -91,7 +91,7 @@ def write_vectors(
             gdf.to_parquet(tmp, index=False)
         else:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # pyogrio: "no CRS" for photos
+                warnings.filterwarnings("ignore", "'crs' was not provided")  # photos: no CRS on purpose
                 gdf.to_file(
                     tmp,
                     driver=driver,

@@ -250,7 +250,9 @@ class CogWriter:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 rasterio.shutil.copy(self._scratch, tmp, driver="COG", **options)
-            _verify(tmp, self.path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                _verify(tmp, self.path)
             # Sidecars first, the raster last: once `path` exists, everything is complete.
             if self.classes is not None:
                 replace_text(aux, category_aux_xml(self.classes))

@@ -104,7 +104,12 @@ class StateStore:
             conn.execute("PRAGMA journal_mode=WAL")
             return cls(conn, kind="sqlite", where=str(path), lock_path=path.with_suffix(".lock"))
         if url.startswith(("postgresql://", "postgres://")):
-            import psycopg
+            try:
+                import psycopg
+            except ImportError:
+                raise ConfigError(
+                    f"state.url={_redact(url)!r} needs psycopg: pip install 'geounet[postgres]'"
+                ) from None
 
             try:
                 pg = psycopg.connect(url, autocommit=False, connect_timeout=15)

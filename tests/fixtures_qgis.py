@@ -175,6 +175,29 @@ def _write_rgb_preview(data_dir: Path, path: Path) -> None:
         dst.write(rgb)
 
 
+CRACK = (
+    ClassInfo(0, "background", "#808080"),
+    ClassInfo(1, "crack", "#ff0000"),
+    ClassInfo(2, "planking", "#ffff00"),
+)
+
+
+@pytest.fixture(scope="session")
+def photo(data_dir: Path, tmp_path_factory) -> tuple[np.ndarray, dict[str, Path]]:
+    """Outputs for a photo without georeferencing: a real UAV75 crack mask as the class raster."""
+    from PIL import Image
+
+    from geounet import publish
+    from geounet.write import write_array
+
+    out = tmp_path_factory.mktemp("photo")
+    mask = np.asarray(Image.open(data_dir / "crack-uav75/train_lab/DSC00552.png"))[..., 0]
+    array = np.select([mask == 255, mask == 204], [1, 2], 0).astype(np.uint8)
+    classes = write_array(out / "classes.tif", array, Grid(shape=array.shape), nodata=255, classes=CRACK)
+    paths = publish.products(out, classes_path=classes, confidence_path=None, classes=CRACK)
+    return array, {"classes": classes, **paths}
+
+
 QGIS_PYTHON = Path("/usr/bin/python3")
 PROBE = Path(__file__).with_name("qgis_probe.py")
 

@@ -150,3 +150,18 @@ def test_bad_format_and_unwritable_path(tmp_path: Path, landuse) -> None:
     with pytest.raises(WriteError, match="cannot write gpkg"):
         publish.write_vectors(gdf, tmp_path / "missing" / "x.gpkg", classes=landuse.classes)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_photo_products_without_georeferencing(photo, stac_schemas) -> None:
+    array, paths = photo
+    used = publish.validate_item(paths["item"], schemas=stac_schemas)
+    assert not any("projection" in uri for uri in used)
+    item = json.loads(paths["item"].read_text())
+    assert item["geometry"] is None and "bbox" not in item
+    gdf = gpd.read_file(paths["polygons"], layer="polygons")
+    assert gdf.crs is None
+    areas = {int(r["class_id"]): int(r["pixels"]) for r in csv.DictReader(paths["areas"].open())}
+    assert areas == {int(v): int(n) for v, n in zip(*np.unique(array, return_counts=True), strict=True)}
+    assert gdf.groupby("class_id").area_m2.sum().to_dict() == pytest.approx(
+        {k: float(v) for k, v in areas.items()}, rel=0.005
+    )

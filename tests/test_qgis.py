@@ -16,35 +16,13 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from fixtures_qgis import CRACK
 from PIL import Image
 from scipy import ndimage
 
-from geounet import publish
-from geounet.geo import Grid
 from geounet.model import ClassInfo
-from geounet.write import write_array
 
 pytestmark = pytest.mark.slow
-
-
-CRACK_CLASSES = (
-    ClassInfo(0, "background", "#808080"),
-    ClassInfo(1, "crack", "#ff0000"),
-    ClassInfo(2, "planking", "#ffff00"),
-)
-
-
-@pytest.fixture(scope="module")
-def photo(data_dir: Path, tmp_path_factory) -> tuple[np.ndarray, dict[str, Path]]:
-    """Outputs for a photo without georeferencing: a real UAV75 crack mask as the class raster."""
-    out = tmp_path_factory.mktemp("photo")
-    mask = np.asarray(Image.open(data_dir / "crack-uav75/train_lab/DSC00552.png"))[..., 0]
-    array = np.select([mask == 255, mask == 204], [1, 2], 0).astype(np.uint8)
-    classes = write_array(
-        out / "classes.tif", array, Grid(shape=array.shape), nodata=255, classes=CRACK_CLASSES
-    )
-    paths = publish.products(out, classes_path=classes, confidence_path=None, classes=CRACK_CLASSES)
-    return array, {"classes": classes, **paths}
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +115,7 @@ def test_photo_polygons_lie_on_the_photo_in_qgis(seen, photo) -> None:
     assert seen[str(paths["classes"])]["valid"] and seen[str(paths["polygons"])]["valid"]
     assert seen[str(paths["polygons"])]["crs"] == ""
     image = np.asarray(Image.open(seen["png"]["photo"]).convert("RGB"))
-    for c in CRACK_CLASSES:
+    for c in CRACK:
         inside = ndimage.binary_erosion(array == c.id, iterations=1)
         assert inside.any()
         assert (image[inside] == np.array(c.rgb)).all(axis=1).mean() > 0.99, c.name

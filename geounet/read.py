@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import rasterio
@@ -180,8 +181,8 @@ def mirror_pad(data: np.ndarray, pad: Padding) -> np.ndarray:
     if not pad.any:
         return data
     # numpy cannot reflect a single row/column: repeat it instead.
-    row_mode = "reflect" if data.shape[1] > 1 else "edge"
-    col_mode = "reflect" if data.shape[2] > 1 else "edge"
+    row_mode: Literal["reflect", "edge"] = "reflect" if data.shape[1] > 1 else "edge"
+    col_mode: Literal["reflect", "edge"] = "reflect" if data.shape[2] > 1 else "edge"
     out = np.pad(data, ((0, 0), (pad.top, pad.bottom), (0, 0)), mode=row_mode)
     return np.pad(out, ((0, 0), (0, 0), (pad.left, pad.right)), mode=col_mode)
 

@@ -45,7 +45,7 @@ from shapely.geometry.base import BaseGeometry
 from urllib3.util.retry import Retry
 
 from geounet import geo, stac_presets
-from geounet.errors import ConfigError, InputError, InputNotFoundError, SearchError
+from geounet.errors import ConfigError, GeounetError, InputError, InputNotFoundError, SearchError
 from geounet.stac_presets import Preset
 
 log = logging.getLogger(__name__)
@@ -318,11 +318,11 @@ def read_aoi(value: BaseGeometry | str | Path) -> BaseGeometry:
         (12.0, 52.0, 13.0, 53.0)
     """
     if isinstance(value, BaseGeometry):
-        return value
+        return _valid_aoi(value, "AOI")
     text = str(value).strip()
     if text.upper().startswith(("POLYGON", "MULTIPOLYGON", "POINT", "LINESTRING", "GEOMETRYCOLLECTION")):
         try:
-            return shapely.from_wkt(text)
+            return _valid_aoi(shapely.from_wkt(text), f"AOI WKT {text[:60]!r}")
         except shapely.errors.GEOSException as exc:
             raise InputError(f"AOI WKT {text[:60]!r} does not parse ({exc}); fix the WKT") from exc
     path = Path(text)
@@ -335,7 +335,17 @@ def read_aoi(value: BaseGeometry | str | Path) -> BaseGeometry:
         raise InputError(f"AOI file {text!r} has no features; give a file with at least one polygon")
     if frame.crs is not None:
         frame = frame.to_crs("EPSG:4326")
-    return shapely.union_all(frame.geometry.values)
+    return shapely.union_all([_valid_aoi(g, f"AOI file {text!r}") for g in frame.geometry.values])
+
+
+def _valid_aoi(geom: BaseGeometry, label: str) -> BaseGeometry:
+    """``geom`` if it is a valid geometry; self-intersections etc. break the coverage and AOI masks."""
+    if geom is not None and not geom.is_valid:
+        raise InputError(
+            f"{label} is not a valid geometry ({shapely.validation.explain_validity(geom)}); fix it, "
+            "e.g. with shapely.make_valid() or QGIS's Fix Geometries"
+        )
+    return geom
 
 
 def target_grid(aoi: BaseGeometry, *, resolution: float, crs: str | None = None) -> geo.Grid:
@@ -387,6 +397,13 @@ def _api_items(query: Query, *, page_size: int, retries: Retries, preset: Preset
         kwargs = _search_kwargs(query, client)
         found = client.search(max_items=query.limit, limit=page_size, **kwargs)
         return _filter(found.items(), query)
+    except (ValueError, pystac.STACError) as exc:  # a 200 whose body is not JSON or not STAC
+        if isinstance(exc, GeounetError):
+            raise
+        raise SearchError(
+            f"STAC API {query.source} answered with malformed JSON or non-STAC content ({_first_line(exc)}) "
+            f"for {query}; check that the URL is a STAC API root and the server is healthy"
+        ) from exc
     except APIError as exc:
         status = getattr(exc, "status_code", None)
         if status is not None and 400 <= status < 500 and status != 429:

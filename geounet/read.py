@@ -80,6 +80,8 @@ def open_raster(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
 
 
 def _first_line(exc: BaseException) -> str:
+    while "previous exception" in str(exc) and exc.__cause__ is not None:
+        exc = exc.__cause__  # rasterio's "Read failed. See previous exception": GDAL's reason is the cause
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 

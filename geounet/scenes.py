@@ -340,7 +340,11 @@ def preflight(scenes: Sequence[Scene]) -> tuple[list[Scene], list[dict[str, str]
     for scene in scenes:
         try:
             for href in dict.fromkeys(b.href for b in scene.bands):
-                _asset_grid(scene, href)
+                if _asset_grid(scene, href).crs is None:
+                    raise InputError(
+                        f"scene {scene.id!r}: asset {href} has no CRS (not georeferenced); a STAC scene "
+                        "must be georeferenced to be placed on the grid: fix the asset or leave the scene out"
+                    )
         except (ReadError, InputError) as exc:
             failed.append({"id": scene.id, "error": str(exc)})
             continue

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from geounet import safety
 from geounet.errors import GeounetError
 
 # (module, attribute) of every sub-command; modules are imported lazily so
@@ -57,6 +58,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     """geounet: tile, segment (U-Net) and vectorize satellite and aerial imagery."""
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
+    safety.install_log_redaction()  # signed URLs and keys never reach a log
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> Any:
     except GeounetError as exc:
         if verbose:
             raise
-        click.echo(f"{type(exc).__name__}: {exc}", err=True)
+        click.echo(f"{type(exc).__name__}: {safety.redact(str(exc))}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)

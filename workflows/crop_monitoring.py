@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from geounet import model as model_mod
-from geounet import pipeline, search
+from geounet import pipeline, safety, search
 from geounet.config import MonitorConfig, load_monitor_config
 from geounet.errors import InputError, InputNotFoundError, ReadError, SearchError
 from geounet.geo import Grid, Window
@@ -86,6 +86,31 @@ class MonitorResult:
         return 2 if self.status == "partial" else 0
 
 
+def _check_one_crs(gdf: Any, ids: Any, path: Path) -> None:
+    """Refuse parcels outside their CRS's area of use: the file mixes coordinate systems
+    (e.g. UTM metres in a lon/lat GeoJSON), which would blow the grid up to the whole zone."""
+    area = gdf.crs.area_of_use
+    if area is None or area.west > area.east:  # unknown, or crossing the antimeridian: cannot tell
+        return
+    with np.errstate(all="ignore"):
+        b = gdf.geometry.to_crs("EPSG:4326").bounds
+    tol = 1.0  # degrees of slack around the published area of use
+    bad = (
+        ~np.isfinite(b.to_numpy()).all(axis=1)
+        | (b["minx"] < area.west - tol).to_numpy()
+        | (b["maxx"] > area.east + tol).to_numpy()
+        | (b["miny"] < area.south - tol).to_numpy()
+        | (b["maxy"] > area.north + tol).to_numpy()
+    )
+    if bad.any():
+        listed = ", ".join(ids[bad].astype(str).tolist()[:5])
+        raise InputError(
+            f"parcels {listed} in {path} lie outside the area of their CRS {gdf.crs.to_string()} "
+            f"({area.west:g},{area.south:g},{area.east:g},{area.north:g}): the file mixes coordinate "
+            "systems; reproject every parcel into one CRS (e.g. ogr2ogr -t_srs) before monitoring"
+        )
+
+
 def load_parcels(cfg: MonitorConfig) -> Parcels:
     """Read the parcels, check their ids, and derive the target grid.
 
@@ -107,6 +132,7 @@ def load_parcels(cfg: MonitorConfig) -> Parcels:
     if gdf.crs is None:
         raise InputError(f"parcels file {p.file} has no CRS; assign one (e.g. ogr2ogr -a_srs)")
     ids = gdf[p.id_field].astype(str)
+    _check_one_crs(gdf, ids, p.file)
     dup = ids[ids.duplicated()].unique()
     if len(dup):
         raise InputError(
@@ -544,7 +570,9 @@ def _run_locked(cfg: MonitorConfig, store: StateStore, run_id: int, out: Path) -
         try:
             classes_path = None
             if bundle is not None and cfg.model is not None:
-                classes_path = predict_scene(scene, parcels, cfg, cfg.model, out / "predictions" / scene.id)
+                classes_path = predict_scene(
+                    scene, parcels, cfg, cfg.model, safety.safe_path(out / "predictions", scene.id)
+                )
             rows = scene_rows(
                 scene, parcels, cfg, classes_path=classes_path, class_info=bundle.classes if bundle else ()
             )

@@ -278,6 +278,21 @@ def _describe(nodes: Sequence[Mapping[str, float]]) -> str:
     return f"{len(nodes)} node(s): " + ", ".join(one(n) for n in nodes)
 
 
+def local_system_config(num_cpus: int) -> dict[str, Any]:
+    """Ray settings for a node that runs predict actors and fractional-CPU read tasks.
+
+    Ray keeps at most ``num_workers_soft_limit`` (default: the node's CPUs) idle worker
+    processes; with actors and several read tasks per CPU, a small node would kill and
+    re-spawn a Python worker (seconds each) for nearly every read. Pass the same value to
+    ``ray start --system-config`` on cluster nodes with few CPUs (see infra/README.md).
+
+    Example:
+        >>> local_system_config(2)
+        {'num_workers_soft_limit': 8}
+    """
+    return {"num_workers_soft_limit": max(8, 4 * num_cpus)}
+
+
 def _read_batch(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
     """Ray task body: the read stage for one batch of tiles."""
     from geounet.pipeline import read_chips
@@ -392,7 +407,13 @@ class RayExecutor:
                 ray.init(address=address, **kwargs)
             else:
                 ncpu = self.options.num_cpus or os.cpu_count() or 1
-                ray.init(address="local", num_cpus=ncpu, include_dashboard=False, **kwargs)
+                ray.init(
+                    address="local",
+                    num_cpus=ncpu,
+                    include_dashboard=False,
+                    _system_config=local_system_config(ncpu),
+                    **kwargs,
+                )
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
             where = f"join the Ray cluster at {address!r}" if address else "start a local Ray"
             raise ExecutionError(

@@ -20,12 +20,13 @@ import rasterio
 import torch
 
 from geounet import model, pipeline
+from geounet.distributed import local_system_config
 from geounet.model import ClassInfo, ModelSpec
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-#: The tile plan of the Ray and resume tests: 255 tiles of 96 px (48 px cores) on the scene.
-RGB_OPTIONS = pipeline.PredictOptions(tile=96, halo=24, batch_size=4)
+#: The tile plan of the Ray and resume tests: 255 tiles of 96 px (48 px cores) on the scene, 32 batches.
+RGB_OPTIONS = pipeline.PredictOptions(tile=96, halo=24, batch_size=8)
 
 RGB_CLASSES = (
     ClassInfo(0, "water", "#1f78b4"),
@@ -107,7 +108,11 @@ def ray_cluster() -> Iterator[Any]:
     cluster = Cluster(
         initialize_head=True,
         connect=True,
-        head_node_args={"num_cpus": 2, "include_dashboard": False},
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": False,
+            "_system_config": local_system_config(2),
+        },
     )
     try:
         yield cluster

@@ -9,6 +9,7 @@ actors and hands its results to the same :func:`write_results`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -117,13 +118,31 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def load_bundle(path: str | Path) -> Bundle:
+    """:func:`geounet.model.load`, cached in this process by path, size and modification time.
+
+    A job's stages (plan, predict, write, publish) each need the bundle; the cache reads and
+    verifies the file once per job instead of four times (~0.3 s each for a width-32 U-Net).
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return model_mod.load(path)  # raises the typed "not found" error
+    return _load_bundle(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_bundle(path: str, size: int, mtime_ns: int) -> Bundle:
+    return model_mod.load(path)
+
+
 def plan(source: str | Path, *, model: str | Path, out_dir: str | Path, options: PredictOptions) -> Job:
     """Plan a prediction of a local raster: grid, band mapping and tiles.
 
     Raises:
         InputNotFoundError, InputError, BundleError, ConfigError: with the value and the fix.
     """
-    bundle = model_mod.load(model)
+    bundle = load_bundle(model)
     tile = options.tile or bundle.tile
     halo = bundle.halo if options.halo is None else options.halo
     with read_mod.open_raster(source) as ds:
@@ -172,7 +191,7 @@ def plan_scenes(
     """
     from geounet import scenes as scenes_mod
 
-    bundle = model_mod.load(model)
+    bundle = load_bundle(model)
     scenes, failed = scenes_mod.preflight(scenes)
     if failed and not scenes:
         raise ReadError(f"no scene can be read: {failed[0]['error']}")
@@ -259,7 +278,7 @@ class TilePredictor:
         from geounet.infer import Predictor
 
         self.job = job
-        self.bundle: Bundle = model_mod.load(job.model_path)
+        self.bundle: Bundle = load_bundle(job.model_path)
         opts = job.options
         self.predictor = Predictor(
             self.bundle,
@@ -392,7 +411,7 @@ def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, int]:
     """Merge tile results into ``classes.tif`` and ``confidence.tif`` (COGs, written atomically)."""
     from geounet.write import CogWriter
 
-    bundle = model_mod.load(job.model_path)
+    bundle = load_bundle(job.model_path)
     counts = {"tiles": len(job.plan), "predicted": 0, "skipped": 0}
     blender = (
         merge.Blender(job.plan, n_classes=len(bundle.classes), window=job.options.blend_window)
@@ -453,7 +472,7 @@ def publish_outputs(
     """Polygons, styles, STAC Item, quicklook and the run manifest beside the rasters."""
     from geounet import publish
 
-    bundle = model_mod.load(job.model_path)
+    bundle = load_bundle(job.model_path)
     t0 = time.time()
     manifest = safety.redact_obj(
         manifest_for(job, bundle=bundle, counts=counts, timings=timings, started=started)

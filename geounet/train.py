@@ -367,6 +367,7 @@ def run(
     }
     if resume:
         state = load_checkpoint(out, net=net, opt=opt)
+        state.setdefault("losses", [])  # checkpoints written before per-step losses were recorded
         saved = state["normalization"]
         norm = Normalization(tuple(saved["mean"]), tuple(saved["std"]), float(saved["scale"]))
         log.info("resumed from %s at step %d", out / CHECKPOINT, state["step"])

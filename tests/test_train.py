@@ -210,3 +210,18 @@ def test_ray_train_two_cpu_workers_writes_loadable_bundle(
     assert tuple(net(torch.zeros(1, 3, 64, 64)).shape) == (1, 3, 64, 64)
     state = json.loads((tmp_path / "ray" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3
+
+
+def test_committed_landcover_bundle_matches_its_recipe(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GEOUNET_DATA", str(data_dir))
+    cfg = load_train_config(LANDCOVER)
+    b = model.load(REPO / "geounet" / "data" / "landcover-brandenburg.safetensors")
+    assert b.bands == tuple(cfg.data.bands) and [c.name for c in b.classes] == [
+        c.name for c in cfg.data.classes
+    ]
+    assert 16 <= b.spec.width <= 32 and b.normalization.scale == pytest.approx(1e-4)
+    prov = b.provenance["val_metrics_vs_baseline"]
+    assert prov["U-Net"]["miou"] > prov["RandomForest"]["miou"]
+    assert "OpenStreetMap" in (REPO / "geounet" / "data" / "MODEL_CARD.md").read_text()

@@ -11,8 +11,8 @@ Every statement is parameterized (``?`` placeholders, translated for psycopg).
   period before it, and the processed ids drop what is already done (late-arriving items
   with older datetimes are still picked up).
 * ``runs``: one row per run (start, end, status, counts, message) for the log.
-* :meth:`StateStore.lock`: one run per monitor at a time: a file lock beside the SQLite
-  file, or a PostgreSQL advisory lock; a second run gets :class:`LockHeld` at once.
+* :meth:`StateStore.lock`: one run per monitor at a time: a file lock per monitor beside the
+  SQLite file, or a PostgreSQL advisory lock; a second run gets :class:`LockHeld` at once.
 
 Example:
     >>> import tempfile, pathlib
@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import socket
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -149,12 +150,14 @@ class StateStore:
             from filelock import FileLock, Timeout
 
             assert self._lock_path is not None
-            lock = FileLock(str(self._lock_path))
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", monitor)[:80] + "-" + _short_hash(monitor)
+            path = self._lock_path.with_name(f"{self._lock_path.stem}-{slug}.lock")
+            lock = FileLock(str(path))
             try:
                 lock.acquire(timeout=0)
             except Timeout:
                 raise LockHeld(
-                    f"another run of monitor {monitor!r} holds {self._lock_path}; "
+                    f"another run of monitor {monitor!r} holds {path}; "
                     "this run does nothing (the scheduler will try again next time)"
                 ) from None
             try:
@@ -235,6 +238,10 @@ class StateStore:
         )
         names = ("id", "started", "finished", "status", "scenes", "rows", "message")
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _redact(url: str) -> str:

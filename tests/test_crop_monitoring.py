@@ -220,3 +220,82 @@ def test_a_second_concurrent_run_exits_cleanly(nights: dict[str, Any]) -> None:
     assert "locked: another run of monitor 'slovenia-test'" in proc.stdout
     runs = StateStore.open(None, out_dir=cfg.outputs.dir).runs(cfg.name)
     assert all(r["status"] != "running" for r in runs)
+
+
+def _post(url: str, obj: dict[str, Any]) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(obj).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_nights_against_the_pgstac_server(stac_api: str, slovenia: dict[str, Any], tmp_path: Path) -> None:
+    """Items POSTed to the loopback pgstac server night by night (transactions extension)."""
+    coll = "s2-slovenia-nightly"
+    extent = {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [[None, None]]}}
+    status = _post(f"{stac_api}/collections", {"type": "Collection", "stac_version": "1.0.0", "id": coll,
+                   "description": "nightly test", "license": "proprietary", "extent": extent, "links": []})  # fmt: skip
+    if status in (404, 405):
+        pytest.skip(
+            "the pgstac fixture runs without the transactions extension; set ENABLE_TRANSACTIONS_EXTENSIONS=true "
+            "in tests/fixtures_stac.py to add items between nights (the static-catalog nights above still run)"
+        )
+    assert status in (200, 201), status
+    cfg_path = _config(tmp_path, Path("unused"), slovenia["parcels"], None)
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["stac"] = {"source": stac_api, "collections": [coll]}
+    cfg_path.write_text(yaml.safe_dump(raw))
+    done: list[tuple[str, ...]] = []
+    for night in NIGHTS:
+        for i in night:
+            item = slovenia["items"][i].clone()
+            item.collection_id = coll
+            assert _post(f"{stac_api}/collections/{coll}/items", item.to_dict(include_self_link=False)) in (
+                200,
+                201,
+            )
+        done.append(crop_monitoring.run(load_monitor_config(cfg_path)).scenes)
+    assert done == [tuple(f"S2_slovenia_{DATES[i]}" for i in night) for night in NIGHTS]
+    again = crop_monitoring.run(load_monitor_config(cfg_path))
+    assert again.status == "nothing-new"
+    ts = crop_monitoring.read_timeseries(load_monitor_config(cfg_path).outputs.dir)
+    assert len(ts) == 5 * ts["parcel_id"].nunique() and not ts.duplicated(["parcel_id", "scene_id"]).any()
+
+
+def test_cli_monitor_run_and_schedule(nights: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from click.testing import CliRunner
+
+    from geounet.cli import cli
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["monitor", "run", str(nights["cfg_path"])])
+    assert res.exit_code == 0 and res.output.startswith("nothing-new"), res.output
+    bad = runner.invoke(
+        cli, ["monitor", "run", str(nights["cfg_path"]), "--set", "screening.min_valid_fraction=2"]
+    )
+    assert bad.exit_code != 0 and "screening.min_valid_fraction=2" in str(bad.exception)
+    wrong = runner.invoke(cli, ["monitor", "schedule", str(nights["cfg_path"]), "--cron", "0 2 * *"])
+    assert "not a valid cron expression" in str(wrong.exception)
+    monkeypatch.setattr("time.sleep", lambda s: None)  # don't wait for the slot
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("geounet.monitor").addHandler(handler)
+    logging.getLogger("geounet.monitor").setLevel(logging.INFO)
+    try:
+        res = runner.invoke(cli, ["monitor", "schedule", str(nights["cfg_path"]), "--cron", "0 2 * * *",
+                                  "--max-runs", "2"])  # fmt: skip
+    finally:
+        logging.getLogger("geounet.monitor").removeHandler(handler)
+    assert res.exit_code == 0, res.output
+    assert res.output.count("nothing-new") == 2
+    assert sum(m.startswith("next run at") for m in messages) == 2
+    assert sum("finished with exit code 0" in m for m in messages) == 2

@@ -143,3 +143,29 @@ def test_choose_prefers_clear_scenes_and_skips_redundant_ones() -> None:
     assert [s.id for s in chosen] == ["clear-west", "clear-east"]
     assert cov.fraction == pytest.approx(1.0)
     assert np.isclose(sum(g for _, g in cov.gains), 1.0)
+
+
+def test_cli_run_dry_run_and_errors(stac_api: str, rgbn_bundle: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from geounet.cli import cli
+
+    cfg_path = _config(
+        tmp_path,
+        name="cli",
+        aoi={"wkt": AOI.wkt},
+        stac={"source": stac_api, "collections": ["sentinel-2-l1c"], "datetime": "2017-02-01/2017-02-28"},
+        model=str(rgbn_bundle),
+        predict={"tile": 128, "halo": 16},
+        outputs={"dir": str(tmp_path / "out")},
+    )
+    runner = CliRunner()
+    res = runner.invoke(cli, ["run", str(cfg_path), "--dry-run", "--executor", "local"])
+    assert res.exit_code == 0, res.output
+    assert "S2A_MSIL1C_20170216T102101_T33UUU" in res.output and "coverage: 100.00%" in res.output
+    res = runner.invoke(cli, ["run", str(cfg_path), "--dry-run", "--set", "predict.halo=64"])
+    assert "predict: tile=128 must be > 2*halo=128" in str(res.exception)
+    res = runner.invoke(
+        cli, ["run", str(cfg_path), "--dry-run", "--set", "stac.datetime=2018-01-01/2018-02-01"]
+    )
+    assert "no scenes match" in str(res.exception)

@@ -485,7 +485,7 @@ def publish_outputs(
         vector_format=job.options.vector_format,
         simplify=job.options.simplify,
         min_area=job.options.min_area,
-        preview_path=Path(job.source) if Path(job.source).exists() else None,
+        preview_path=Path(job.source) if not job.scenes and Path(job.source).is_file() else None,
         manifest=manifest,
     )
     log.info("published %d outputs in %.1f s", len(paths), time.time() - t0)

@@ -346,7 +346,10 @@ def preflight(scenes: Sequence[Scene]) -> tuple[list[Scene], list[dict[str, str]
                         "must be georeferenced to be placed on the grid: fix the asset or leave the scene out"
                     )
         except (ReadError, InputError) as exc:
-            failed.append({"id": scene.id, "error": str(exc)})
+            msg = str(exc)
+            failed.append(
+                {"id": scene.id, "error": msg if repr(scene.id) in msg else f"scene {scene.id!r}: {msg}"}
+            )
             continue
         ok.append(scene)
     return ok, failed

@@ -34,6 +34,7 @@ from typing import Any
 
 import pystac
 import shapely
+import shapely.validation
 from affine import Affine
 from pystac_client import Client
 from pystac_client.conformance import ConformanceClasses

@@ -169,3 +169,14 @@ def test_cli_run_dry_run_and_errors(stac_api: str, rgbn_bundle: Path, tmp_path: 
         cli, ["run", str(cfg_path), "--dry-run", "--set", "stac.datetime=2018-01-01/2018-02-01"]
     )
     assert "no scenes match" in str(res.exception)
+
+
+def test_workflow_doctests() -> None:
+    import doctest
+
+    from workflows import crop_monitoring, demo
+
+    for mod in (region_landcover, crop_monitoring, demo):
+        failed, _ = doctest.testmod(mod, verbose=False)
+        assert failed == 0, mod.__name__
+    assert doctest.testmod(crop_monitoring).attempted >= 2 and doctest.testmod(demo).attempted >= 1

@@ -180,3 +180,40 @@ def test_workflow_doctests() -> None:
         failed, _ = doctest.testmod(mod, verbose=False)
         assert failed == 0, mod.__name__
     assert doctest.testmod(crop_monitoring).attempted >= 2 and doctest.testmod(demo).attempted >= 1
+
+
+def test_region_over_two_scenes_in_two_utm_zones_is_one_seamless_mosaic(
+    stac_api: str, tmp_path: Path
+) -> None:
+    """The s2-zone-pair halves (east in 33N, west reprojected to 32N by the fixture) → one mosaic."""
+    from pyproj import Transformer
+
+    bundle = model.init_bundle(
+        bands=("red", "nir"),
+        classes=CLASSES,
+        spec=ModelSpec(in_channels=2, n_classes=3, depth=2, width=8),
+        normalization=model.Normalization(mean=(1000.0,) * 2, std=(500.0,) * 2),
+        seed=7,
+    )
+    path = model.save(bundle, tmp_path / "rn.safetensors")
+    to_ll = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
+    ll = to_ll.transform_bounds(335500, 5816500, 340000, 5820000)  # straddles the split at x≈337700
+    cfg_path = _config(
+        tmp_path,
+        name="zone-pair",
+        aoi={"bbox": list(ll)},
+        stac={"source": stac_api, "collections": ["s2-zone-pair"]},
+        grid={"resolution": 10, "crs": "EPSG:32633"},
+        model=str(path),
+        predict={"tile": 128, "halo": 16},
+        execution={"executor": "local"},
+        outputs={"dir": str(tmp_path / "out"), "polygons": False},
+    )
+    result = region_landcover.run(load_run_config(cfg_path), progress=False)
+    assert {s.id.rsplit("_", 1)[1] for s in result.plan.scenes} == {"east", "west"}
+    assert result.plan.coverage.fraction == pytest.approx(1.0, abs=1e-6)
+    with rasterio.open(result.outputs["classes"]) as ds:
+        classes = ds.read(1)
+        inside = geometry_mask([result.plan.job.aoi], out_shape=ds.shape, transform=ds.transform, invert=True)
+    assert (classes[inside] != 255).all()  # no gap along the zone boundary
+    assert len(list((tmp_path / "out").glob("*.tif"))) == 2  # classes + confidence: one mosaic

@@ -12,7 +12,7 @@ scales with actors on the CPUs that really exist (on a 2-core machine: at most 2
 Two throughputs per actor count: ``wall`` (from the call to the last tile, actor start-up and
 model loading included) and ``steady`` (from the first finished batch to the last).
 
-Scheduling overhead: a near-zero-cost ("no-op") model — a depth-1, width-1 U-Net, a few
+Scheduling overhead: a near-zero-cost ("no-op") model — a depth-1, width-1 U-Net on 64 px tiles, a few
 hundred FLOPs per pixel — predicted one tile per batch, in-process (``local_results``) and
 through Ray with one actor; the difference per tile is what Ray's scheduling, object
 transfers and result return cost per tile.
@@ -124,6 +124,12 @@ def timed_results(results: Iterable[Any]) -> tuple[float, float | None, int, int
     return last - t0, steady, n, first_n
 
 
+def per_tile(timing: tuple[float, float | None, int, int]) -> float:
+    """Seconds per tile after the first batch (start-up excluded), from :func:`timed_results`."""
+    wall, steady, got, first_n = timing
+    return steady / (got - first_n) if steady else wall / got
+
+
 def plan_job(src: Path, bundle: Path, out: Path, *, batch: int) -> Any:
     from geounet import pipeline
 
@@ -148,7 +154,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="geounet-bench-") as tmp_s:
         tmp = Path(tmp_s)
         bundle = common.make_bundle(tmp / "m.safetensors", width=args.width, depth=args.depth, tile=args.tile)
-        noop = common.make_bundle(tmp / "noop.safetensors", width=1, depth=1, n_classes=2)
+        noop = common.make_bundle(
+            tmp / "noop.safetensors", width=1, depth=1, n_classes=2, tile=args.noop_tile
+        )
         job = plan_job(src, bundle, tmp / "o", batch=args.batch)
         noop_job = plan_job(src, noop, tmp / "n", batch=1)
         n_tiles = len(job.plan)
@@ -157,7 +165,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"batch {args.batch}; no-op model: U-Net width 1 depth 1, tile {noop_job.plan.read_size}, "
             f"{len(noop_job.plan)} tiles, batch 1"
         )
-        local_noop = [timed_results(pipeline.local_results(noop_job))[0] for _ in range(args.repeats)]
+        local_noop = [
+            per_tile(timed_results(pipeline.local_results(noop_job)))
+            for _ in range(args.repeats if args.overhead else 0)
+        ]
         with local_cluster(args.nodes, args.cpus_per_node):
             how = ""
             base: float | None = None
@@ -181,20 +192,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     }
                 )
                 print(f"  {n} actor(s): {rows[-1]}")
-            ray_noop = []
-            for _ in range(args.repeats):
+            ray_noop: list[float] = []
+            for _ in range(args.repeats if args.overhead else 0):
                 executor, how = executor_for(1, cpus_per_actor=args.cpus_per_actor, threads=args.threads)
-                wall, steady, got, first_n = timed_results(executor(noop_job))
-                ray_noop.append((steady / (got - first_n)) if steady else wall / got)
-    loc = common.Stat(tuple(t / len(noop_job.plan) for t in local_noop)).map(lambda s: s * 1e3)
-    ray_ms = common.Stat(tuple(ray_noop)).map(lambda s: s * 1e3)
-    overhead = common.Stat(tuple(r * 1e3 - loc.median for r in ray_noop))
+                ray_noop.append(per_tile(timed_results(executor(noop_job))))
+    loc = common.Stat(tuple(local_noop or [float("nan")])).map(lambda s: s * 1e3)
+    ray_ms = common.Stat(tuple(ray_noop or [float("nan")])).map(lambda s: s * 1e3)
+    overhead = common.Stat(tuple(r - loc.median for r in ray_ms.values))
     common.print_table(
         rows, title=f"scaling via {how}, {args.repeats} repeats (load {info['load1']} at start)"
     )
     common.print_table(
         [
-            {"no-op model, batch 1": "in-process ms/tile", "value": loc.fmt(1)},
+            {"no-op model, batch 1": "in-process (steady) ms/tile", "value": loc.fmt(1)},
             {"no-op model, batch 1": "Ray (1 actor, steady) ms/tile", "value": ray_ms.fmt(1)},
             {"no-op model, batch 1": "Ray overhead ms/tile", "value": overhead.fmt(1)},
         ],
@@ -242,6 +252,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--cpus-per-node", type=float, default=2.0, help="CPUs each node declares")
     ap.add_argument("--cpus-per-actor", type=float, default=0.5, help="fractional CPU request per actor")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per actor")
+    ap.add_argument(
+        "--no-overhead", dest="overhead", action="store_false", help="skip the no-op overhead measurement"
+    )
+    ap.add_argument("--noop-tile", type=int, default=64, help="tile side of the no-op model, px")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")

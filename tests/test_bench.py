@@ -121,6 +121,7 @@ def test_baseline_smoke(results: Path, workdir: Path) -> None:
 def test_scaling_smoke(results: Path, workdir: Path) -> None:
     args = scaling.parser().parse_args(
         [
+            "--no-overhead",
             "--actors",
             "1",
             "--nodes",
@@ -146,6 +147,12 @@ def test_scaling_smoke(results: Path, workdir: Path) -> None:
     out = scaling.run(args)
     assert [r["actors"] for r in out["rows"]] == [1]
     assert "overhead ms/tile" in _rows(results, "scaling")[0]
+
+
+def test_per_tile_excludes_the_first_batch() -> None:
+    # 10 tiles; the first batch (2 tiles) arrived after 5 s of start-up, the last 4 s later.
+    assert scaling.per_tile((9.0, 4.0, 10, 2)) == pytest.approx(0.5)
+    assert scaling.per_tile((9.0, None, 10, 10)) == pytest.approx(0.9)  # one batch: wall per tile
 
 
 def test_gpu_skips_cleanly_without_cuda(

@@ -406,10 +406,11 @@ class RayExecutor:
             if address:
                 ray.init(address=address, **kwargs)
             else:
-                ncpu = self.options.num_cpus or os.cpu_count() or 1
+                # num_cpus None: Ray counts the CPUs itself (it honours container CPU limits).
+                ncpu = self.options.num_cpus or len(os.sched_getaffinity(0))
                 ray.init(
                     address="local",
-                    num_cpus=ncpu,
+                    num_cpus=self.options.num_cpus,
                     include_dashboard=False,
                     _system_config=local_system_config(ncpu),
                     **kwargs,
@@ -504,8 +505,13 @@ class RayExecutor:
                 load[batch.actor] -= 1
                 try:
                     node, pid, results = ray.get(ref, timeout=self.options.stall_timeout_s)
-                except GeounetError:
-                    raise  # a read or model error raised in a task: already says what to fix
+                except RayTaskError as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, GeounetError):
+                        raise cause from None  # a read or model error: its message says what to fix
+                    raise ExecutionError(
+                        f"a Ray task failed: {_first_line(exc)}; rerun with --executor local -v"
+                    ) from exc
                 except (RayActorError, ObjectLostError, OwnerDiedError, WorkerCrashedError) as exc:
                     if isinstance(exc, ActorDiedError) and batch.actor in alive:
                         alive.remove(batch.actor)
@@ -524,9 +530,10 @@ class RayExecutor:
                     self.stats.resubmitted += 1
                     todo.appendleft(_Batch(batch.tiles, attempt=batch.attempt + 1))
                     continue
-                except (RayTaskError, GetTimeoutError) as exc:
+                except GetTimeoutError as exc:
                     raise ExecutionError(
-                        f"a Ray task failed: {_first_line(exc)}; rerun with --executor local -v"
+                        f"a finished batch could not be fetched in {self.options.stall_timeout_s:g} s "
+                        f"({_first_line(exc)}); check the cluster (`ray status`)"
                     ) from exc
                 self.stats.tiles_per_node[node] = self.stats.tiles_per_node.get(node, 0) + len(results)
                 self.stats.pids.add(pid)

@@ -151,6 +151,21 @@ def test_killed_actor_is_restarted_and_the_job_completes(
     assert_same_outputs(rgb_reference, tmp_path)
 
 
+def test_a_read_error_in_a_task_surfaces_as_itself(
+    ray_cluster: Any, landsat_rgb: Path, rgb_bundle: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from geounet.errors import InputNotFoundError
+
+    source = shutil.copy(landsat_rgb, tmp_path / "scene.tif")
+    job = _job(Path(source), rgb_bundle, tmp_path / "out")
+    Path(source).unlink()  # gone after planning: every read task fails
+    with pytest.raises(InputNotFoundError, match=r"scene\.tif"):
+        pipeline.run(job, results=RayExecutor(RayOptions(actors=1, cpus_per_actor=0.5)), progress=False)
+    assert not (tmp_path / "out" / "classes.tif").exists()
+
+
 def _predict_cmd(source: Path, bundle: Path, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable,

@@ -167,6 +167,7 @@ REDACTED = "REDACTED"
 
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{}]+")
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_PARAM = re.compile(r"([?&;])([A-Za-z0-9_.%-]+)=([^&#\s'\"<>]*)")
 _AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 _ASSIGN = re.compile(
@@ -193,6 +194,12 @@ def _redact_url(url: str) -> str:
     return head + "?" + "&".join(pairs) + (hsep + fragment if hsep else "")
 
 
+def _redact_param(m: re.Match[str]) -> str:
+    if urllib.parse.unquote(m.group(2)).lower() in SECRET_PARAMS and m.group(3) != REDACTED:
+        return f"{m.group(1)}{m.group(2)}={REDACTED}"
+    return m.group(0)
+
+
 def redact(text: str) -> str:
     """``text`` with credentials replaced by ``REDACTED``: URL passwords, signed-URL query values,
     AWS access key ids, ``Bearer`` tokens and ``secret=...``-style assignments.
@@ -202,10 +209,13 @@ def redact(text: str) -> str:
         'GET https://pc.blob.core.windows.net/a/B04.tif?st=REDACTED&se=REDACTED&sp=REDACTED&sig=REDACTED'
         >>> redact("s3 key AKIAIOSFODNN7EXAMPLE, https://user:pw@host/x.tif?band=4")
         's3 key REDACTED, https://REDACTED@host/x.tif?band=4'
+        >>> redact('"GET /b/x.tif?X-Amz-Signature=abc&v=1 HTTP/1.1" 206')
+        '"GET /b/x.tif?X-Amz-Signature=REDACTED&v=1 HTTP/1.1" 206'
     """
     if not text:
         return text
     out = _URL.sub(lambda m: _redact_url(m.group(0)), text)
+    out = _PARAM.sub(_redact_param, out)  # query strings outside full URLs (e.g. "GET /a.tif?sig=...")
     out = _AWS_KEY_ID.sub(REDACTED, out)
     out = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", out)
     return _ASSIGN.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", out)

@@ -140,7 +140,10 @@ def files(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     cog = tmp / "rgb_cog.tif"
     rio_copy(str(rgb), str(cog), driver="COG", compress="DEFLATE", blocksize=256)
     out["cog"] = cog
-    damaged = bytearray(cog.read_bytes())
+    cog_bytes = cog.read_bytes()
+    out["truncated_cog"] = tmp / "truncated_cog.tif"
+    out["truncated_cog"].write_bytes(cog_bytes[: len(cog_bytes) * 6 // 10])  # header and overviews intact
+    damaged = bytearray(cog_bytes)
     mid = len(damaged) // 2
     damaged[mid : mid + 20000] = b"\x13" * 20000  # garbage over compressed tiles: decoding fails
     out["corrupt_cog"] = tmp / "corrupt_cog.tif"
@@ -289,6 +292,8 @@ PREDICT_CASES = [
          "InputNotFoundError", lambda f, t: (str(t / "nope.tif"), "does not exist; check the path")),
     Case("truncated-geotiff", lambda f, t, b: [str(f["truncated_tif"]), "--model", str(b["tiny"])],
          "InputError", lambda f, t: (str(f["truncated_tif"]), "check that it is a complete GeoTIFF")),
+    Case("truncated-cog", lambda f, t, b: [str(f["truncated_cog"]), "--model", str(b["tiny"])],
+         "ReadError", lambda f, t: (str(f["truncated_cog"]), "re-download or re-export it")),
     Case("corrupt-cog", lambda f, t, b: [str(f["corrupt_cog"]), "--model", str(b["tiny"])],
          "ReadError", lambda f, t: (str(f["corrupt_cog"]), "TIFFReadEncodedTile", "re-download or re-export it")),
     Case("jpeg2000-undecodable", lambda f, t, b: [str(f["truncated_jp2"]), "--model", str(b["tiny"]), "--bands", "1,1,1"],

@@ -96,7 +96,7 @@ def sampled() -> Iterator[GpuSampler]:
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
     import torch
 
-    if not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(
             f"bench.gpu skipped: torch {torch.__version__} sees no CUDA device "
             f"(CUDA build: {torch.version.cuda or 'no'}); run it on a machine with an NVIDIA GPU"
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         tmp = Path(tmp_s)
         m = common.make_bundle(tmp / "m.safetensors", width=args.width, depth=args.depth, tile=args.tile)
         b = model.load(m)
-        opts = {"batch_size": args.batch, "device": "cuda"}
+        opts = {"batch_size": args.batch, "device": args.device}
         job = pipeline.plan(src, model=m, out_dir=tmp / "plan", options=pipeline.PredictOptions(**opts))
         tile, n_tiles = job.plan.read_size, len(job.plan)
         mpx = job.grid.rows * job.grid.cols / 1e6
@@ -130,7 +130,9 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
                     s, counts = efficiency.end_to_end(src, m, tmp / f"out{i}", **opts)
                     n_tiles = counts["predicted"]
                 else:
-                    s = efficiency.model_only(m, n_tiles=n_tiles, tile=tile, batch=args.batch, device="cuda")
+                    s = efficiency.model_only(
+                        m, n_tiles=n_tiles, tile=tile, batch=args.batch, device=args.device
+                    )
             (b_s if which == "b" else a_s).append(s)
             (b_busy if which == "b" else a_busy).append(gs.busy)
             print(
@@ -156,7 +158,9 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         "profile": "; ".join(f"{k.strip()} {v:.1f}s" for k, v in timer.seconds.items())
         + f"; wall {wall:.1f}s",
     }
-    common.print_table([{"figure": k, "value": v} for k, v in figures.items()], title="GPU end-to-end")
+    common.print_table(
+        [{"figure": k, "value": v} for k, v in figures.items() if k != "profile"], title="GPU end-to-end"
+    )
     settings = {
         "input": f"{args.size}^2 mirror-tiled S2, 4 bands",
         "tiles": n_tiles,
@@ -179,6 +183,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tile", type=int, default=None, help="network input side [bundle default]")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--device",
+        default="cuda",
+        help="cuda[:N]; 'cpu' only to try the script's code path on a small --size",
+    )
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     return ap

@@ -3,7 +3,7 @@
 No Ray here: :func:`local_results` is the plain in-process executor (with a reader
 thread so GDAL decoding overlaps the forward pass); :mod:`geounet.distributed` runs
 the same stage functions (:func:`read_chips`, :class:`TilePredictor`) in Ray tasks and
-actors and hands its results to the same :func:`write_results`.
+actors and hands its results to the same :func:`write_rasters`.
 """
 
 from __future__ import annotations

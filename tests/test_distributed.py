@@ -82,6 +82,16 @@ def test_options_are_validated() -> None:
         RayOptions(actors=0)
 
 
+def test_ray_options_need_the_ray_executor(landsat_rgb: Path, rgb_bundle: Path, tmp_path: Path) -> None:
+    from geounet.cli import main
+
+    args = ["predict", str(landsat_rgb), "--model", str(rgb_bundle), "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--executor", "local", "--actors", "2"])
+    assert exit_.value.code == 1
+    assert not (tmp_path / "classes.tif").exists()
+
+
 # -- on a real Ray cluster ----------------------------------------------------------------------
 
 

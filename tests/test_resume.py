@@ -103,3 +103,17 @@ def test_torn_log_line_and_no_resume(
     pipeline.run(job, results=fresh, progress=False, resume=False)
     assert len(fresh.asked) == len(job.plan)
     assert_same_outputs(rgb_reference, tmp_path)
+
+
+def test_blend_merge_resumes_identically(landsat_rgb: Path, rgb_bundle: Path, tmp_path: Path) -> None:
+    """Blend results (read-window float16 probabilities + valid masks) round-trip through the cache."""
+    import dataclasses
+
+    options = dataclasses.replace(OPTIONS, merge="blend")
+    whole = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path / "whole", options=options)
+    pipeline.run(whole, progress=False)
+    job = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path / "resumed", options=options)
+    _crash(job, after=100)
+    pipeline.run(job, results=Crashing(None), progress=False)
+    assert json.loads((tmp_path / "resumed" / "run.json").read_text())["counts"]["reused"] >= 90
+    assert_same_outputs(tmp_path / "whole", tmp_path / "resumed")

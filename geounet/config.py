@@ -226,6 +226,9 @@ class GridSection(_Strict):
 
     crs: str | None = None
     resolution: float = Field(default=10.0, gt=0)
+    resampling: Literal["nearest", "bilinear", "cubic", "average"] = Field(
+        default="bilinear", description="bringing scenes onto the grid (20/60 m bands, other CRSs)"
+    )
 
 
 class PredictSection(_Strict):

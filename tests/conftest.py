@@ -15,6 +15,9 @@ os.environ.setdefault("GEOUNET_EXECUTOR", "local")
 # Fixture modules of the test suite (each owns one real component: STAC server, Ray, QGIS...).
 pytest_plugins: list[str] = ["fixtures_stac", "fixtures_qgis", "fixtures_ray", "fixtures_flaky"]
 
+# run by /usr/bin/python3 (Debian QGIS) in a subprocess, not a test module
+collect_ignore = ["qgis_probe.py"]
+
 _DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

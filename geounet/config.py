@@ -269,7 +269,6 @@ class OutputsSection(_Strict):
     vector_format: Literal["gpkg", "parquet", "fgb"] = "gpkg"
     simplify: float | None = Field(default=None, ge=0)
     min_area: float = Field(default=0.0, ge=0)
-    polygons: bool = True
 
 
 class RunConfig(_Strict):

@@ -207,7 +207,7 @@ def test_region_over_two_scenes_in_two_utm_zones_is_one_seamless_mosaic(
         model=str(path),
         predict={"tile": 128, "halo": 16},
         execution={"executor": "local"},
-        outputs={"dir": str(tmp_path / "out"), "polygons": False},
+        outputs={"dir": str(tmp_path / "out")},
     )
     result = region_landcover.run(load_run_config(cfg_path), progress=False)
     assert {s.id.rsplit("_", 1)[1] for s in result.plan.scenes} == {"east", "west"}

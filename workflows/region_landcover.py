@@ -172,7 +172,6 @@ def plan(cfg: RunConfig) -> RegionPlan:
         vector_format=cfg.outputs.vector_format,
         simplify=cfg.outputs.simplify,
         min_area=cfg.outputs.min_area,
-        polygons=cfg.outputs.polygons,
     )
     job = pipeline.plan_scenes(
         chosen,

@@ -110,6 +110,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("crop+decide (TilePredictor._result)", "geounet.pipeline", "TilePredictor._result"),
     ("COG window writes", "geounet.write", "CogWriter.write"),
     ("COG build (overviews + copy)", "geounet.write", "CogWriter.close"),
+    ("resume log (savez + fsync)", "geounet.resume", "TileStore._flush"),
     ("publish: everything", "geounet.pipeline", "publish_outputs"),
     ("  vectorize polygons", "geounet.vectorize", "polygons"),
     ("  write vectors (gpkg + style)", "geounet.publish", "write_vectors"),

@@ -168,6 +168,9 @@ REDACTED = "REDACTED"
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{}]+")
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 _PARAM = re.compile(r"([?&;])([A-Za-z0-9_.%-]+)=([^&#\s'\"<>]*)")
+_SECRET_KEY = re.compile(
+    r"(?i)(passw(or)?d|secret|token|api[_-]?key|access[_-]?key|credential|signature|private[_-]?key)"
+)
 _AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 _ASSIGN = re.compile(
@@ -224,14 +227,20 @@ def redact(text: str) -> str:
 def redact_obj(obj: Any) -> Any:
     """:func:`redact` applied to every string (keys too) of a JSON-like value; returns a copy.
 
+    Values under secret-looking keys (``password``, ``token``, ``secret_access_key``...) are
+    replaced whole.
+
     Example:
-        >>> redact_obj({"href": "https://h/x.tif?token=abc", "n": [1, "ok"]})
-        {'href': 'https://h/x.tif?token=REDACTED', 'n': [1, 'ok']}
+        >>> redact_obj({"href": "https://h/x.tif?token=abc", "n": [1, "ok"], "aws": {"secret_key": "s"}})
+        {'href': 'https://h/x.tif?token=REDACTED', 'n': [1, 'ok'], 'aws': {'secret_key': 'REDACTED'}}
     """
     if isinstance(obj, str):
         return redact(obj)
     if isinstance(obj, dict):
-        return {redact_obj(k): redact_obj(v) for k, v in obj.items()}
+        return {
+            redact_obj(k): REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and v else redact_obj(v)
+            for k, v in obj.items()
+        }
     if isinstance(obj, (list, tuple)):
         return [redact_obj(v) for v in obj]
     return obj

@@ -12,7 +12,10 @@ endpoint, so one server serves clean, flaky and "really down" phases:
 * every other path is ``/<namespace>/<file path>``: the first segment is ignored, so a
   test can read the same file under a fresh URL (GDAL caches /vsicurl/ content per URL).
 
-A failing request gets one of: ``503`` (with ``Retry-After: 0``), ``reset`` (the socket
+Files whose name contains ``forbidden`` answer 403, missing files 404.
+
+A failing request gets one of: ``503`` (with ``Retry-After: 0``), ``500``, ``garbage`` (a 200
+whose JSON body is cut off), ``reset`` (the socket
 closed with SO_LINGER 0: the client sees "Connection reset by peer"), or ``slow`` (the
 answer comes after ``slow`` seconds). The failing requests are drawn independently with
 the seeded RNG, so a rate of 0.2 means about one request in five fails, and the same
@@ -99,6 +102,14 @@ def _handler(root: Path, state: _State) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            if kind == "500":
+                state.count("500")
+                self._send(500, b"internal error", "text/plain", body=body)
+                return
+            if kind == "garbage":
+                state.count("garbage")
+                self._send(200, b'{"type": "Catalog", "id": broken', "application/json", body=body)
+                return
             if kind == "reset":
                 state.count("reset")
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -127,6 +138,9 @@ def _handler(root: Path, state: _State) -> type[BaseHTTPRequestHandler]:
         def _file(self, path: str, *, body: bool) -> None:
             parts = [p for p in urllib.parse.unquote(path).split("/") if p]
             target = (root / "/".join(parts[1:])).resolve() if len(parts) > 1 else root
+            if "forbidden" in target.name:
+                self._send(403, b"forbidden", "text/plain", body=body)
+                return
             if root.resolve() not in target.parents or not target.is_file():
                 self._send(404, b"not found", "text/plain", body=body)
                 return

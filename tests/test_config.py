@@ -107,7 +107,6 @@ def test_set_overrides_nested_values(tmp_path: Path) -> None:
 
 @given(st.integers(min_value=16, max_value=2048), st.integers(min_value=0, max_value=1024))
 def test_tile_halo_rule(tile: int, halo: int) -> None:
-    from pydantic import ValidationError
 
     from geounet.config import PredictSection
 

@@ -59,7 +59,6 @@ class PredictOptions:
     vector_format: str = "gpkg"
     simplify: float | None = None
     min_area: float = 0.0
-    polygons: bool = True
 
     def __post_init__(self) -> None:
         merge.check_merge(self.merge)

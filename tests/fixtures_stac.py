@@ -381,7 +381,9 @@ def stac_api(stac_assets: StacAssets) -> Iterator[str]:
             loader.load_collections(iter(stac_assets.collections.values()), insert_mode=Methods.insert)
             loader.load_items(iter(stac_assets.items.values()), insert_mode=Methods.insert)
         env = dict(os.environ, PGUSER="postgres", PGPASSWORD="trust", PGHOST="127.0.0.1", PGPORT=str(db_port),
-                   PGDATABASE="postgres")  # fmt: skip
+                   PGDATABASE="postgres",
+                   # the Transactions extension lets monitoring tests add items night by night
+                   ENABLE_TRANSACTIONS_EXTENSIONS="true")  # fmt: skip
         log = base / "api.log"
         with log.open("wb") as sink:
             api = subprocess.Popen(

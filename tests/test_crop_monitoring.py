@@ -1,7 +1,7 @@
 """Crop monitoring over three simulated nights on the five real Slovenia Sentinel-2 dates.
 
-The items appear night by night in a static STAC catalog (the loopback pgstac fixture has no
-transactions extension enabled, so items cannot be added to it between runs). Each item has
+The items appear night by night in a static STAC catalog, and in a second test on the loopback
+pgstac server through its Transactions extension (POSTed between runs). Each item has
 the 13-band L1C scene and a cloud-mask asset made from eo-learn's own CLM mask of that date
 (dates 2015-07-31 and 2015-08-20 are fully cloudy). Parcels: the 88 real land-use polygons of
 the patch (eo-learn's LULC.gpkg) with their row number as id.

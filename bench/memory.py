@@ -133,9 +133,9 @@ def child(args: argparse.Namespace) -> None:
     options = pipeline.PredictOptions(tile=args.tile, halo=args.halo, batch_size=args.batch_size)
     job = pipeline.plan(args.input, model=args.model, out_dir=out, options=options)
     if args.executor == "ray":
-        from geounet.distributed import RayExecutor
+        from geounet.distributed import RayExecutor, RayOptions
 
-        results: Any = RayExecutor()
+        results: Any = RayExecutor(RayOptions(object_store_mb=args.object_store_mb))
     else:
         results = pipeline.local_results
     start = time.perf_counter()
@@ -171,6 +171,7 @@ class Peak:
     rss_mb: float = 0.0
     pss_mb: float = 0.0
     driver_rss_mb: float = 0.0
+    driver_uss_mb: float = 0.0
     processes: int = 0
 
 
@@ -195,9 +196,11 @@ def _sample(pid: int, peak: Peak, stop: threading.Event) -> None:
         peak.pss_mb = max(peak.pss_mb, pss / 2**20)
         peak.processes = max(peak.processes, len(procs))
         try:
-            peak.driver_rss_mb = max(peak.driver_rss_mb, root.memory_info().rss / 2**20)
+            driver = root.memory_full_info()
         except psutil.NoSuchProcess:
             return
+        peak.driver_rss_mb = max(peak.driver_rss_mb, driver.rss / 2**20)
+        peak.driver_uss_mb = max(peak.driver_uss_mb, getattr(driver, "uss", driver.rss) / 2**20)
         stop.wait(0.2)
 
 
@@ -224,6 +227,7 @@ def measure(size: int, executor: str, args: argparse.Namespace) -> dict[str, Any
         str(args.halo),
         "--batch-size",
         str(args.batch_size),
+        *(["--object-store-mb", str(args.object_store_mb)] if args.object_store_mb else []),
     ]
     env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -247,6 +251,7 @@ def measure(size: int, executor: str, args: argparse.Namespace) -> dict[str, Any
         "peak_rss_sum_mb": round(peak.rss_mb),
         "peak_pss_sum_mb": round(peak.pss_mb),
         "driver_peak_rss_mb": round(peak.driver_rss_mb),
+        "driver_peak_uss_mb": round(peak.driver_uss_mb),
         "processes": peak.processes,
     }
 
@@ -294,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--halo", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--object-store-mb", type=int, default=None, help="object store of the local Ray")
     parser.add_argument("--no-log", action="store_true", help="do not append to bench/RESULTS.md")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
@@ -317,10 +323,14 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     if not args.no_log:
-        settings = f"tile={args.tile}, halo={args.halo}, batch={args.batch_size}, rasters only; {SOURCE_NOTE}"
+        store = f", object store {args.object_store_mb} MB" if args.object_store_mb else ""
+        settings = (
+            f"tile={args.tile}, halo={args.halo}, batch={args.batch_size}{store}, rasters only; {SOURCE_NOTE}"
+        )
         results = "; ".join(
             f"{r['executor']} {r['size']}: peak RSS sum {r['peak_rss_sum_mb']} MB, PSS sum "
-            f"{r['peak_pss_sum_mb']} MB, driver {r['driver_peak_rss_mb']} MB, {r['tiles_per_s']} tiles/s "
+            f"{r['peak_pss_sum_mb']} MB, driver RSS {r['driver_peak_rss_mb']} MB (USS {r['driver_peak_uss_mb']} MB), "
+            f"{r['tiles_per_s']} tiles/s "
             f"({r['steady_tiles_per_s']} after {r['startup_s']} s start-up)"
             for r in rows
         )

@@ -124,6 +124,8 @@ class RayOptions:
         ready_timeout_s: how long actors may take to start before the job fails.
         stall_timeout_s: how long without any finished batch before the job fails.
         threads: torch threads per actor (default: its whole CPUs, at least 1).
+        object_store_mb: object store size of a local Ray (default: Ray's, 30% of memory);
+            the tiles in flight need a few MB per actor.
         fallback: run in-process when no address is given and a local Ray cannot start.
     """
 
@@ -140,6 +142,7 @@ class RayOptions:
     ready_timeout_s: float = 300.0
     stall_timeout_s: float = 600.0
     threads: int | None = None
+    object_store_mb: int | None = None
     fallback: bool = True
 
     def __post_init__(self) -> None:
@@ -411,6 +414,7 @@ class RayExecutor:
                 ray.init(
                     address="local",
                     num_cpus=self.options.num_cpus,
+                    object_store_memory=self.options.object_store_mb and self.options.object_store_mb * 2**20,
                     include_dashboard=False,
                     _system_config=local_system_config(ncpu),
                     **kwargs,

@@ -60,7 +60,14 @@ def train_data_parallel(
     if not ray.is_initialized():
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ncpu = min(os.cpu_count() or 1, max(2, workers))
-        ray.init(num_cpus=ncpu, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # address="local": always a fresh local Ray, never a cluster another process left running
+        ray.init(
+            address="local",
+            num_cpus=ncpu,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
         started = True
     try:
         cpus = (

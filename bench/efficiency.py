@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import inspect
 import resource
 import sys
 import tempfile
@@ -86,6 +87,9 @@ class StageTimer:
         self.calls: dict[str, int] = defaultdict(int)
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(fn):
+            return self._wrap_generator(name, fn)
+
         @functools.wraps(fn)
         def timed_fn(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
@@ -96,6 +100,25 @@ class StageTimer:
                 self.calls[name] += 1
 
         return timed_fn
+
+    def _wrap_generator(self, name: str, fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        """Time the work inside each step of a generator (not the consumer's work between steps)."""
+
+        @functools.wraps(fn)
+        def timed_gen(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            it = fn(*args, **kwargs)
+            self.calls[name] += 1
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+                finally:
+                    self.seconds[name] += time.perf_counter() - t0
+                yield item
+
+        return timed_gen
 
 
 #: (stage label, module, attribute) wrapped by --profile; labels say which thread runs them.
@@ -113,7 +136,9 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("resume log (savez + fsync)", "geounet.resume", "TileStore._flush"),
     ("publish: everything", "geounet.pipeline", "publish_outputs"),
     ("  vectorize polygons", "geounet.vectorize", "polygons"),
+    ("  vectorize polygons (streamed blocks)", "geounet.vectorize", "iter_polygons"),
     ("  write vectors (gpkg + style)", "geounet.publish", "write_vectors"),
+    ("  write vectors (streamed, incl. vectorizing)", "geounet.publish", "write_vector_chunks"),
     ("  area table", "geounet.publish", "area_table"),
     ("  quicklook", "geounet.publish", "quicklook"),
     ("  QGIS project", "geounet.publish", "qgis_project"),

@@ -43,22 +43,18 @@ def test_every_sub_command_help_shows_an_example() -> None:
         assert "Example" in result.output, f"`geounet {' '.join(path)} --help` has no example"
 
 
-def test_geounet_error_is_one_line_and_exit_code_1(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "geounet",
-            "predict",
-            str(tmp_path / "missing.tif"),
-            "--model",
-            str(tmp_path / "m.safetensors"),
-            "--out",
-            str(tmp_path / "o"),
-        ],
+def _predict_missing(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`geounet [flags] predict` on a file that does not exist, in a real subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "geounet", *flags, "predict", str(tmp_path / "missing.tif"), "--model",
+         str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "o")],
         capture_output=True,
         text=True,
-    )
+    )  # fmt: skip
+
+
+def test_geounet_error_is_one_line_and_exit_code_1(tmp_path: Path) -> None:
+    proc = _predict_missing(tmp_path)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -66,22 +62,7 @@ def test_geounet_error_is_one_line_and_exit_code_1(tmp_path: Path) -> None:
 
 
 def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "geounet",
-            "-v",
-            "predict",
-            str(tmp_path / "missing.tif"),
-            "--model",
-            str(tmp_path / "m.safetensors"),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    proc = _predict_missing(tmp_path, "-v")
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr
 

@@ -27,13 +27,14 @@ import re
 import sqlite3
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyogrio.errors
 import pystac
 import rasterio
@@ -50,7 +51,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.vrt import WarpedVRT
 
 from geounet import vectorize
-from geounet.errors import ConfigError, InputError, WriteError
+from geounet.errors import ConfigError, GeounetError, InputError, WriteError
 from geounet.geo import Grid
 from geounet.model import NODATA_CLASS, ClassInfo
 from geounet.write import replace_text, temp_path
@@ -79,6 +80,19 @@ def write_vectors(
     The layer is named after the file stem. A GeoPackage gets a spatial index and a
     default QGIS style (categorized on ``class_id`` with the classes' colors and names).
     """
+    return write_vector_chunks([gdf], path, classes=classes, fmt=fmt)
+
+
+def write_vector_chunks(
+    chunks: Iterable[gpd.GeoDataFrame], path: Path, *, classes: Sequence[ClassInfo], fmt: str = "gpkg"
+) -> Path:
+    """Write polygons that come in chunks (same columns) like :func:`write_vectors`.
+
+    A GeoPackage is streamed: the first non-empty chunk creates the layer, the next ones
+    are appended, so only one chunk is in memory. GeoParquet and FlatGeobuf are written
+    from the whole table (the chunks concatenated and sorted by class and area), since
+    geopandas writes GeoParquet from one frame and GDAL's FlatGeobuf driver cannot append.
+    """
     driver, _, _ = _vector_format(fmt)
     path = Path(path)
     if not path.parent.is_dir():
@@ -87,23 +101,16 @@ def write_vectors(
         )
     tmp = temp_path(path, path.suffix)
     try:
-        if driver is None:
-            gdf.to_parquet(tmp, index=False)
+        if driver == "GPKG":
+            _append_gpkg(chunks, tmp, layer=path.stem)
+            add_gpkg_style(tmp, layer=path.stem, classes=classes)
+        elif driver is None:
+            _whole(chunks).to_parquet(tmp, index=False)
         else:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "'crs' was not provided")  # photos: no CRS on purpose
-                gdf.to_file(
-                    tmp,
-                    driver=driver,
-                    layer=path.stem,
-                    engine="pyogrio",
-                    geometry_type="Polygon",
-                    SPATIAL_INDEX="YES",
-                    **({"VERSION": "1.2"} if driver == "GPKG" else {}),  # GPKG 1.4 warns in GDAL < 3.7
-                )
-            if driver == "GPKG":
-                add_gpkg_style(tmp, layer=path.stem, classes=classes)
+            _to_file(_whole(chunks), tmp, driver=driver, layer=path.stem, append=False)
         os.replace(tmp, path)
+    except GeounetError:
+        raise
     except (
         OSError,
         sqlite3.Error,
@@ -117,6 +124,54 @@ def write_vectors(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _append_gpkg(chunks: Iterable[gpd.GeoDataFrame], path: Path, *, layer: str) -> None:
+    """Write the non-empty chunks into one GeoPackage layer (an empty layer when all are empty)."""
+    written = False
+    last = None
+    for gdf in chunks:
+        last = gdf
+        if len(gdf):
+            _to_file(gdf, path, driver="GPKG", layer=layer, append=written)
+            written = True
+    if last is None:
+        raise InputError(f"no polygon chunks to write to {path}; pass at least one (possibly empty) frame")
+    if not written:
+        _to_file(last, path, driver="GPKG", layer=layer, append=False)
+
+
+def _whole(chunks: Iterable[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
+    """The chunks as one frame, sorted by class and decreasing area like :func:`vectorize.to_frame`."""
+    items = list(chunks)
+    if not items:
+        raise InputError("no polygon chunks to write; pass at least one (possibly empty) frame")
+    items = [gdf for gdf in items if len(gdf)] or items[:1]  # empty chunks may carry other dtypes
+    if len(items) == 1:
+        return items[0]
+    whole = gpd.GeoDataFrame(pd.concat(items, ignore_index=True), crs=items[0].crs)
+    whole = whole.sort_values(["class_id", "area_m2"], ascending=[True, False], kind="stable")
+    return whole.reset_index(drop=True)
+
+
+def _to_file(gdf: gpd.GeoDataFrame, path: Path, *, driver: str, layer: str, append: bool) -> None:
+    """One pyogrio write: creates the file/layer (with spatial index), or appends to it."""
+    options: dict[str, str] = {}
+    if not append:
+        options["SPATIAL_INDEX"] = "YES"
+        if driver == "GPKG":
+            options["VERSION"] = "1.2"  # GPKG 1.4 warns in GDAL < 3.7
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "'crs' was not provided")  # photos: no CRS on purpose
+        gdf.to_file(
+            path,
+            driver=driver,
+            layer=layer,
+            engine="pyogrio",
+            geometry_type="Polygon",
+            mode="a" if append else "w",
+            **options,
+        )
 
 
 def add_gpkg_style(
@@ -286,7 +341,7 @@ def products(
     """
     _, ext, _ = _vector_format(vector_format)
     out_dir = Path(out_dir)
-    gdf = vectorize.polygons(
+    chunks = vectorize.iter_polygons(
         classes_path,
         classes=classes,
         confidence_path=confidence_path,
@@ -294,9 +349,11 @@ def products(
         simplify=simplify,
         min_area=min_area,
     )
-    gdf = with_attributes(gdf, attributes or {})
+    polygons = (with_attributes(gdf, attributes or {}) for gdf in chunks)
     paths: dict[str, Path] = {
-        "polygons": write_vectors(gdf, out_dir / f"polygons{ext}", classes=classes, fmt=vector_format)
+        "polygons": write_vector_chunks(
+            polygons, out_dir / f"polygons{ext}", classes=classes, fmt=vector_format
+        )
     }
     table = area_table(classes_path, classes=classes)
     paths["areas"] = write_area_csv(table, out_dir / "areas.csv")

@@ -18,7 +18,9 @@ parallel workers and never hold a whole-region array in one process:
 
 :func:`polygons` runs the three steps over a class raster file (the only I/O here:
 windowed reads of the raster and the optional confidence raster); :func:`from_array`
-runs them on an in-memory array.
+runs them on an in-memory array. :func:`iter_polygons` yields the same polygons in chunks,
+block by block, keeping only the seam pieces until the end, so memory stays flat
+(whole-coverage simplification, tolerance >= sqrt(1/2) pixel, still holds them all).
 
 Example:
     >>> import numpy as np
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,7 +237,7 @@ def to_frame(
     """
     if min_area < 0:
         raise ConfigError(f"min_area={min_area} must be >= 0 (map units²)")
-    tolerance = 0.5 * min(grid.resolution) if simplify is None else float(simplify)
+    tolerance = _tolerance(simplify, grid)
     if tolerance < 0:
         raise ConfigError(f"simplify={simplify} must be >= 0 (map units; 0 disables simplification)")
     geoms = _simplify(parts.geometry, tolerance, grid)
@@ -309,8 +312,109 @@ def polygons(
     without georeferencing, whose polygons lie at x = column, y = -row, where QGIS draws
     such images), ``mean_confidence`` (with ``confidence_path``, in that raster's units)
     and ``geometry``; CRS = the raster's. The raster's nodata value (255 by default) is
-    excluded. See :func:`to_frame` for ``simplify`` and ``min_area``.
+    excluded. See :func:`to_frame` for ``simplify`` and ``min_area``. The whole table is
+    held in memory; :func:`iter_polygons` yields the same polygons in chunks.
     """
+    with _block_source(classes_path, confidence_path, block) as (grid, pieces):
+        parts = dissolve(pieces)
+    return to_frame(
+        parts,
+        grid=grid,
+        classes=classes,
+        simplify=simplify,
+        min_area=min_area,
+        with_confidence=confidence_path is not None,
+    )
+
+
+def iter_polygons(
+    classes_path: Path,
+    *,
+    classes: Sequence[ClassInfo],
+    confidence_path: Path | None = None,
+    block: int = 1024,
+    simplify: float | None = None,
+    min_area: float = 0.0,
+) -> Iterator[gpd.GeoDataFrame]:
+    """The polygons of :func:`polygons` as GeoDataFrame chunks, so memory stays flat.
+
+    Blocks are read in row-major order. The pieces of a block that touch no internal
+    block edge are final: they are converted and yielded right after their block (one
+    chunk per block). The seam pieces are kept and dissolved at the end (the last chunk,
+    always yielded, possibly empty); they scale with the seam length, not the area.
+    Together the chunks hold the same features as :func:`polygons` (each chunk sorted by
+    class and area, not the whole). That holds while simplification works polygon by
+    polygon: with ``simplify=0`` and tolerances below sqrt(pixel area / 2), the default
+    half pixel included (only collinear vertices could go). Larger tolerances need the
+    whole coverage (shared edges stay shared), so then all polygons are held in memory
+    and yielded as one chunk.
+    """
+    with _block_source(classes_path, confidence_path, block) as (grid, pieces):
+
+        def frame(parts: Parts) -> gpd.GeoDataFrame:
+            return to_frame(
+                parts,
+                grid=grid,
+                classes=classes,
+                simplify=simplify,
+                min_area=min_area,
+                with_confidence=confidence_path is not None,
+            )
+
+        if not _exact_outlines(_tolerance(simplify, grid), grid):
+            yield frame(dissolve(pieces))
+            return
+        seams = []
+        for piece in pieces:
+            final, seam = split_seams(piece, grid.shape)
+            seams.append(seam)
+            if len(final):
+                yield frame(final)
+        yield frame(dissolve(seams))
+
+
+def split_seams(piece: BlockParts, shape: tuple[int, int]) -> tuple[Parts, BlockParts]:
+    """Split a block's pieces: those touching no internal block edge, and the seam pieces.
+
+    The first are final (no other block can join them); the second keep their edge
+    strips (indices remapped, -1 where a final piece lies) for :func:`dissolve`.
+
+    Example:
+        >>> a = np.array([[1, 2], [2, 2]], dtype=np.uint8)
+        >>> b = block_polygons(a, window=Window(0, 0, 2, 2))
+        >>> final, seam = split_seams(b, (2, 4))  # the block's right edge is a seam
+        >>> len(final), len(seam.parts), seam.right.tolist()
+        (1, 1, [0, 0])
+    """
+    w = piece.window
+    rows, cols = shape
+    internal = (
+        (piece.top, w.row > 0),
+        (piece.bottom, w.row_stop < rows),
+        (piece.left, w.col > 0),
+        (piece.right, w.col_stop < cols),
+    )
+    seam = np.zeros(len(piece.parts), dtype=bool)
+    for strip, inside in internal:
+        if inside:
+            seam[strip[strip >= 0]] = True
+    index = np.full(len(piece.parts) + 1, -1, dtype=np.int64)  # old index + 1 → new index
+    index[1:][seam] = np.arange(int(seam.sum()))
+    return piece.parts.select(~seam), BlockParts(
+        window=w,
+        parts=piece.parts.select(seam),
+        top=index[piece.top + 1],
+        bottom=index[piece.bottom + 1],
+        left=index[piece.left + 1],
+        right=index[piece.right + 1],
+    )
+
+
+@contextmanager
+def _block_source(
+    classes_path: Path, confidence_path: Path | None, block: int
+) -> Iterator[tuple[Grid, Iterator[BlockParts]]]:
+    """Open the class (and confidence) raster; the grid and the blocks' pieces, read lazily."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # photos: no CRS on purpose
@@ -335,29 +439,22 @@ def polygons(
                     f"confidence raster {confidence_path} shape {conf.shape} != class raster shape "
                     f"{src.shape}; pass the confidence raster of the same run"
                 )
-            pieces = []
-            for w in blocks(grid.shape, block):
-                rw = RioWindow(w.col, w.row, w.width, w.height)
-                pieces.append(
-                    block_polygons(
+
+            def read() -> Iterator[BlockParts]:
+                for w in blocks(grid.shape, block):
+                    rw = RioWindow(w.col, w.row, w.width, w.height)
+                    yield block_polygons(
                         src.read(1, window=rw),
                         window=w,
                         confidence=conf.read(1, window=rw) if conf is not None else None,
                         nodata=nodata,
                         confidence_nodata=conf.nodata if conf is not None else None,
                     )
-                )
+
+            yield grid, read()
         finally:
             if conf is not None:
                 conf.close()
-    return to_frame(
-        dissolve(pieces),
-        grid=grid,
-        classes=classes,
-        simplify=simplify,
-        min_area=min_area,
-        with_confidence=confidence_path is not None,
-    )
 
 
 # -- internals ---------------------------------------------------------------------------
@@ -477,6 +574,16 @@ def _map_transform(grid: Grid) -> Affine:
     return grid.transform
 
 
+def _tolerance(simplify: float | None, grid: Grid) -> float:
+    """The simplification tolerance in map units: None = half a pixel."""
+    return 0.5 * min(grid.resolution) if simplify is None else float(simplify)
+
+
+def _exact_outlines(tolerance: float, grid: Grid) -> bool:
+    """Whether simplifying with ``tolerance`` keeps the exact pixel outlines (see :func:`_simplify`)."""
+    return tolerance <= 0 or tolerance**2 < 0.5 * grid.pixel_area
+
+
 def _simplify(geoms: np.ndarray, tolerance: float, grid: Grid) -> np.ndarray:
     """Pixel-space pieces → map-space polygons, coverage-simplified with ``tolerance`` (map units).
 
@@ -488,9 +595,7 @@ def _simplify(geoms: np.ndarray, tolerance: float, grid: Grid) -> np.ndarray:
     """
     if len(geoms) == 0:
         return geoms
-    if tolerance == 0:
-        return _to_map(geoms, _map_transform(grid))
-    if tolerance**2 < 0.5 * grid.pixel_area:
+    if _exact_outlines(tolerance, grid):
         return _to_map(geoms, _map_transform(grid))
     # Vertices at every pixel corner along every edge: neighbours then share identical
     # vertices (a valid coverage), which coverage simplification needs to keep them shared.

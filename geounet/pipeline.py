@@ -41,6 +41,8 @@ from geounet.tiling import grid as plan_tiles
 log = logging.getLogger(__name__)
 
 VECTOR_FORMATS = ("gpkg", "parquet", "fgb")
+#: GDAL block cache (MB) while the rasters are written: bounded, so memory stays flat in raster size.
+WRITE_CACHE_MB = 128
 
 
 @dataclass(frozen=True)
@@ -413,7 +415,14 @@ def _resumed(store: TileStore, computed: Iterable[TileResult]) -> Generator[Tile
 
 
 def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, int]:
-    """Merge tile results into ``classes.tif`` and ``confidence.tif`` (COGs, written atomically)."""
+    """Merge tile results into ``classes.tif`` and ``confidence.tif`` (COGs, written atomically).
+
+    GDAL's block cache is capped at :data:`WRITE_CACHE_MB` meanwhile: by default it may take 5%
+    of the machine's memory and keeps every written block, so the writer's memory would grow
+    with the raster.
+    """
+    import rasterio
+
     from geounet.write import CogWriter
 
     bundle = load_bundle(job.model_path)
@@ -425,6 +434,7 @@ def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, int]:
     )
     class_ids = np.array([c.id for c in bundle.classes], dtype=np.uint8)
     with (
+        rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_MB),
         CogWriter(
             job.out_dir / "classes.tif",
             job.grid,

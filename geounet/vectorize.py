@@ -370,7 +370,9 @@ def iter_polygons(
             seams.append(seam)
             if len(final):
                 yield frame(final)
-        yield frame(dissolve(seams))
+        parts = dissolve(seams)
+        seams.clear()  # the pieces, now merged: free them before the conversion copies the polygons
+        yield frame(parts)
 
 
 def split_seams(piece: BlockParts, shape: tuple[int, int]) -> tuple[Parts, BlockParts]:

@@ -63,6 +63,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # one "Created N records" line per streamed polygon chunk is noise
+        logging.getLogger("pyogrio").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -354,6 +354,7 @@ _WAIT_THEN_RUN = (
     "import sys, time\n"
     "from pathlib import Path\n"
     "from geounet.cli import main\n"  # the slow imports happen before the signal
+    "import geounet.cli.predict, geounet.pipeline\n"
     "go = Path(sys.argv[1])\n"
     "while not go.exists():\n"
     "    time.sleep(0.01)\n"
@@ -366,8 +367,9 @@ def test_two_predict_runs_into_one_folder_refuse_the_second(
 ) -> None:
     """Two real processes: the second is refused at once while the first is writing; the first finishes."""
     out = tmp_path / "out"
+    # many small tiles one at a time, so the first run is still writing when the second starts
     args = ["predict", str(data_dir / "landsat7-rgb" / "RGB.byte.tif"), "--model", str(tiny), "--out", str(out),
-            "--executor", "local"]  # fmt: skip
+            "--executor", "local", "--tile", "80", "--halo", "24", "--batch-size", "1"]  # fmt: skip
     go = tmp_path / "go"
     second = subprocess.Popen([sys.executable, "-c", _WAIT_THEN_RUN, str(go), *args],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip

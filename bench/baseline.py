@@ -136,10 +136,7 @@ def seam_error(classes: np.ndarray, reference: np.ndarray) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from geounet import model, pipeline
 
-    info = common.machine_info()
-    print(common.machine_line(info))
-    src = common.mirror_scene(args.size, workdir=args.workdir)
-    print(f"{common.SOURCE_NOTE}; {args.size}x{args.size} px, {src}")
+    info, src = common.announce(args.size, workdir=args.workdir)
     with tempfile.TemporaryDirectory(prefix="geounet-bench-") as tmp_s:
         tmp = Path(tmp_s)
         m = common.make_bundle(tmp / "model.safetensors", width=args.width, depth=args.depth, tile=args.tile)

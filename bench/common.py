@@ -272,6 +272,15 @@ def mirror_index(n: int, period: int) -> np.ndarray:
     return np.where(i < period, i, 2 * period - 1 - i)
 
 
+def announce(size: int, *, workdir: Path | None = None) -> tuple[dict[str, Any], Path]:
+    """Print the machine and the input (mirror-tiled real scene, built once), return both."""
+    info = machine_info()
+    print(machine_line(info))
+    src = mirror_scene(size, workdir=workdir)
+    print(f"{SOURCE_NOTE}; {size}x{size} px, {src}")
+    return info, src
+
+
 def mirror_scene(rows: int, cols: int | None = None, *, workdir: Path | None = None) -> Path:
     """A 4-band uint16 GeoTIFF of ``rows x cols`` mirror-tiled from the real scene (cached).
 

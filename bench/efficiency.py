@@ -194,10 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure, print and (unless --no-record) log; returns the figures."""
     from geounet import model, pipeline
 
-    info = common.machine_info()
-    print(common.machine_line(info))
-    src = common.mirror_scene(args.size, workdir=args.workdir)
-    print(f"{common.SOURCE_NOTE}; {args.size}x{args.size} px, {src}")
+    info, src = common.announce(args.size, workdir=args.workdir)
     with tempfile.TemporaryDirectory(prefix="geounet-bench-") as tmp_s:
         tmp = Path(tmp_s)
         bundle_path = common.make_bundle(

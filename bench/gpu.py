@@ -104,10 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     from geounet import infer, model, pipeline
 
-    info = common.machine_info()
-    print(common.machine_line(info))
-    src = common.mirror_scene(args.size, workdir=args.workdir)
-    print(f"{common.SOURCE_NOTE}; {args.size}x{args.size} px, {src}")
+    info, src = common.announce(args.size, workdir=args.workdir)
     with tempfile.TemporaryDirectory(prefix="geounet-bench-") as tmp_s:
         tmp = Path(tmp_s)
         m = common.make_bundle(tmp / "m.safetensors", width=args.width, depth=args.depth, tile=args.tile)

@@ -143,10 +143,7 @@ def plan_job(src: Path, bundle: Path, out: Path, *, batch: int) -> Any:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from geounet import pipeline
 
-    info = common.machine_info()
-    print(common.machine_line(info))
-    src = common.mirror_scene(args.size, workdir=args.workdir)
-    print(f"{common.SOURCE_NOTE}; {args.size}x{args.size} px, {src}")
+    info, src = common.announce(args.size, workdir=args.workdir)
     print(
         f"cluster: ray.cluster_utils.Cluster, {args.nodes} nodes x {args.cpus_per_node:g} CPUs declared "
         f"(on {info['cores']} real cores); {args.cpus_per_actor:g} CPU and {args.threads} torch thread(s) per actor"

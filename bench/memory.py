@@ -8,7 +8,7 @@ mirror-tiling (symmetric reflection) the real Landsat 7 scene ``landsat7-rgb/RGB
 of the data folder (``$GEOUNET_DATA``, default ``../shared/data``; 791×718 px, so the large
 inputs repeat it, nodata border included). Each (size, executor) runs in a fresh child
 process: plan → read → predict → stream into the two COG writers (``pipeline.write_rasters``;
-vectorizing and publishing are not part of this measurement). The parent samples the child's
+with ``--publish`` also vectorizing and publishing, i.e. the whole ``geounet predict``). The parent samples the child's
 whole process tree every 0.2 s (for Ray: the driver, GCS, raylet, every worker and actor) and
 reports the peak of the summed RSS and the peak of the summed PSS (RSS double-counts shared
 pages such as the object store and shared libraries; PSS splits them, so it is the fairer sum).
@@ -148,6 +148,8 @@ def child(args: argparse.Namespace) -> None:
             yield res
 
     counts = pipeline.write_rasters(job, timed())
+    if args.publish:  # polygons, styles, STAC Item, quicklook: the whole `geounet predict`
+        pipeline.publish_outputs(job, counts=counts, timings={}, started=start)
     end = time.perf_counter()
     steady = (len(job.plan) - 1) / max(end - first[0], 1e-9) if len(job.plan) > 1 else float("nan")
     print(
@@ -228,6 +230,7 @@ def measure(size: int, executor: str, args: argparse.Namespace) -> dict[str, Any
         "--batch-size",
         str(args.batch_size),
         *(["--object-store-mb", str(args.object_store_mb)] if args.object_store_mb else []),
+        *(["--publish"] if args.publish else []),
     ]
     env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -301,6 +304,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--object-store-mb", type=int, default=None, help="object store of the local Ray")
     parser.add_argument("--no-log", action="store_true", help="do not append to bench/RESULTS.md")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="also vectorize and publish (the whole predict), not rasters only",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -324,9 +332,7 @@ def main(argv: list[str] | None = None) -> None:
             print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     if not args.no_log:
         store = f", object store {args.object_store_mb} MB" if args.object_store_mb else ""
-        settings = (
-            f"tile={args.tile}, halo={args.halo}, batch={args.batch_size}{store}, rasters only; {SOURCE_NOTE}"
-        )
+        settings = f"tile={args.tile}, halo={args.halo}, batch={args.batch_size}{store}, {'rasters + polygons/publish' if args.publish else 'rasters only'}; {SOURCE_NOTE}"
         results = "; ".join(
             f"{r['executor']} {r['size']}: peak RSS sum {r['peak_rss_sum_mb']} MB, PSS sum "
             f"{r['peak_pss_sum_mb']} MB, driver RSS {r['driver_peak_rss_mb']} MB (USS {r['driver_peak_uss_mb']} MB), "

@@ -165,3 +165,19 @@ def test_gpu_skips_cleanly_without_cuda(
     assert gpu.run(gpu.parser().parse_args(["--workdir", str(tmp_path)])) is None
     assert "skipped" in capsys.readouterr().out
     assert not results.exists()
+
+
+def test_memory_smoke(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench.memory on a tiny mirror-tiled input, the whole predict (rasters + publish), no row logged."""
+    from bench import memory
+
+    monkeypatch.setenv("GEOUNET_DATA", str(data_dir))
+    memory.main(
+        ["--sizes", "300", "--executors", "local", "--publish", "--no-log", "--tile", "128", "--halo", "32"]
+    )
+    out = capsys.readouterr().out
+    assert "size=300x300" in out and "executor=local" in out
+    peak = int(out.split("peak_rss_sum_mb=")[1].split()[0])
+    assert peak > 0

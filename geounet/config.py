@@ -80,7 +80,13 @@ class OptimSection(_Strict):
     lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     warmup: int = Field(default=50, ge=0, description="linear warm-up steps before the cosine decay")
-    class_weights: Literal["auto", "none"] | list[float] = "auto"
+    class_weights: Literal["auto", "none"] | list[float] = Field(
+        default="auto", description="loss weight per class; auto = sqrt inverse training frequency"
+    )
+    sample_weights: Literal["auto", "none"] | list[float] = Field(
+        default="auto",
+        description="chip-centring weight per class (independent of the loss weights); auto as above",
+    )
     dice_weight: float = Field(default=0.5, ge=0)
     labelled_share: float = Field(default=0.9, ge=0, le=1)
     eval_every: int = Field(default=100, ge=1)
@@ -168,13 +174,17 @@ def load_train_config(path: Path, *, overrides: dict[str, Any] | None = None) ->
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    raw = _expand(raw)
+    return train_config(_expand(raw), source=str(path))
+
+
+def train_config(raw: dict[str, Any], *, source: str) -> TrainConfig:
+    """Validate a training/evaluation config given as a mapping; errors name ``source`` and the field."""
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: {loc}: {err['msg']} (got {err.get('input')!r}); fix the YAML") from None
+        raise ConfigError(f"{source}: {loc}: {err['msg']} (got {err.get('input')!r}); fix it") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 from scipy import ndimage
 
 from geounet import metrics, model
-from geounet.config import TrainConfig
+from geounet.config import TrainConfig, train_config
 from geounet.datasets import IGNORE, Labelled
 from geounet.errors import ConfigError, WriteError
 from geounet.train import Data, evaluate_items, load_data, predict_image
@@ -127,8 +127,8 @@ def threshold_baselines(data: Data, *, dark: int, tolerance: float) -> dict[str,
         return np.where(g < otsu_threshold(g), dark, 0).astype(np.uint8)
 
     best = (-1.0, 15, 2.0)
-    for window in (9, 15, 25):
-        for k in (1.0, 1.5, 2.0, 2.5, 3.0):
+    for window in (9, 15, 25, 41, 61):
+        for k in (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0):
             c = metrics.TolerantCounts()
             for it in data.train:
                 c = c + metrics.tolerant_counts(
@@ -146,6 +146,58 @@ def threshold_baselines(data: Data, *, dark: int, tolerance: float) -> dict[str,
         return np.where(_adaptive(_grey(it), window=window, k=k), dark, 0).astype(np.uint8)
 
     return {"otsu": otsu, f"adaptive(window={window},k={k})": adaptive}
+
+
+def folder_config(
+    bundle: model.Bundle,
+    images: Path,
+    masks: Path,
+    *,
+    mask_values: Sequence[int] | None = None,
+    mask_channel: int = 0,
+    tolerant: Sequence[str] = (),
+    tolerance: float = 2.0,
+    dark_class: str | None = None,
+) -> TrainConfig:
+    """An evaluation config for a folder of images and a folder of masks, classes from the bundle.
+
+    ``mask_values[i]`` is the mask value of the bundle's class ``i`` (default: ``i``). The
+    images and masks serve as both sides of the split, so only a baseline without training
+    (the threshold, with ``dark_class``) is offered; a RandomForest needs a recipe.
+    """
+    names = [c.name for c in bundle.classes]
+    values = list(mask_values) if mask_values is not None else list(range(len(names)))
+    if len(values) != len(names):
+        raise ConfigError(
+            f"--mask-values {','.join(map(str, values))} gives {len(values)} values for the model's "
+            f"{len(names)} classes {names}; give one mask value per class, in that order"
+        )
+    for n in [*tolerant, *([dark_class] if dark_class else [])]:
+        if n not in names:
+            raise ConfigError(f"class {n!r} is not one of the model's classes {names}; use one of those")
+    folders = {"images": str(images), "masks": str(masks)}
+    raw = {
+        "name": images.resolve().name,
+        "data": {
+            "kind": "pairs",
+            "train": folders,
+            "val": folders,
+            "bands": list(bundle.bands),
+            "mask_channel": mask_channel,
+            "scale": bundle.normalization.scale,
+            "classes": [
+                {"name": c.name, "color": c.color, "values": [v]}
+                for c, v in zip(bundle.classes, values, strict=True)
+            ],
+        },
+        "evaluate": {
+            "tolerance": tolerance,
+            "tolerant_classes": list(tolerant),
+            "baseline": "threshold" if dark_class else "none",
+            "dark_class": dark_class,
+        },
+    }
+    return train_config(raw, source=f"evaluate {images} --masks {masks}")
 
 
 # --------------------------------------------------------------------------- report
@@ -229,6 +281,16 @@ def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     a2.legend(fontsize=8)
     fig.tight_layout()
     _save_fig(fig, path)
+
+
+def _slug(method: str) -> str:
+    """A file-name part for a method: ``"threshold adaptive(window=25,k=3.0)"`` → ``threshold-adaptive``.
+
+    Example:
+        >>> _slug("threshold adaptive(window=25,k=3.0)"), _slug("RandomForest")
+        ('threshold-adaptive', 'randomforest')
+    """
+    return "-".join(method.split("(")[0].lower().split())
 
 
 def _fmt(v: float | None) -> str:
@@ -330,9 +392,7 @@ def report(
         out.mkdir(parents=True, exist_ok=True)
         plots = []
         for i, (method, r) in enumerate(results.items()):
-            p = out / (
-                "confusion.png" if i == 0 else f"confusion-{method.split()[0].split('(')[0].lower()}.png"
-            )
+            p = out / ("confusion.png" if i == 0 else f"confusion-{_slug(method)}.png")
             _plot_confusion(r, f"{method}: confusion (row-normalised)", p)
             plots.append(p.name)
         if history:

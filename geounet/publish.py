@@ -489,7 +489,9 @@ def quicklook(
     tmp = temp_path(path, ".png")
     try:
         Image.fromarray(np.clip(rgba, 0, 255).astype(np.uint8), mode="RGBA").save(
-            tmp, format="PNG", compress_level=1  # optimize=True cost 9 s on a 1024² quicklook (bench.efficiency)
+            tmp,
+            format="PNG",
+            compress_level=1,  # optimize=True cost 9 s on a 1024² quicklook (bench.efficiency)
         )
         os.replace(tmp, path)
     except OSError as exc:

@@ -79,6 +79,8 @@ def load_data(cfg: TrainConfig) -> Data:
             "train": f"{d.train.images} ({len(train)} images)",
             "val": f"{d.val.images} ({len(val)} images)",
         }
+        if d.train == d.val:  # `geounet evaluate --model M IMAGES --masks MASKS`: no training side
+            desc["split"] = f"{len(val)} images as given; a tuned baseline is tuned on these same images"
         return Data(train, val, tuple(d.bands), classes, d.scale, desc)
     smap = {str(v): i for i, c in enumerate(d.classes) for v in c.values}
     scene, grid = datasets.load_scene(d.bands, labels=d.labels, field=d.label_field, mapping=smap, scale=1.0)
@@ -94,15 +96,19 @@ def load_data(cfg: TrainConfig) -> Data:
     return Data([tr], [va], tuple(d.bands), classes, d.scale, desc)
 
 
-def class_weights(cfg: TrainConfig, data: Data) -> np.ndarray:
-    """Per-class loss weights: ``auto`` = sqrt inverse frequency, normalised to mean 1 over present classes."""
+def class_weights(cfg: TrainConfig, data: Data, *, which: str = "class_weights") -> np.ndarray:
+    """Per-class weights of ``train.<which>`` (the loss's ``class_weights`` or ``sample_weights``).
+
+    ``auto`` = sqrt inverse training frequency, normalised to mean 1 over the present classes;
+    ``none`` = all 1; a list gives one value per class.
+    """
     k = len(data.classes)
-    cw = cfg.train.class_weights
+    cw = getattr(cfg.train, which)
     if cw == "none":
         return np.ones(k)
     if isinstance(cw, list):
         if len(cw) != k:
-            raise ConfigError(f"train.class_weights has {len(cw)} values for {k} classes; give one per class")
+            raise ConfigError(f"train.{which} has {len(cw)} values for {k} classes; give one per class")
         return np.asarray(cw, dtype=np.float64)
     freq = datasets.class_frequencies(data.train, k)
     present = freq > 0
@@ -484,7 +490,8 @@ class _Trainer:
         self.cfg, self.data, self.net, self.ddp, self.opt = cfg, data, net, ddp, opt
         self.device, self.rank, self.frozen_steps = device, rank, frozen_steps
         self.weight = torch.tensor(cw, dtype=torch.float32, device=device)
-        self.sample_w = np.where(cw > 0, cw, 0.0)
+        sw = class_weights(cfg, data, which="sample_weights")
+        self.sample_w = np.where(sw > 0, sw, 0.0)
         self.mean = torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
         self.scale = norm.scale

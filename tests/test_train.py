@@ -159,7 +159,14 @@ def test_report_with_threshold_baselines_and_plots(
     r = doc["results"]["U-Net"]
     assert np.asarray(r["confusion"]).sum() == 512 * 512
     assert set(r["tolerant"]) == {"crack"}
-    for f in ("report.md", "metrics.json", "confusion.png", "curves.png", "confusion-threshold.png"):
+    for f in (
+        "report.md",
+        "metrics.json",
+        "confusion.png",
+        "curves.png",
+        "confusion-threshold-otsu.png",
+        "confusion-threshold-adaptive.png",
+    ):
         assert (tmp_path / "report" / f).stat().st_size > 0, f
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| U-Net |" in md and "tolerant" in md.lower() and "planking" in md
@@ -190,6 +197,54 @@ def test_cli_train_and_evaluate(data_dir: Path, tmp_path: Path, monkeypatch: pyt
     )
     assert res.exit_code == 0, res.output
     assert "crack-uav75 U-Net: mIoU=" in res.output and (tmp_path / "ev" / "metrics.json").exists()
+
+
+def test_cli_evaluate_image_folders(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`geounet evaluate --model M IMAGES --masks MASKS`: raw folders, classes from the bundle."""
+    cfg = _cfg(data_dir, tmp_path / "run", monkeypatch, **{"train.steps": 2, "train.eval_every": 2})
+    bundle = train.run(cfg).bundle
+    assert bundle is not None
+    src = data_dir / "crack-uav75"
+    imgs, masks = tmp_path / "imgs", tmp_path / "masks"
+    imgs.mkdir(), masks.mkdir()
+    for p in sorted((src / "val_img").iterdir())[:2]:  # links, not copies: the data stays in GEOUNET_DATA
+        (imgs / p.name).symlink_to(p)
+        (masks / f"{p.stem}.png").symlink_to(src / "val_lab" / f"{p.stem}.png")
+    runner = CliRunner()
+    base = [
+        "evaluate",
+        "--model",
+        str(bundle),
+        str(imgs),
+        "--masks",
+        str(masks),
+        "--out",
+        str(tmp_path / "ev"),
+    ]
+    res = runner.invoke(cli, [*base, "--mask-values", "0,255,204", "--tolerant", "crack", "--no-baseline"])
+    assert res.exit_code == 0, res.output
+    assert "imgs U-Net: mIoU=" in res.output and "tolerant-F1[crack]=" in res.output
+    doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    r = doc["results"]["U-Net"]
+    assert (
+        r["classes"] == ["background", "crack", "planking"] and np.asarray(r["confusion"]).sum() == 2 * 512**2
+    )
+    assert np.asarray(r["confusion"])[1].sum() > 0  # value 255 mapped to crack
+    assert "2 images as given" in (tmp_path / "ev" / "report.md").read_text()
+    for extra, msg in (
+        (["--mask-values", "0,255"], "2 values for the model's 3 classes"),
+        (["--mask-values", "0,x,1"], "not a comma-separated list"),
+        (["--tolerant", "pothole"], "'pothole' is not one of the model's classes"),
+    ):
+        res = runner.invoke(cli, [*base, *extra])
+        assert res.exit_code != 0 and msg in res.output + str(res.exception), res.output
+    res = runner.invoke(cli, ["evaluate", "--model", str(bundle), str(imgs)])
+    assert res.exit_code != 0 and "give one --masks per image folder" in res.output
+    b = model.load(bundle)
+    with_baseline = evaluate.folder_config(b, imgs, masks, mask_values=[0, 255, 204], dark_class="crack")
+    assert (
+        with_baseline.evaluate.baseline == "threshold" and with_baseline.data.train == with_baseline.data.val
+    )
 
 
 @pytest.mark.slow

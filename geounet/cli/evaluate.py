@@ -1,4 +1,8 @@
-"""``geounet evaluate --model FILE DATA...``: metrics and baselines on a recipe's validation split."""
+"""``geounet evaluate --model FILE DATA...``: metrics and baselines on labelled data.
+
+DATA is a training recipe (YAML: its validation split and its baseline) or a folder of
+images whose masks are in the matching ``--masks`` folder (classes from the model bundle).
+"""
 
 from __future__ import annotations
 
@@ -7,33 +11,105 @@ from pathlib import Path
 import click
 
 
+def _values(raw: str | None) -> list[int] | None:
+    if raw is None:
+        return None
+    try:
+        return [int(v) for v in raw.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"{raw!r} is not a comma-separated list of integers; e.g. --mask-values 0,255,204",
+            param_hint="--mask-values",
+        ) from None
+
+
 @click.command(
     epilog="Example:\n\n\b\n  geounet evaluate --model runs/crack-uav75/model.safetensors configs/train-crack-uav75.yaml\n"
     "  geounet evaluate --model geounet/data/landcover-brandenburg.safetensors \\\n"
-    "      configs/train-landcover-brandenburg.yaml --out eval/"
+    "      configs/train-landcover-brandenburg.yaml --out eval/\n"
+    "  geounet evaluate --model runs/crack-uav75/model.safetensors photos/ --masks masks/ \\\n"
+    "      --mask-values 0,255,204 --tolerant crack --dark-class crack"
 )
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="Model bundle.")
 @click.argument("data", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--masks",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Mask folder of each DATA image folder, in order (masks matched by file stem).",
+)
+@click.option(
+    "--mask-values",
+    default=None,
+    metavar="V0,V1,...",
+    help="Image folders: the mask value of each model class, in class order (default: the class id).",
+)
+@click.option("--mask-channel", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--tolerant", multiple=True, metavar="CLASS", help="Image folders: also score CLASS with the tolerant F1."
+)
+@click.option("--tolerance", type=click.FloatRange(min=0), default=2.0, show_default=True, help="Pixels.")
+@click.option(
+    "--dark-class",
+    default=None,
+    metavar="CLASS",
+    help="Image folders: add the Otsu/adaptive threshold baseline for this dark thin class.",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
     default=Path("eval"),
     show_default=True,
-    help="Report folder (one sub-folder per DATA recipe).",
+    help="Report folder (one sub-folder per DATA when several).",
 )
-@click.option("--no-baseline", is_flag=True, help="Skip the recipe's baseline (RandomForest / threshold).")
-def evaluate(model_path: Path, data: tuple[Path, ...], out: Path, no_baseline: bool) -> None:
-    """Evaluate a bundle on the validation split of each DATA training recipe (YAML).
+@click.option("--no-baseline", is_flag=True, help="Skip the baseline (RandomForest / threshold).")
+def evaluate(
+    model_path: Path,
+    data: tuple[Path, ...],
+    masks: tuple[Path, ...],
+    mask_values: str | None,
+    mask_channel: int,
+    tolerant: tuple[str, ...],
+    tolerance: float,
+    dark_class: str | None,
+    out: Path,
+    no_baseline: bool,
+) -> None:
+    """Evaluate a bundle on each DATA: a training recipe (YAML) or a folder of images.
 
-    Per-class IoU, Dice/F1, precision, recall, pixel accuracy, mIoU, confusion matrix and the
-    tolerant F1 of thin classes; the recipe's baseline side by side. Writes report.md,
-    metrics.json and PNG plots.
+    A recipe is scored on its validation split with its baseline. An image folder is scored
+    against the masks in the matching --masks folder. Reports per-class IoU, Dice/F1,
+    precision, recall, pixel accuracy, mIoU, the confusion matrix and the tolerant F1 of thin
+    classes, the baseline side by side. Writes report.md, metrics.json and PNG plots.
     """
     from geounet import evaluate as ev
+    from geounet import model
     from geounet.config import load_train_config
 
-    for recipe in data:
-        cfg = load_train_config(recipe)
+    folders = [d for d in data if d.is_dir()]
+    if len(masks) != len(folders):
+        raise click.BadParameter(
+            f"{len(folders)} image folder(s) {[str(f) for f in folders]} but {len(masks)} --masks folder(s); "
+            "give one --masks per image folder, in the same order",
+            param_hint="--masks",
+        )
+    mask_of = dict(zip(folders, masks, strict=True))
+    values = _values(mask_values)
+    bundle = model.load(model_path) if folders else None
+    for item in data:
+        if item in mask_of and bundle is not None:
+            cfg = ev.folder_config(
+                bundle,
+                item,
+                mask_of[item],
+                mask_values=values,
+                mask_channel=mask_channel,
+                tolerant=tolerant,
+                tolerance=tolerance,
+                dark_class=dark_class,
+            )
+        else:
+            cfg = load_train_config(item)
         dest = out / cfg.name if len(data) > 1 else out
         doc = ev.report(model_path, cfg, out=dest, baselines=not no_baseline)
         for method, r in doc["results"].items():

@@ -112,35 +112,45 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(centers[int(np.argmax(between))])
 
 
-def _adaptive(grey: np.ndarray, *, window: int, k: float) -> np.ndarray:
+def _local_stats(grey: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     mean = ndimage.uniform_filter(grey, window)
     sq = ndimage.uniform_filter(grey * grey, window)
-    std = np.sqrt(np.maximum(sq - mean * mean, 0))
+    return mean, np.sqrt(np.maximum(sq - mean * mean, 0))
+
+
+def _adaptive(grey: np.ndarray, *, window: int, k: float) -> np.ndarray:
+    mean, std = _local_stats(grey, window)
     return grey < mean - k * std
 
 
+WINDOWS = (9, 15, 25, 41, 61, 91, 121)
+KS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
+
+
 def threshold_baselines(data: Data, *, dark: int, tolerance: float) -> dict[str, Predictor]:
-    """Otsu (global per image) and adaptive threshold (tuned on training images) for dark pixels."""
+    """Otsu (global per image) and adaptive threshold (tuned on training images) for dark pixels.
+
+    The adaptive threshold marks pixels darker than the local mean minus ``k`` local standard
+    deviations; window and ``k`` are searched over ``WINDOWS`` x ``KS`` for the best tolerant F1.
+    """
 
     def otsu(it: Labelled) -> np.ndarray:
         g = _grey(it)
         return np.where(g < otsu_threshold(g), dark, 0).astype(np.uint8)
 
-    best = (-1.0, 15, 2.0)
-    for window in (9, 15, 25, 41, 61):
-        for k in (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0):
-            c = metrics.TolerantCounts()
-            for it in data.train:
-                c = c + metrics.tolerant_counts(
-                    _adaptive(_grey(it), window=window, k=k),
-                    it.mask == dark,
-                    tolerance=tolerance,
-                    valid=it.mask != IGNORE,
+    counts = {(w, k): metrics.TolerantCounts() for w in WINDOWS for k in KS}
+    for it in data.train:
+        grey, valid = _grey(it), it.mask != IGNORE
+        for window in WINDOWS:
+            mean, std = _local_stats(grey, window)
+            for k in KS:
+                counts[window, k] = counts[window, k] + metrics.tolerant_counts(
+                    grey < mean - k * std, it.mask == dark, tolerance=tolerance, valid=valid
                 )
-            if c.f1 > best[0]:
-                best = (c.f1, window, k)
-    _, window, k = best
-    log.info("adaptive threshold tuned on train: window %d, k %.1f (tolerant F1 %.3f)", window, k, best[0])
+    (window, k), best = max(counts.items(), key=lambda kv: np.nan_to_num(kv[1].f1, nan=-1.0))
+    log.info("adaptive threshold tuned on train: window %d, k %.1f (tolerant F1 %.3f)", window, k, best.f1)
+    if window in (WINDOWS[0], WINDOWS[-1]) or k in (KS[0], KS[-1]):
+        log.warning("adaptive threshold tuned at the edge of the search: window %d, k %.1f", window, k)
 
     def adaptive(it: Labelled) -> np.ndarray:
         return np.where(_adaptive(_grey(it), window=window, k=k), dark, 0).astype(np.uint8)

@@ -190,10 +190,30 @@ def tolerant_counts(
 
 
 def _within(mask: np.ndarray, tolerance: float) -> np.ndarray:
-    """Pixels whose distance to the nearest True pixel of ``mask`` is <= tolerance."""
+    """Pixels whose distance to the nearest True pixel of ``mask`` is <= tolerance.
+
+    For small tolerances a dilation with the disk of that radius (same set, ~10x faster than
+    a full Euclidean distance transform); the distance transform otherwise.
+    """
     if not mask.any():
         return np.zeros_like(mask)
+    if tolerance <= 8:
+        return np.asarray(ndimage.binary_dilation(mask, structure=disk(tolerance)))
     return np.asarray(ndimage.distance_transform_edt(~mask) <= tolerance)
+
+
+def disk(radius: float) -> np.ndarray:
+    """Boolean footprint of the pixel offsets within Euclidean ``radius`` of the centre.
+
+    Example:
+        >>> disk(1).astype(int)
+        array([[0, 1, 0],
+               [1, 1, 1],
+               [0, 1, 0]])
+    """
+    r = int(np.floor(radius))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return np.asarray(yy * yy + xx * xx <= radius * radius)
 
 
 @dataclass

@@ -94,3 +94,16 @@ def test_confusion_counts_every_pixel_and_tolerance_only_helps(a: np.ndarray, b:
     loose = metrics.tolerant_counts(a == 1, b == 1, tolerance=2)
     assert exact.pred_hit == int(((a == 1) & (b == 1)).sum())
     assert loose.pred_hit >= exact.pred_hit and loose.true_hit >= exact.true_hit
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(bool, st.tuples(st.integers(1, 24), st.integers(1, 24))),
+    st.sampled_from([0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 8.0]),
+)
+def test_disk_dilation_equals_distance_transform(mask: np.ndarray, tol: float) -> None:
+    """The fast path (dilation by a disk) selects exactly the pixels within ``tol`` by the EDT."""
+    from scipy import ndimage
+
+    expect = ndimage.distance_transform_edt(~mask) <= tol if mask.any() else np.zeros_like(mask)
+    np.testing.assert_array_equal(metrics._within(mask, tol), expect)

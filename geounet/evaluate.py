@@ -140,12 +140,12 @@ def threshold_baselines(data: Data, *, dark: int, tolerance: float) -> dict[str,
 
     counts = {(w, k): metrics.TolerantCounts() for w in WINDOWS for k in KS}
     for it in data.train:
-        grey, valid = _grey(it), it.mask != IGNORE
+        grey, valid, true = _grey(it), it.mask != IGNORE, it.mask == dark
         for window in WINDOWS:
             mean, std = _local_stats(grey, window)
             for k in KS:
                 counts[window, k] = counts[window, k] + metrics.tolerant_counts(
-                    grey < mean - k * std, it.mask == dark, tolerance=tolerance, valid=valid
+                    grey < mean - k * std, true, tolerance=tolerance, valid=valid
                 )
     (window, k), best = max(counts.items(), key=lambda kv: np.nan_to_num(kv[1].f1, nan=-1.0))
     log.info("adaptive threshold tuned on train: window %d, k %.1f (tolerant F1 %.3f)", window, k, best.f1)

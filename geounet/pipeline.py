@@ -61,6 +61,10 @@ class PredictOptions:
     vector_format: str = "gpkg"
     simplify: float | None = None
     min_area: float = 0.0
+    #: Stream tiles through the network in strips of rows (None: the plan decides; see geounet.budget).
+    stream: bool | None = None
+    #: Memory budget of the predict stage in bytes (None: chosen from the device; ``--memory``).
+    memory: int | None = None
 
     def __post_init__(self) -> None:
         merge.check_merge(self.merge)
@@ -295,20 +299,19 @@ class TilePredictor:
             tta=opts.tta,
         )
         self.class_ids = np.array([c.id for c in self.bundle.classes], dtype=np.uint8)
+        #: Stream tiles through the network in strips of rows (memory grows with the tile's
+        #: width only) where the plan asks for it; the result is the same as a whole-tile pass.
+        self.streamed = bool(opts.stream) if opts.stream is not None else not self.predictor.cuda
 
     def __call__(self, tiles: Sequence[Tile], chips: Sequence[Chip | None]) -> list[TileResult]:
-        """Predict the non-empty chips in one batch; empty ones come back ``skipped``."""
+        """Predict the non-empty chips (one batch, or one streamed tile at a time); empty ones come back ``skipped``."""
         todo = [c for c in chips if c is not None]
-        probs = self._probs(todo) if todo else np.empty((0,))
-        results: list[TileResult] = []
-        k = 0
-        for tile, chip in zip(tiles, chips, strict=True):
-            if chip is None:
-                results.append(TileResult(tile=tile, skipped=True))
-                continue
-            results.append(self._result(chip, probs[k]))
-            k += 1
-        return results
+        if self.streamed:
+            done = iter([self._streamed(c) for c in todo])
+        else:
+            probs = self._probs(todo) if todo else np.empty((0,))
+            done = iter([self._result(c, p) for c, p in zip(todo, probs, strict=True)])
+        return [TileResult(tile=t, skipped=True) if c is None else next(done) for t, c in zip(tiles, chips, strict=True)]
 
     def _probs(self, chips: Sequence[Chip]) -> np.ndarray:
         batch = np.stack([c.data for c in chips])
@@ -320,6 +323,27 @@ class TilePredictor:
         classes, confidence = merge.decide(
             merge.crop(probs, chip.tile), valid=chip.core_valid, class_ids=self.class_ids
         )
+        return TileResult(tile=chip.tile, classes=classes, confidence=confidence)
+
+    def _streamed(self, chip: Chip) -> TileResult:
+        """One tile through the network strip by strip; only its core's classes are kept."""
+        x = model_mod.normalize(chip.data, self.bundle.normalization)
+        if self.job.options.merge == "blend":
+            probs = np.empty((self.predictor.n_classes, *chip.data.shape[1:]), np.float16)
+            for r0, p in self.predictor.predict_rows(x):
+                probs[:, r0 : r0 + p.shape[1]] = p
+            return TileResult(tile=chip.tile, probs=probs, valid=chip.valid)
+        core = chip.tile.core_in_read
+        classes = np.empty(core.shape, np.uint8)
+        confidence = np.empty(core.shape, np.uint8)
+        valid = chip.core_valid
+        for r0, p in self.predictor.predict_rows(x):
+            a, b = max(r0, core.row), min(r0 + p.shape[1], core.row_stop)
+            if a < b:
+                rows = slice(a - core.row, b - core.row)
+                classes[rows], confidence[rows] = merge.decide(
+                    p[:, a - r0 : b - r0, core.col : core.col_stop], valid=valid[rows], class_ids=self.class_ids
+                )
         return TileResult(tile=chip.tile, classes=classes, confidence=confidence)
 
 

@@ -39,9 +39,10 @@ def naive_loop(src: Path, model_path: Path, out: Path) -> None:
     from rasterio.windows import Window
 
     from geounet import model
+    from geounet.model import networks
 
     b = model.load(model_path)
-    net = model.module_from_bundle(b)
+    net = networks.module_from_bundle(b)
     mean = np.array(b.normalization.mean, np.float32)[:, None, None]
     std = np.array(b.normalization.std, np.float32)[:, None, None]
     t = b.tile
@@ -77,6 +78,7 @@ def whole_image(src: Path, model_path: Path, out: Path) -> None:
     import torch
 
     from geounet import model
+    from geounet.model import networks
 
     b = model.load(model_path)
     with rasterio.open(src) as ds:
@@ -89,7 +91,8 @@ def whole_image(src: Path, model_path: Path, out: Path) -> None:
     x = torch.from_numpy(model.normalize(padded[None], b.normalization))
     del padded
     with torch.inference_mode():
-        logits = model.fuse_batchnorm(model.module_from_bundle(b))(x)[0, :, halo : halo + h, halo : halo + w]
+        net = networks.fuse_batchnorm(networks.module_from_bundle(b))
+        logits = net(x)[0, :, halo : halo + h, halo : halo + w]
     classes = np.asarray(b.class_ids, np.uint8)[logits.argmax(dim=0).numpy()]
     np.save(out, classes)
 

@@ -347,11 +347,12 @@ def make_bundle(
     is a fixed, plausible one for L1C digital numbers.
     """
     from geounet import model
+    from geounet.model import networks
 
     spec = model.ModelSpec(in_channels=len(S2_BANDS), n_classes=n_classes, depth=depth, width=width)
     palette = ("#1f78b4", "#33a02c", "#e31a1c", "#ff7f00", "#6a3d9a", "#b15928", "#a6cee3", "#fb9a99")
     classes = [model.ClassInfo(k, f"class{k}", palette[k % len(palette)]) for k in range(n_classes)]
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=S2_BANDS,
         classes=classes,
         spec=spec,

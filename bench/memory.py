@@ -100,7 +100,7 @@ def mirror_input(size: int) -> Path:
 def bundle_path() -> Path:
     """A tiny random U-Net for the 3 bands (depth 2, width 4): the model's size is not what is measured."""
     from geounet import model
-    from geounet.model import ClassInfo, ModelSpec
+    from geounet.model import ClassInfo, ModelSpec, networks
 
     path = WORK / "rgb_d2w4.safetensors"
     if not path.exists():
@@ -110,7 +110,7 @@ def bundle_path() -> Path:
             ClassInfo(1, "mid", "#33a02c"),
             ClassInfo(2, "bright", "#e31a1c"),
         )
-        bundle = model.init_bundle(
+        bundle = networks.init_bundle(
             bands=("red", "green", "blue"),
             classes=classes,
             spec=ModelSpec(in_channels=3, n_classes=3, depth=2, width=4),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from geounet.model import NODATA_CLASS
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def photometric(x: torch.Tensor, cfg: Augment, g: torch.Generator) -> torch.Tens
 def rescale(
     x: torch.Tensor, m: torch.Tensor, cfg: Augment, g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample zoom by ``1 ± scale`` about the chip centre; pixels from outside become IGNORE."""
+    """Per-sample zoom by ``1 ± scale`` about the chip centre; pixels from outside become NODATA_CLASS."""
     n = x.shape[0]
     s = 1 + _uniform(n, cfg.scale, g)
     theta = torch.zeros(n, 2, 3)
@@ -95,7 +95,7 @@ def rescale(
     mk = F.grid_sample(m[:, None].float(), grid, mode="nearest", padding_mode="border", align_corners=False)[
         :, 0
     ]
-    mk = torch.where(inside, mk, torch.full_like(mk, IGNORE))
+    mk = torch.where(inside, mk, torch.full_like(mk, NODATA_CLASS))
     return y, mk.to(m.dtype)
 
 

@@ -1,12 +1,12 @@
 """Labelled training data: image/mask pairs and raster scenes with label polygons.
 
 Two sources, one in-memory form (:class:`Labelled`): an image ``(band, row, col)`` in its stored
-dtype plus a class-id mask ``(row, col)`` where :data:`IGNORE` marks unlabelled pixels.
+dtype plus a class-id mask ``(row, col)`` where :data:`NODATA_CLASS` marks unlabelled pixels.
 
 - :func:`load_pairs`: photos (JPG/PNG) or GeoTIFFs with a mask file of the same stem; mask
-  values are mapped to class ids (values not in the mapping become IGNORE).
+  values are mapped to class ids (values not in the mapping become NODATA_CLASS).
 - :func:`load_scene`: single-band rasters (e.g. Sentinel-2 JP2 at 10/20/60 m) resampled onto
-  the finest grid, with polygons rasterized onto it; pixels no polygon covers stay IGNORE:
+  the finest grid, with polygons rasterized onto it; pixels no polygon covers stay NODATA_CLASS:
   sparse labels mean *unknown*, not background.
 
 :func:`spatial_split` splits a scene into train/validation by blocks so neighbouring pixels
@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from geounet.errors import InputError, InputNotFoundError
+from geounet.model import NODATA_CLASS
 
 log = logging.getLogger(__name__)
 
 #: Mask value of unlabelled pixels; the loss and the metrics skip it.
-IGNORE = 255
 
 _PHOTO = {".jpg", ".jpeg", ".png"}
 _RASTER = {".tif", ".tiff", ".jp2", ".vrt"}
@@ -43,8 +43,8 @@ class Labelled:
 
     @property
     def labelled_fraction(self) -> float:
-        """Share of pixels that carry a class (not IGNORE)."""
-        return float((self.mask != IGNORE).mean())
+        """Share of pixels that carry a class (not NODATA_CLASS)."""
+        return float((self.mask != NODATA_CLASS).mean())
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -75,13 +75,13 @@ def _read_mask(path: Path, *, channel: int) -> np.ndarray:
 
 
 def map_values(raw: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
-    """Map raw mask values to class ids; values not in ``mapping`` become IGNORE.
+    """Map raw mask values to class ids; values not in ``mapping`` become NODATA_CLASS.
 
     Example:
         >>> map_values(np.array([0, 204, 255, 7]), {0: 0, 255: 1, 204: 2}).tolist()
         [0, 2, 1, 255]
     """
-    lut = np.full(65536, IGNORE, dtype=np.uint8)
+    lut = np.full(65536, NODATA_CLASS, dtype=np.uint8)
     for value, cls in mapping.items():
         lut[int(value)] = cls
     return lut[raw.astype(np.int64)]
@@ -158,14 +158,14 @@ def load_scene(
     shapes = [
         (geom, mapping[v]) for geom, v in zip(gdf.geometry, gdf[field], strict=True) if geom is not None
     ]
-    mask = rasterize(shapes, out_shape=shape, transform=transform, fill=IGNORE, dtype="uint8")
+    mask = rasterize(shapes, out_shape=shape, transform=transform, fill=NODATA_CLASS, dtype="uint8")
     meta: dict[str, object] = {"crs": crs.to_wkt(), "transform": tuple(transform)[:6], "shape": shape}
     log.info(
         "scene %s: %d bands, %s px, %.1f%% labelled",
         labels.stem,
         len(paths),
         shape,
-        100 * (mask != IGNORE).mean(),
+        100 * (mask != NODATA_CLASS).mean(),
     )
     return Labelled(labels.stem, stack, mask), meta
 
@@ -173,7 +173,7 @@ def load_scene(
 def spatial_split(
     item: Labelled, *, block: int, val_fraction: float, seed: int = 0, n_classes: int | None = None
 ) -> tuple[Labelled, Labelled]:
-    """Split one scene into train and validation by square blocks (labels of the other side IGNORE).
+    """Split one scene into train and validation by square blocks (labels of the other side NODATA_CLASS).
 
     Only blocks holding labels are assigned; about ``val_fraction`` of the labelled pixels go to
     validation. Among a few seeded draws, the one whose validation set covers the most classes
@@ -184,7 +184,7 @@ def spatial_split(
     h, w = item.mask.shape
     br, bc = -(-h // block), -(-w // block)
     ids = (np.arange(h)[:, None] // block) * bc + (np.arange(w)[None, :] // block)
-    labelled = item.mask != IGNORE
+    labelled = item.mask != NODATA_CLASS
     counts = np.bincount(ids[labelled], minlength=br * bc)
     candidates = np.flatnonzero(counts)
     total = counts.sum()
@@ -201,8 +201,8 @@ def spatial_split(
             best = (key, is_val)
     assert best is not None
     is_val = best[1]
-    train_mask = np.where(is_val, IGNORE, item.mask).astype(np.uint8)
-    val_mask = np.where(is_val, item.mask, IGNORE).astype(np.uint8)
+    train_mask = np.where(is_val, NODATA_CLASS, item.mask).astype(np.uint8)
+    val_mask = np.where(is_val, item.mask, NODATA_CLASS).astype(np.uint8)
     return replace(item, name=f"{item.name}:train", mask=train_mask), replace(
         item, name=f"{item.name}:val", mask=val_mask
     )
@@ -212,7 +212,7 @@ def class_frequencies(items: Sequence[Labelled], n_classes: int) -> np.ndarray:
     """Labelled-pixel count per class over all items (float64)."""
     counts = np.zeros(n_classes, dtype=np.float64)
     for it in items:
-        m = it.mask[it.mask != IGNORE]
+        m = it.mask[it.mask != NODATA_CLASS]
         counts += np.bincount(m, minlength=n_classes)[:n_classes]
     return counts
 
@@ -228,7 +228,7 @@ def band_statistics(
     rng = np.random.default_rng(0)
     samples = []
     for it in items:
-        sel = it.mask != IGNORE if it.labelled_fraction < 1 else np.ones(it.mask.shape, bool)
+        sel = it.mask != NODATA_CLASS if it.labelled_fraction < 1 else np.ones(it.mask.shape, bool)
         flat = it.image.reshape(it.image.shape[0], -1)[:, sel.ravel()]
         if flat.shape[1] > max_pixels // max(len(items), 1):
             flat = flat[:, rng.choice(flat.shape[1], max_pixels // max(len(items), 1), replace=False)]
@@ -299,7 +299,7 @@ def _sampling_index(items: Sequence[Labelled], class_weights: np.ndarray) -> _In
     item_ids, flats, weights = [], [], []
     for i, it in enumerate(items):
         m = it.mask.ravel()
-        flat = np.flatnonzero(m != IGNORE)
+        flat = np.flatnonzero(m != NODATA_CLASS)
         item_ids.append(np.full(flat.size, i, dtype=np.int32))
         flats.append(flat)
         weights.append(np.asarray(class_weights, np.float64)[m[flat]])

@@ -29,8 +29,9 @@ from scipy import ndimage
 
 from geounet import metrics, model
 from geounet.config import TrainConfig, train_config
-from geounet.datasets import IGNORE, Labelled
+from geounet.datasets import Labelled
 from geounet.errors import ConfigError, WriteError
+from geounet.model import NODATA_CLASS, networks
 from geounet.train import Data, evaluate_items, load_data, predict_image
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def bundle_predictor(bundle: model.Bundle, *, data: Data) -> Predictor:
             f"model bands {list(bundle.bands)} differ from the data's {list(data.bands)}; "
             "evaluate with the recipe the model was trained on"
         )
-    net = model.module_from_bundle(bundle)
+    net = networks.module_from_bundle(bundle)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net = net.to(device)
     halo = bundle.halo
@@ -56,7 +57,7 @@ def bundle_predictor(bundle: model.Bundle, *, data: Data) -> Predictor:
     def predict(it: Labelled) -> np.ndarray:
         x = model.normalize(it.image, bundle.normalization)
         return predict_image(
-            net, x, stride=bundle.spec.stride, halo=halo, device=device, need=it.mask != IGNORE
+            net, x, stride=bundle.spec.stride, halo=halo, device=device, need=it.mask != NODATA_CLASS
         )
 
     return predict
@@ -71,7 +72,7 @@ def random_forest(data: Data, *, seed: int = 0, per_class: int = 4000, trees: in
     feats = [it.image.reshape(it.image.shape[0], -1) for it in data.train]
     for f, it in zip(feats, data.train, strict=True):
         m = it.mask.ravel()
-        for c in np.unique(m[m != IGNORE]):
+        for c in np.unique(m[m != NODATA_CLASS]):
             idx = np.flatnonzero(m == c)
             take = rng.choice(idx, min(per_class // len(data.train) + 1, idx.size), replace=False)
             xs.append(f[:, take].T * data.scale)
@@ -81,7 +82,7 @@ def random_forest(data: Data, *, seed: int = 0, per_class: int = 4000, trees: in
 
     def predict(it: Labelled) -> np.ndarray:
         out = np.zeros(it.mask.shape, dtype=np.uint8)
-        sel = it.mask != IGNORE  # only labelled pixels are scored; skip the rest (speed)
+        sel = it.mask != NODATA_CLASS  # only labelled pixels are scored; skip the rest (speed)
         x = it.image.reshape(it.image.shape[0], -1)[:, sel.ravel()].T * data.scale
         if x.shape[0]:
             out[sel] = rf.predict(x).astype(np.uint8)
@@ -140,7 +141,7 @@ def threshold_baselines(data: Data, *, dark: int, tolerance: float) -> dict[str,
 
     counts = {(w, k): metrics.TolerantCounts() for w in WINDOWS for k in KS}
     for it in data.train:
-        grey, valid, true = _grey(it), it.mask != IGNORE, it.mask == dark
+        grey, valid, true = _grey(it), it.mask != NODATA_CLASS, it.mask == dark
         for window in WINDOWS:
             mean, std = _local_stats(grey, window)
             for k in KS:

@@ -20,7 +20,8 @@ then choose tiles large enough that the halo costs little (see :mod:`geounet.bud
 Example:
     >>> import numpy as np
     >>> from geounet import model
-    >>> b = model.init_bundle(bands=["r", "g", "b"],
+    >>> from geounet.model import networks
+    >>> b = networks.init_bundle(bands=["r", "g", "b"],
     ...                       classes=[model.ClassInfo(0, "bg", "#000000"), model.ClassInfo(1, "fg", "#ff0000")],
     ...                       spec=model.ModelSpec(in_channels=3, n_classes=2, depth=2, width=4))
     >>> p = Predictor(b, device="cpu").predict(np.zeros((2, 3, 16, 16), np.float32))
@@ -40,7 +41,8 @@ import torch
 
 from geounet import stream
 from geounet.errors import ConfigError, ExecutionError, InputError
-from geounet.model import Bundle, fuse_batchnorm, module_from_bundle
+from geounet.model import Bundle
+from geounet.model.networks import fuse_batchnorm, module_from_bundle
 
 log = logging.getLogger(__name__)
 

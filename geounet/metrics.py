@@ -22,13 +22,11 @@ import numpy as np
 from scipy import ndimage
 
 from geounet.errors import InputError
-
-#: Label value of unlabelled pixels (not a class: excluded from every count).
-IGNORE_INDEX = 255
+from geounet.model import NODATA_CLASS
 
 
 def confusion(
-    pred: np.ndarray, target: np.ndarray, *, n_classes: int, ignore_index: int = IGNORE_INDEX
+    pred: np.ndarray, target: np.ndarray, *, n_classes: int, ignore_index: int = NODATA_CLASS
 ) -> np.ndarray:
     """Confusion matrix ``(n_classes, n_classes)`` of int64 counts: ``cm[true, pred]``.
 
@@ -226,7 +224,7 @@ class Accumulator:
     n_classes: int
     tolerant_classes: tuple[int, ...] = ()
     tolerance: float = 2.0
-    ignore_index: int = IGNORE_INDEX
+    ignore_index: int = NODATA_CLASS
     cm: np.ndarray = field(init=False)
     tolerant: dict[int, TolerantCounts] = field(init=False)
 

@@ -36,9 +36,9 @@ from torch import nn
 from geounet import datasets, metrics, model
 from geounet.augment import Augment, augment
 from geounet.config import TrainConfig
-from geounet.datasets import IGNORE, Labelled
+from geounet.datasets import Labelled
 from geounet.errors import ConfigError, InputNotFoundError, WriteError
-from geounet.model import Bundle, ClassInfo, ModelSpec, Normalization
+from geounet.model import NODATA_CLASS, Bundle, ClassInfo, ModelSpec, Normalization, networks
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,8 @@ def init_from(bundle: Bundle, *, n_classes: int, n_bands: int) -> tuple[nn.Modul
         bundle.spec.norm,
         bundle.spec.upsample,
     )
-    net = model.build(spec)
-    src = model.module_from_bundle(bundle).state_dict()
+    net = networks.build(spec)
+    src = networks.module_from_bundle(bundle).state_dict()
     own = net.state_dict()
     new_head = bundle.spec.n_classes != n_classes
     keep = {k: v for k, v in src.items() if not (new_head and k.startswith("head."))}
@@ -158,7 +158,7 @@ def init_from(bundle: Bundle, *, n_classes: int, n_bands: int) -> tuple[nn.Modul
 # --------------------------------------------------------------------------- loss / schedule
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = IGNORE) -> torch.Tensor:
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = NODATA_CLASS) -> torch.Tensor:
     """1 - soft Dice, averaged over the classes present in ``target`` (ignored pixels excluded)."""
     k = logits.shape[1]
     valid = (target != ignore_index).unsqueeze(1)
@@ -357,7 +357,7 @@ def run(
         log.info("init from %s (%s head)", init_bundle, "new" if new_head else "kept")
     else:
         spec = _spec(cfg, n_bands, k)
-        net = model.build(spec)
+        net = networks.build(spec)
         mean, std = datasets.band_statistics(data.train, scale=data.scale)
         norm = Normalization(mean, std, data.scale)
     # channels-last: oneDNN's convolutions run ~10-20% faster on CPU too (measured, 2 cores)
@@ -412,7 +412,7 @@ def run(
                         stride=spec.stride,
                         halo=halo,
                         device=device,
-                        need=it.mask != IGNORE,
+                        need=it.mask != NODATA_CLASS,
                     ),
                     data.val,
                     classes=data.classes,
@@ -526,7 +526,7 @@ class _Trainer:
         self.ddp.train()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             logits = self.ddp(x)
-        ce = F.cross_entropy(logits.float(), m, weight=self.weight, ignore_index=IGNORE)
+        ce = F.cross_entropy(logits.float(), m, weight=self.weight, ignore_index=NODATA_CLASS)
         if torch.isnan(ce):  # a chip with no labelled pixel: CE undefined, contributes nothing
             ce = logits.sum() * 0.0
         loss = ce + t.dice_weight * dice_loss(logits, m)
@@ -559,7 +559,7 @@ def _save_bundle(
         steps_planned=cfg.train.steps,
         val_metrics={"miou": res["miou"], "iou": res["iou"], "tolerant": res["tolerant"]},
     )
-    bundle = model.bundle_from_module(
+    bundle = networks.bundle_from_module(
         net.to("cpu"),
         spec=spec,
         bands=data.bands,

@@ -21,7 +21,7 @@ import torch
 
 from geounet import model, pipeline
 from geounet.distributed import local_system_config
-from geounet.model import ClassInfo, ModelSpec
+from geounet.model import ClassInfo, ModelSpec, networks
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -48,7 +48,7 @@ def rgb_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     The head is scaled up so the classes vary across the scene (a fresh head predicts
     one class almost everywhere, which would make output comparisons vacuous).
     """
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=("red", "green", "blue"),
         classes=RGB_CLASSES,
         spec=ModelSpec(in_channels=3, n_classes=3, depth=2, width=4),

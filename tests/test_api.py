@@ -14,7 +14,7 @@ import rioxarray
 
 import geounet
 from geounet import model, pipeline
-from geounet.model import ClassInfo, ModelSpec
+from geounet.model import ClassInfo, ModelSpec, networks
 
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
 CLASSES = (
@@ -31,7 +31,7 @@ def scene(data_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    b = model.init_bundle(
+    b = networks.init_bundle(
         bands=tuple(S2),
         classes=CLASSES,
         spec=ModelSpec(in_channels=13, n_classes=3, depth=2, width=8),

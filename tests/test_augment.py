@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from geounet.augment import IGNORE, Augment, augment, geometric, rescale
+from geounet.augment import Augment, augment, geometric, rescale
+from geounet.model import NODATA_CLASS
 
 
 def test_geometric_moves_mask_with_image() -> None:
@@ -20,7 +21,7 @@ def test_rescale_pads_mask_with_ignore_and_keeps_shape() -> None:
     m = torch.ones(4, 16, 16, dtype=torch.uint8)
     y, n = rescale(x, m, Augment(scale=0.4), torch.Generator().manual_seed(0))
     assert y.shape == x.shape and n.shape == m.shape
-    assert set(n.unique().tolist()) <= {1, IGNORE}
+    assert set(n.unique().tolist()) <= {1, NODATA_CLASS}
 
 
 def test_seeded_augment_is_reproducible_and_identity_when_off() -> None:

@@ -36,7 +36,7 @@ from rasterio.shutil import copy as rio_copy
 
 from geounet import model
 from geounet.cli import main as cli_main
-from geounet.model import ClassInfo, ModelSpec
+from geounet.model import ClassInfo, ModelSpec, networks
 
 BANDS = ("red", "green", "blue")
 CLASSES = (ClassInfo(0, "dark", "#000000"), ClassInfo(1, "bright", "#ffffff"))
@@ -107,7 +107,7 @@ def assert_nothing_finished(out: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random 3-band (red, green, blue) U-Net bundle."""
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=BANDS,
         classes=CLASSES,
         spec=ModelSpec(in_channels=3, n_classes=2, depth=2, width=4),
@@ -119,7 +119,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny4(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=("blue", "green", "red", "nir"),
         classes=CLASSES,
         spec=ModelSpec(in_channels=4, n_classes=2, depth=2, width=4),

@@ -24,7 +24,7 @@ import yaml
 
 from geounet import model
 from geounet.config import load_monitor_config
-from geounet.model import ClassInfo, ModelSpec
+from geounet.model import ClassInfo, ModelSpec, networks
 from geounet.state import StateStore
 from workflows import crop_monitoring
 
@@ -70,7 +70,7 @@ def slovenia(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     parcels["field_id"] = [f"p{i:03d}" for i in range(len(parcels))]
     parcels_path = tmp / "parcels.gpkg"
     parcels[["field_id", "LULC_NAME", "geometry"]].to_file(parcels_path)
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=("B02", "B03", "B04", "B08"),
         classes=(ClassInfo(0, "forest", "#1b7837"), ClassInfo(1, "grass", "#a6dba0")),
         spec=ModelSpec(in_channels=4, n_classes=2, depth=2, width=8),

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from geounet import datasets
-from geounet.datasets import IGNORE
 from geounet.errors import InputError, InputNotFoundError
+from geounet.model import NODATA_CLASS
 
 S2 = "s2-brandenburg-20170216"
 
@@ -36,9 +36,9 @@ def test_pairs_map_mask_values_to_classes(data_dir: Path) -> None:
     it = items[0]
     assert it.image.shape == (3, 512, 512) and it.image.dtype == np.uint8
     assert set(np.unique(it.mask)) <= {0, 1, 2} and (it.mask == 1).any()
-    # partial mapping: unmapped values (planking) become IGNORE, not background
+    # partial mapping: unmapped values (planking) become NODATA_CLASS, not background
     part = datasets.load_pairs(d / "train_img", d / "train_lab", mapping={0: 0, 255: 1}, limit=1)[0]
-    assert ((part.mask == IGNORE) == (it.mask == 2)).all()
+    assert ((part.mask == NODATA_CLASS) == (it.mask == 2)).all()
 
 
 def test_pairs_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
@@ -49,9 +49,9 @@ def test_pairs_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
 def test_scene_resamples_to_10m_and_keeps_unlabelled_ignored(scene: datasets.Labelled) -> None:
     assert scene.image.shape == (3, 768, 1536)
     assert 0.0 < scene.image[0].mean() < 1.0  # reflectance after scale
-    labelled = scene.mask != IGNORE
+    labelled = scene.mask != NODATA_CLASS
     assert 0.03 < labelled.mean() < 0.5
-    assert set(np.unique(scene.mask)) == {0, 1, 2, IGNORE}
+    assert set(np.unique(scene.mask)) == {0, 1, 2, NODATA_CLASS}
     # the labels cover only the western two thirds of the scene
     assert not labelled[:, 1100:].any()
     # water is dark in SWIR (B11), forest brighter
@@ -61,9 +61,9 @@ def test_scene_resamples_to_10m_and_keeps_unlabelled_ignored(scene: datasets.Lab
 
 def test_spatial_split_blocks_are_disjoint_and_cover(scene: datasets.Labelled) -> None:
     tr, va = datasets.spatial_split(scene, block=128, val_fraction=0.25, seed=0)
-    lt, lv = tr.mask != IGNORE, va.mask != IGNORE
+    lt, lv = tr.mask != NODATA_CLASS, va.mask != NODATA_CLASS
     assert not (lt & lv).any()
-    assert ((lt | lv) == (scene.mask != IGNORE)).all()
+    assert ((lt | lv) == (scene.mask != NODATA_CLASS)).all()
     assert 0.1 < lv.sum() / (lt.sum() + lv.sum()) < 0.45
     # every 128-px block belongs wholly to one side
     for r in range(0, 768, 128):

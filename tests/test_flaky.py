@@ -18,7 +18,7 @@ from rasterio.shutil import copy as rio_copy
 
 from geounet import model, pipeline, scenes, search
 from geounet.errors import InputError, ReadError, SearchError
-from geounet.model import ClassInfo, ModelSpec
+from geounet.model import ClassInfo, ModelSpec, networks
 
 BANDS = ("red", "green", "blue")
 CLASSES = (ClassInfo(0, "dark", "#000000"), ClassInfo(1, "bright", "#ffffff"))
@@ -27,7 +27,7 @@ COLLECTION = "landsat-7-rgb"
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=BANDS,
         classes=CLASSES,
         spec=ModelSpec(in_channels=3, n_classes=2, depth=2, width=4),

@@ -8,7 +8,7 @@ import torch
 
 from geounet import infer, model
 from geounet.errors import ConfigError, ExecutionError, InputError
-from geounet.model import ClassInfo, ModelSpec
+from geounet.model import ClassInfo, ModelSpec, networks
 
 CLASSES = (
     ClassInfo(0, "background", "#000000"),
@@ -21,7 +21,7 @@ CUDA = torch.cuda.is_available()
 @pytest.fixture(scope="module")
 def bundle() -> model.Bundle:
     spec = ModelSpec(in_channels=3, n_classes=3, arch="resunet", depth=2, width=4)
-    b = model.init_bundle(bands=["red", "green", "blue"], classes=CLASSES, spec=spec, seed=7)
+    b = networks.init_bundle(bands=["red", "green", "blue"], classes=CLASSES, spec=spec, seed=7)
     # Non-trivial BatchNorm statistics, so eval-mode BN is a real affine map on every device.
     rng = np.random.default_rng(0)
     for key, w in b.weights.items():
@@ -38,7 +38,7 @@ def chips(n: int = 5, size: tuple[int, int] = (16, 24), seed: int = 0) -> np.nda
 
 def reference(bundle: model.Bundle, x: np.ndarray) -> np.ndarray:
     """Softmax of a plain float64 CPU forward pass."""
-    net = model.module_from_bundle(bundle).double()
+    net = networks.module_from_bundle(bundle).double()
     with torch.inference_mode():
         out: np.ndarray = torch.softmax(net(torch.from_numpy(x).double()), 1).float().numpy()
     return out
@@ -178,7 +178,7 @@ def tiled_vs_whole(core: int, halo: int) -> tuple[np.ndarray, np.ndarray, int]:
     from geounet import tiling
 
     spec = ModelSpec(in_channels=3, n_classes=3, depth=3, width=4, upsample="bilinear")
-    b = model.init_bundle(
+    b = networks.init_bundle(
         bands=["r", "g", "b"], classes=CLASSES, spec=spec, seed=11, tile=core + 2 * halo, halo=halo
     )
     pred = infer.Predictor(b, device="cpu", batch_size=4)

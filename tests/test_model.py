@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from geounet import model
 from geounet.errors import BundleError, ConfigError, InputNotFoundError
-from geounet.model import ClassInfo, ModelSpec, Normalization
+from geounet.model import ClassInfo, ModelSpec, Normalization, networks
 
 CLASSES = (ClassInfo(0, "background", "#000000"), ClassInfo(1, "crack", "#ff0000"))
 VARIANTS = [(arch, up) for arch in ("unet", "resunet", "attention-unet") for up in ("transpose", "bilinear")]
@@ -35,7 +35,7 @@ def eval_net(spec: ModelSpec, seed: int = 0, *, live: bool = False) -> torch.nn.
     gradients reach every input pixel the network can depend on.
     """
     torch.manual_seed(seed)
-    net = model.build(spec).double().eval()
+    net = networks.build(spec).double().eval()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -55,7 +55,7 @@ def probe_extent(spec: ModelSpec, *, n_inputs: int = 4) -> tuple[int, int, int, 
     """
     net = eval_net(spec, live=True)
     stride, radius = spec.stride, model.receptive_field(spec)
-    size = model._round_up(2 * radius + 3 * stride, stride)
+    size = model.spec.round_up(2 * radius + 3 * stride, stride)
     centre = size // 2 - stride // 2
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(n_inputs * stride, spec.in_channels, size, size, dtype=torch.float64, generator=gen)
@@ -84,7 +84,7 @@ def probe_extent(spec: ModelSpec, *, n_inputs: int = 4) -> tuple[int, int, int, 
 @pytest.mark.parametrize(("arch", "upsample"), VARIANTS)
 def test_receptive_field_matches_gradient_probe(arch: str, upsample: str) -> None:
     spec = small_spec(arch, upsample, depth=2)
-    lo, hi = model._rf_interval(spec)
+    lo, hi = model.spec._rf_interval(spec)
     r_lo, r_hi, c_lo, c_hi = probe_extent(spec)
     # The analytic interval bounds the true dependency and is attained (tight) on both sides.
     assert (r_lo, r_hi) == (lo, hi)
@@ -96,7 +96,7 @@ def test_receptive_field_matches_gradient_probe(arch: str, upsample: str) -> Non
 def test_receptive_field_deeper_probe(depth: int, upsample: str, radius: int) -> None:
     spec = ModelSpec(in_channels=1, n_classes=2, depth=depth, width=2, upsample=upsample)  # type: ignore[arg-type]
     r_lo, r_hi, c_lo, c_hi = probe_extent(spec, n_inputs=1)
-    assert (r_lo, r_hi) == (c_lo, c_hi) == model._rf_interval(spec)
+    assert (r_lo, r_hi) == (c_lo, c_hi) == model.spec._rf_interval(spec)
     assert max(-r_lo, r_hi) == model.receptive_field(spec) == radius
 
 
@@ -114,15 +114,25 @@ def test_receptive_field_values_and_halo() -> None:
 
 @pytest.mark.parametrize(("arch", "upsample"), VARIANTS)
 @pytest.mark.parametrize("norm", ["batch", "none"])
+@pytest.mark.parametrize(("depth", "width"), [(1, 3), (3, 8)])
+def test_state_shapes_are_the_networks(arch: str, upsample: str, norm: str, depth: int, width: int) -> None:
+    """The torch-free tensor layout the bundle file checks against is the built network's state_dict."""
+    spec = small_spec(arch=arch, upsample=upsample, norm=norm, depth=depth, width=width)
+    built = {k: tuple(v.shape) for k, v in networks.build(spec).state_dict().items()}
+    assert model.state_shapes(spec) == built
+
+
+@pytest.mark.parametrize(("arch", "upsample"), VARIANTS)
+@pytest.mark.parametrize("norm", ["batch", "none"])
 def test_forward_shapes(arch: str, upsample: str, norm: str) -> None:
-    net = model.build(small_spec(arch, upsample, norm=norm)).eval()
+    net = networks.build(small_spec(arch, upsample, norm=norm)).eval()
     with torch.inference_mode():
         y = net(torch.zeros(2, 3, 12, 20))
     assert tuple(y.shape) == (2, 2, 12, 20)
 
 
 def test_forward_rejects_unaligned_input() -> None:
-    net = model.build(small_spec()).eval()
+    net = networks.build(small_spec()).eval()
     with pytest.raises(ValueError, match="multiple of the model's stride 4"):
         net(torch.zeros(1, 3, 10, 12))
 
@@ -137,7 +147,7 @@ def test_no_spatial_normalisation_or_global_pooling() -> None:
         torch.nn.AdaptiveMaxPool2d,
         torch.nn.MultiheadAttention,
     )
-    assert not [m for m in model.build(spec).modules() if isinstance(m, banned)]
+    assert not [m for m in networks.build(spec).modules() if isinstance(m, banned)]
 
 
 @pytest.mark.parametrize(("arch", "upsample"), VARIANTS)
@@ -174,9 +184,9 @@ def test_halo_crop_reproduces_whole_image() -> None:
 
 def test_build_rejects_bad_spec() -> None:
     with pytest.raises(ConfigError, match=r"model\.arch='vit' is unknown; use one of unet, resunet"):
-        model.build(dataclasses.replace(small_spec(), arch="vit"))  # type: ignore[arg-type]
+        networks.build(dataclasses.replace(small_spec(), arch="vit"))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"model\.depth=0"):
-        model.build(dataclasses.replace(small_spec(), depth=0))
+        networks.build(dataclasses.replace(small_spec(), depth=0))
 
 
 # ----------------------------------------------------------------------------- bundles
@@ -190,11 +200,11 @@ def small_bundle(**kw: object) -> model.Bundle:
         "normalization": Normalization(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), scale=1 / 255),
     }
     args.update(kw)
-    return model.init_bundle(**args)  # type: ignore[arg-type]
+    return networks.init_bundle(**args)  # type: ignore[arg-type]
 
 
 def test_init_bundle_defaults() -> None:
-    b = model.init_bundle(bands=["B1", "B2"], classes=CLASSES)
+    b = networks.init_bundle(bands=["B1", "B2"], classes=CLASSES)
     assert b.spec == ModelSpec(in_channels=2, n_classes=2)
     assert (b.receptive_field, b.halo, b.tile, b.stride) == (107, 112, 480, 16)
     assert b.normalization == Normalization(mean=(0.0, 0.0), std=(1.0, 1.0))
@@ -228,9 +238,9 @@ def test_init_bundle_errors(kw: dict[str, object], message: str) -> None:
 
 
 def test_bundle_from_module_checks_spec() -> None:
-    net = model.build(small_spec(depth=2))
+    net = networks.build(small_spec(depth=2))
     with pytest.raises(ConfigError, match="shape"):
-        model.bundle_from_module(
+        networks.bundle_from_module(
             net,
             spec=small_spec(depth=2, width=8),
             bands=["a", "b", "c"],
@@ -241,7 +251,7 @@ def test_bundle_from_module_checks_spec() -> None:
 
 def _forward(bundle: model.Bundle, x: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
-        out: torch.Tensor = model.module_from_bundle(bundle)(x)
+        out: torch.Tensor = networks.module_from_bundle(bundle)(x)
     return out
 
 
@@ -266,7 +276,7 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     assert all(np.array_equal(loaded.weights[k], b.weights[k]) for k in b.weights)
     x = torch.randn(2, 3, 16, 24)
     assert torch.equal(_forward(loaded, x), _forward(b, x))
-    module = model.module_from_bundle(loaded)
+    module = networks.module_from_bundle(loaded)
     params = list(module.parameters())
     assert not module.training and params and all(p.dtype == torch.float32 for p in params)
     assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in params)  # fine-tunable
@@ -322,7 +332,7 @@ def test_load_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(pickle, "Unpickler", NoUnpickler)
     monkeypatch.setattr(torch, "load", boom)
     bundle = model.load(path)
-    model.module_from_bundle(bundle)
+    networks.module_from_bundle(bundle)
 
 
 def _one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
@@ -361,7 +371,7 @@ def test_load_tampered_weights(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["torch", "pickle"])
 def test_load_pickle_file(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "weights.safetensors"
-    state = model.build(small_spec()).state_dict()
+    state = networks.build(small_spec()).state_dict()
     if kind == "torch":
         torch.save(state, path)
     else:

@@ -12,7 +12,7 @@ import rasterio
 import torch
 
 from geounet import infer, merge, model, pipeline, read
-from geounet.model import ClassInfo, ModelSpec
+from geounet.model import ClassInfo, ModelSpec, networks
 from geounet.tiling import grid
 
 CLASSES = (
@@ -50,7 +50,7 @@ def s2_rgbn(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = ModelSpec(in_channels=4, n_classes=3, depth=3, width=8)
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=("B02", "B03", "B04", "B08"),
         classes=CLASSES,
         spec=spec,
@@ -74,7 +74,7 @@ def _whole_image_probs(bundle_path: Path, image: np.ndarray, halo: int) -> np.nd
     padded = np.pad(image, ((0, 0), (halo, ph - h - halo), (halo, pw - w - halo)), mode="reflect")
     x = torch.from_numpy(model.normalize(padded[None].astype(np.float32), b.normalization))
     with torch.inference_mode():
-        logits = model.module_from_bundle(b)(x)
+        logits = networks.module_from_bundle(b)(x)
     probs = torch.softmax(logits.double(), dim=1)[0].numpy()
     return probs[:, halo : halo + h, halo : halo + w]
 
@@ -222,7 +222,7 @@ def test_nodata_border_of_landsat_stays_nodata(data_dir: Path, tmp_path: Path) -
 
     src_path = data_dir / "landsat7-rgb" / "RGB.byte.tif"
     bundle = model.save(
-        model.init_bundle(
+        networks.init_bundle(
             bands=("red", "green", "blue"),
             classes=CLASSES[:2],
             spec=ModelSpec(in_channels=3, n_classes=2, depth=2, width=4),
@@ -246,7 +246,7 @@ def test_photo_without_georeferencing(data_dir: Path, tmp_path: Path) -> None:
 
     photo = next((data_dir / "crack-uav75" / "val_img").glob("*.jpg"))
     bundle = model.save(
-        model.init_bundle(
+        networks.init_bundle(
             bands=("red", "green", "blue"),
             classes=(ClassInfo(0, "background", "#000000"), ClassInfo(1, "crack", "#ff0000")),
             spec=ModelSpec(in_channels=3, n_classes=2, depth=2, width=4),

@@ -13,6 +13,7 @@ import torch
 from fixtures_ray import RGB_OPTIONS, assert_same_outputs
 
 from geounet import model, pipeline
+from geounet.model import networks
 from geounet.resume import RUN_DIR
 from geounet.tiling import Tile
 
@@ -72,7 +73,7 @@ def test_changed_bundle_discards_the_cache(
     job = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path, options=OPTIONS)
     _crash(job, after=40)
     other = model.save(
-        model.init_bundle(
+        networks.init_bundle(
             bands=("red", "green", "blue"),
             classes=model.load(rgb_bundle).classes,
             spec=model.load(rgb_bundle).spec,

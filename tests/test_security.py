@@ -30,7 +30,7 @@ from rasterio.shutil import copy as rio_copy
 from geounet import model, publish, safety, scenes
 from geounet.config import load_monitor_config, load_run_config, load_train_config
 from geounet.errors import BundleError, ConfigError, InputError
-from geounet.model import ClassInfo, ModelSpec
+from geounet.model import ClassInfo, ModelSpec, networks
 from geounet.state import StateStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ SECRETS = (SECRET_SIG, SECRET_KEY_ID, SECRET_AMZ, "hunter2password")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=BANDS, classes=CLASSES, spec=ModelSpec(in_channels=3, n_classes=2, depth=2, width=4), seed=4
     )
     return model.save(bundle, tmp_path_factory.mktemp("sec-model") / "tiny.safetensors")
@@ -109,7 +109,7 @@ def slovenia_catalog(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     parcels = gpd.read_file(src / "original/TestEOPatch/vector_timeless/LULC.gpkg").head(8)
     parcels["field_id"] = [f"p{i}" for i in range(len(parcels))]
     parcels[["field_id", "geometry"]].to_file(tmp / "parcels.gpkg")
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=("B02", "B03", "B04", "B08"), classes=CLASSES,
         spec=ModelSpec(in_channels=4, n_classes=2, depth=2, width=4), seed=1,
     )  # fmt: skip

@@ -16,6 +16,7 @@ from geounet import evaluate, model, train
 from geounet.cli import cli
 from geounet.config import TrainConfig, load_train_config
 from geounet.errors import ConfigError
+from geounet.model import networks
 
 REPO = Path(__file__).resolve().parents[1]
 CRACK = REPO / "configs" / "train-crack-uav75.yaml"
@@ -97,7 +98,7 @@ def test_resume_continues_with_same_step_and_optimizer_state(
     opt3 = load_file(tmp_path / "b" / "checkpoint" / "optimizer.safetensors")
     assert float(opt3["0.step"]) == 3.0
     # the restored optimizer holds exactly the saved tensors
-    net = model.build(model.ModelSpec(3, 3, depth=2, width=8))
+    net = networks.build(model.ModelSpec(3, 3, depth=2, width=8))
     opt = torch.optim.AdamW(net.parameters())
     train.load_checkpoint(tmp_path / "b", net=net, opt=opt)
     for pid, st in opt.state_dict()["state"].items():
@@ -122,7 +123,7 @@ def test_init_from_bundle_new_head_and_frozen_encoder(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: train.Data
 ) -> None:
     spec = model.ModelSpec(3, 2, depth=2, width=8)
-    src = model.init_bundle(
+    src = networks.init_bundle(
         bands=("red", "green", "blue"),
         classes=(model.ClassInfo(0, "a", "#000000"), model.ClassInfo(1, "b", "#ffffff")),
         spec=spec,
@@ -143,7 +144,7 @@ def test_init_from_bundle_new_head_and_frozen_encoder(
         np.testing.assert_array_equal(tuned.weights[k], src.weights[k])
     changed = [k for k in tuned.weights if k.startswith("decoder.") and k.endswith("weight")]
     assert any(not np.array_equal(tuned.weights[k], src.weights[k]) for k in changed)
-    bad = model.init_bundle(bands=("a",), classes=src.classes, spec=model.ModelSpec(1, 2, depth=2, width=8))
+    bad = networks.init_bundle(bands=("a",), classes=src.classes, spec=model.ModelSpec(1, 2, depth=2, width=8))
     with pytest.raises(ConfigError, match="input bands"):
         train.run(cfg, data=crack_data, init_bundle=model.save(bad, tmp_path / "bad.safetensors"))
 
@@ -261,7 +262,7 @@ def test_ray_train_two_cpu_workers_writes_loadable_bundle(
     out = train.fit(cfg, workers=2, report=False)
     assert out.step == 3 and out.bundle is not None
     b = model.load(out.bundle)
-    net = model.module_from_bundle(b)
+    net = networks.module_from_bundle(b)
     assert tuple(net(torch.zeros(1, 3, 64, 64)).shape) == (1, 3, 64, 64)
     state = json.loads((tmp_path / "ray" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3

@@ -18,7 +18,7 @@ from shapely.geometry import Polygon, shape
 
 from geounet import model
 from geounet.config import load_run_config
-from geounet.model import ClassInfo, ModelSpec
+from geounet.model import ClassInfo, ModelSpec, networks
 from workflows import region_landcover
 
 CLASSES = (
@@ -33,7 +33,7 @@ AOI = Polygon([(12.555, 52.465), (12.61, 52.462), (12.625, 52.49), (12.585, 52.5
 
 @pytest.fixture(scope="module")
 def rgbn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=("blue", "green", "red", "nir"),
         classes=CLASSES,
         spec=ModelSpec(in_channels=4, n_classes=3, depth=2, width=8),
@@ -188,7 +188,7 @@ def test_region_over_two_scenes_in_two_utm_zones_is_one_seamless_mosaic(
     """The s2-zone-pair halves (east in 33N, west reprojected to 32N by the fixture) → one mosaic."""
     from pyproj import Transformer
 
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=("red", "nir"),
         classes=CLASSES,
         spec=ModelSpec(in_channels=2, n_classes=3, depth=2, width=8),

@@ -250,12 +250,12 @@ def bundle_path(out: Path) -> tuple[Path, bool]:
     if shipped.is_file():
         return Path(str(shipped)), True
     from geounet import model as model_mod
-    from geounet.model import ClassInfo, ModelSpec, Normalization
+    from geounet.model import ClassInfo, ModelSpec, Normalization, networks
 
     names = ("farm", "forest", "grass", "meadow", "residential", "scrub", "water", "wetland")
     colors = ("#f0d264", "#1b7837", "#a6dba0", "#c2e699", "#e31a1c", "#8c6d31", "#1f78b4", "#6a3d9a")
     bands = tuple(n for b, (n, _) in S2_BANDS.items() if b != "B10")
-    bundle = model_mod.init_bundle(
+    bundle = networks.init_bundle(
         bands=bands,
         classes=tuple(ClassInfo(i, n, c) for i, (n, c) in enumerate(zip(names, colors, strict=True))),
         spec=ModelSpec(in_channels=len(bands), n_classes=len(names), depth=3, width=16),

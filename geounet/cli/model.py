@@ -11,6 +11,7 @@ import click
 
 from geounet import model as gmodel
 from geounet.errors import ConfigError
+from geounet.model import networks
 
 # Colors given to classes listed without one (ColorBrewer Set1/Paired-like, readable on maps).
 _PALETTE = (
@@ -189,7 +190,7 @@ def init(
         norm=norm,  # type: ignore[arg-type]
         upsample=upsample,  # type: ignore[arg-type]
     )
-    bundle = gmodel.init_bundle(
+    bundle = networks.init_bundle(
         bands=band_names,
         classes=class_list,
         spec=spec,

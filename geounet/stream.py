@@ -21,7 +21,8 @@ attention gates and the skip concatenation.
 Example:
     >>> import torch
     >>> from geounet import model
-    >>> net = model.build(model.ModelSpec(in_channels=2, n_classes=3, depth=2, width=4)).eval()
+    >>> from geounet.model import networks
+    >>> net = networks.build(model.ModelSpec(in_channels=2, n_classes=3, depth=2, width=4)).eval()
     >>> x = torch.randn(1, 2, 40, 24)
     >>> with torch.inference_mode():
     ...     whole = net(x)
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geounet.errors import InputError
-from geounet.model import UNet, _AttentionGate, _DoubleConv, _ResBlock
+from geounet.model.networks import UNet, _AttentionGate, _ResBlock
 
 Rows = torch.Tensor | None
 _Fn = Callable[[torch.Tensor], torch.Tensor]

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geounet import model
+from geounet.model import networks
 from geounet.errors import InputError
 from geounet.infer import Predictor
 from geounet.stream import StreamingUNet
@@ -22,13 +23,13 @@ from geounet.stream import StreamingUNet
 
 def _net(arch: str, upsample: str, norm: str, *, seed: int = 0, depth: int = 3) -> torch.nn.Module:
     torch.manual_seed(seed)
-    net = model.build(model.ModelSpec(in_channels=3, n_classes=4, depth=depth, width=4, arch=arch,  # type: ignore[arg-type]
+    net = networks.build(model.ModelSpec(in_channels=3, n_classes=4, depth=depth, width=4, arch=arch,  # type: ignore[arg-type]
                                       upsample=upsample, norm=norm))  # type: ignore[arg-type]
     for m in net.modules():  # non-trivial BatchNorm statistics, so folding them matters
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1)
             m.running_var.uniform_(0.5, 2)
-    return model.fuse_batchnorm(net.eval())
+    return networks.fuse_batchnorm(net.eval())
 
 
 @pytest.mark.parametrize(
@@ -88,7 +89,7 @@ def test_streamed_rejects_bad_input() -> None:
 
 
 def test_predictor_rows_equal_predict() -> None:
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=["a", "b", "c"],
         classes=[model.ClassInfo(i, f"c{i}", "#000000") for i in range(4)],
         spec=model.ModelSpec(in_channels=3, n_classes=4, depth=3, width=4),

@@ -148,12 +148,11 @@ def plan(source: str | Path, *, model: str | Path, out_dir: str | Path, options:
         InputNotFoundError, InputError, BundleError, ConfigError: with the value and the fix.
     """
     bundle = load_bundle(model)
-    tile = options.tile or bundle.tile
-    halo = bundle.halo if options.halo is None else options.halo
     with read_mod.open_raster(source) as ds:
         grid = read_mod.source_grid(ds)
         bands = read_mod.band_indexes(ds, bundle.bands, explicit=options.bands)
-    tiles = plan_tiles(grid.shape, tile=tile, halo=halo, align=bundle.spec.stride)
+    tiles, options = plan_grid(grid.shape, bundle=bundle, options=options)
+    halo = tiles.halo
     if halo < bundle.receptive_field:
         log.warning(
             "halo=%d is below the model's receptive-field radius %d: tile seams may show; "
@@ -169,9 +168,37 @@ def plan(source: str | Path, *, model: str | Path, out_dir: str | Path, options:
         grid=grid,
         plan=tiles,
         bands=bands,
-        options=replace(options, tile=tiles.read_size, halo=halo),
+        options=options,
         model_sha256=file_sha256(model),
     )
+
+
+def plan_grid(
+    shape: tuple[int, int], *, bundle: Bundle, options: PredictOptions
+) -> tuple[TileGrid, PredictOptions]:
+    """The tiles of a grid, and the options with the planned tile, halo and streaming filled in.
+
+    Without ``options.tile`` the tile comes from the memory budget (:func:`geounet.budget.choose`:
+    the largest exact tile that fits, scene spread evenly); ``options.tile`` forces a size.
+    """
+    from geounet import budget
+    from geounet.infer import default_memory, resolve_device
+
+    halo = bundle.halo if options.halo is None else options.halo
+    device = resolve_device(options.device)
+    tile = options.tile
+    streamed = options.stream
+    if streamed is None:
+        streamed = device.type != "cuda" and (tile or 0) >= budget.STREAM_MIN
+    if tile is None:
+        memory = options.memory or default_memory(device)
+        chosen = budget.choose(shape, spec=bundle.spec, halo=halo, memory=memory, device=device.type,
+                               amp=options.amp)  # fmt: skip
+        tile, streamed = chosen.tile, chosen.streamed
+        if not chosen.streamed:
+            options = replace(options, batch_size=min(options.batch_size, chosen.batch))
+    tiles = plan_tiles(shape, tile=tile, halo=halo, align=bundle.spec.stride)
+    return tiles, replace(options, tile=tiles.read_size, halo=halo, stream=streamed)
 
 
 def plan_scenes(
@@ -203,9 +230,7 @@ def plan_scenes(
     for bad in failed:
         log.warning("scene %s left out: %s", bad["id"], bad["error"])
     target = grid if grid is not None else scenes_mod.native_grid(scenes)
-    tile = options.tile or bundle.tile
-    halo = bundle.halo if options.halo is None else options.halo
-    tiles = plan_tiles(target.shape, tile=tile, halo=halo, align=bundle.spec.stride)
+    tiles, options = plan_grid(target.shape, bundle=bundle, options=options)
     dates = sorted(s.datetime for s in scenes if s.datetime is not None)
     extra: dict[str, Any] = {"scenes": [s.to_dict() for s in scenes]}
     if failed:
@@ -219,7 +244,7 @@ def plan_scenes(
         grid=target,
         plan=tiles,
         bands=tuple(range(1, len(bundle.bands) + 1)),
-        options=replace(options, tile=tiles.read_size, halo=halo),
+        options=options,
         model_sha256=file_sha256(model),
         extra=extra,
         scenes=tuple(scenes),

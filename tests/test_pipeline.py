@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -135,14 +136,20 @@ def test_corner_tile_handed_to_the_model_is_mirrored(
     s2_rgbn: Path, small_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[np.ndarray] = []
-    original = infer.Predictor.predict
+    original, original_rows = infer.Predictor.predict, infer.Predictor.predict_rows
 
     def spy(self: infer.Predictor, x: np.ndarray) -> np.ndarray:
         seen.append(x.copy())
         return original(self, x)
 
+    def spy_rows(self: infer.Predictor, x: np.ndarray, **kw: Any) -> Any:
+        seen.append(x[None].copy())  # a streamed tile: the same chip, one at a time
+        return original_rows(self, x, **kw)
+
     monkeypatch.setattr(infer.Predictor, "predict", spy)
-    opts = pipeline.PredictOptions(batch_size=1)
+    monkeypatch.setattr(infer.Predictor, "predict_rows", spy_rows)
+    # The bundle's own (small) tile, so the corner tile's far side lies inside the raster.
+    opts = pipeline.PredictOptions(batch_size=1, tile=model.load(small_bundle).tile)
     job = pipeline.plan(s2_rgbn, model=small_bundle, out_dir=tmp_path / "o", options=opts)
     first = next(pipeline.local_results(job))  # tile 0: top-left corner
     assert first.tile.index == 0 and first.tile.padding.top == job.plan.halo

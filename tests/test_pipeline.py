@@ -11,7 +11,7 @@ import pytest
 import rasterio
 import torch
 
-from geounet import infer, merge, model, pipeline, read
+from geounet import infer, jobs, merge, model, pipeline, read
 from geounet.model import ClassInfo, ModelSpec, networks
 from geounet.tiling import grid
 
@@ -142,7 +142,7 @@ def test_corner_tile_handed_to_the_model_is_mirrored(
         return original(self, x)
 
     monkeypatch.setattr(infer.Predictor, "predict", spy)
-    opts = pipeline.PredictOptions(batch_size=1)
+    opts = jobs.PredictOptions(batch_size=1)
     job = pipeline.plan(s2_rgbn, model=small_bundle, out_dir=tmp_path / "o", options=opts)
     first = next(pipeline.local_results(job))  # tile 0: top-left corner
     assert first.tile.index == 0 and first.tile.padding.top == job.plan.halo

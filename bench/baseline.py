@@ -66,9 +66,9 @@ def naive_loop(src: Path, model_path: Path, out: Path) -> None:
 
 def geounet_run(src: Path, model_path: Path, out_dir: Path) -> None:
     """``geounet predict`` in-process: plan + run with the local executor."""
-    from geounet import pipeline
+    from geounet import jobs, pipeline
 
-    job = pipeline.plan(src, model=model_path, out_dir=out_dir, options=pipeline.PredictOptions(device="cpu"))
+    job = pipeline.plan(src, model=model_path, out_dir=out_dir, options=jobs.PredictOptions(device="cpu"))
     pipeline.run(job, progress=False, resume=False)
 
 
@@ -137,7 +137,7 @@ def seam_error(classes: np.ndarray, reference: np.ndarray) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from geounet import model, pipeline
+    from geounet import jobs, model
 
     info, src = common.announce(args.size, workdir=args.workdir)
     with tempfile.TemporaryDirectory(prefix="geounet-bench-") as tmp_s:
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "depth": args.depth,
         "repeats": args.repeats,
         "naive batch": 1,
-        "geounet batch": pipeline.PredictOptions().batch_size,
+        "geounet batch": jobs.PredictOptions().batch_size,
     }
     if not args.no_record:
         print(

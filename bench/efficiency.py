@@ -64,10 +64,10 @@ def polygon_count(out_dir: Path) -> int:
 
 def end_to_end(src: Path, bundle_path: Path, out_dir: Path, **options: Any) -> tuple[float, dict[str, int]]:
     """Seconds for ``plan`` + ``run`` (what ``geounet predict`` does) and the run's tile counts."""
-    from geounet import pipeline
+    from geounet import jobs, pipeline
 
     t0 = time.perf_counter()
-    job = pipeline.plan(src, model=bundle_path, out_dir=out_dir, options=pipeline.PredictOptions(**options))
+    job = pipeline.plan(src, model=bundle_path, out_dir=out_dir, options=jobs.PredictOptions(**options))
     pipeline.run(job, progress=False, resume=False)
     secs = time.perf_counter() - t0
     import json
@@ -192,7 +192,7 @@ def profile_rows(timer: StageTimer, total: float) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure, print and (unless --no-record) log; returns the figures."""
-    from geounet import model, pipeline
+    from geounet import jobs, model, pipeline
 
     info, src = common.announce(args.size, workdir=args.workdir)
     with tempfile.TemporaryDirectory(prefix="geounet-bench-") as tmp_s:
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         b = model.load(bundle_path)
         opts = {"batch_size": args.batch, "device": args.device}
         job = pipeline.plan(
-            src, model=bundle_path, out_dir=tmp / "plan", options=pipeline.PredictOptions(**opts)
+            src, model=bundle_path, out_dir=tmp / "plan", options=jobs.PredictOptions(**opts)
         )
         tile, n_plan = job.plan.read_size, len(job.plan)
         out_px = job.grid.rows * job.grid.cols

@@ -126,11 +126,11 @@ def bundle_path() -> Path:
 
 def child(args: argparse.Namespace) -> None:
     """Run one job's rasters and print a JSON line: tiles, seconds."""
-    from geounet import pipeline
+    from geounet import jobs, pipeline
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    options = pipeline.PredictOptions(tile=args.tile, halo=args.halo, batch_size=args.batch_size)
+    options = jobs.PredictOptions(tile=args.tile, halo=args.halo, batch_size=args.batch_size)
     job = pipeline.plan(args.input, model=args.model, out_dir=out, options=options)
     if args.executor == "ray":
         from geounet.distributed import RayExecutor, RayOptions

@@ -133,10 +133,10 @@ def per_tile(timing: tuple[float, float | None, int, int]) -> float:
 
 
 def plan_job(src: Path, bundle: Path, out: Path, *, batch: int) -> Any:
-    from geounet import pipeline
+    from geounet import jobs, pipeline
 
     return pipeline.plan(
-        src, model=bundle, out_dir=out, options=pipeline.PredictOptions(batch_size=batch, device="cpu")
+        src, model=bundle, out_dir=out, options=jobs.PredictOptions(batch_size=batch, device="cpu")
     )
 
 

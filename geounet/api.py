@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from geounet import jobs, pipeline
 from geounet import model as model_mod
-from geounet import pipeline
 from geounet import search as search_mod
 from geounet.errors import InputError
 from geounet.geo import Grid
@@ -87,7 +87,7 @@ def predict(
         InputError: an unsupported ``source``; the errors of the CLI's ``predict`` otherwise.
     """
     bundle = model_mod.load(model)
-    options = pipeline.PredictOptions(
+    options = jobs.PredictOptions(
         tile=tile, halo=halo, batch_size=batch_size, merge=merge, device=device, tta=tta
     )
     work = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="geounet-predict-"))

@@ -10,20 +10,25 @@ dtype plus a class-id mask ``(row, col)`` where :data:`NODATA_CLASS` marks unlab
   sparse labels mean *unknown*, not background.
 
 :func:`spatial_split` splits a scene into train/validation by blocks so neighbouring pixels
-do not leak; :func:`sample_chips` draws chips weighted toward labelled (and rarer) pixels.
+do not leak; :func:`sample_chips` draws chips weighted toward labelled (and rarer) pixels;
+:func:`load_data` loads a training recipe's train and validation sides (:class:`Data`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from geounet.errors import InputError, InputNotFoundError
-from geounet.model import NODATA_CLASS
+from geounet.model import NODATA_CLASS, ClassInfo
+
+if TYPE_CHECKING:
+    from geounet.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -308,3 +313,52 @@ def _sampling_index(items: Sequence[Labelled], class_weights: np.ndarray) -> _In
     _INDEX_CACHE.clear()
     _INDEX_CACHE[key] = idx
     return idx
+
+
+# --------------------------------------------------------------------------- a recipe's data
+
+
+@dataclass(frozen=True)
+class Data:
+    """Train and validation items of a recipe plus what the bundle must record about them."""
+
+    train: list[Labelled]
+    val: list[Labelled]
+    bands: tuple[str, ...]
+    classes: tuple[ClassInfo, ...]
+    scale: float
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+def load_data(cfg: TrainConfig) -> Data:
+    """Load the recipe's labelled data and split it (folders for pairs, blocks for a scene)."""
+    d = cfg.data
+    classes = tuple(ClassInfo(i, c.name, c.color) for i, c in enumerate(d.classes))
+    if d.kind == "pairs":
+        mapping = {int(v): i for i, c in enumerate(d.classes) for v in c.values}
+        train = load_pairs(
+            d.train.images, d.train.masks, mapping=mapping, channel=d.mask_channel, limit=d.train.limit
+        )
+        val = load_pairs(
+            d.val.images, d.val.masks, mapping=mapping, channel=d.mask_channel, limit=d.val.limit
+        )
+        desc: dict[str, Any] = {
+            "kind": "pairs",
+            "train": f"{d.train.images} ({len(train)} images)",
+            "val": f"{d.val.images} ({len(val)} images)",
+        }
+        if d.train == d.val:  # `geounet evaluate --model M IMAGES --masks MASKS`: no training side
+            desc["split"] = f"{len(val)} images as given; a tuned baseline is tuned on these same images"
+        return Data(train, val, tuple(d.bands), classes, d.scale, desc)
+    smap = {str(v): i for i, c in enumerate(d.classes) for v in c.values}
+    scene, grid = load_scene(d.bands, labels=d.labels, field=d.label_field, mapping=smap, scale=1.0)
+    tr, va = spatial_split(scene, block=d.split_block, val_fraction=d.val_fraction, seed=cfg.seed)
+    desc = {
+        "kind": "scene",
+        "bands": {k: str(v) for k, v in d.bands.items()},
+        "labels": str(d.labels),
+        "split": f"blocks of {d.split_block} px, {d.val_fraction:.0%} of labelled pixels to validation",
+        "labelled_fraction": round(scene.labelled_fraction, 4),
+        "grid": {"crs": grid["crs"], "transform": list(grid["transform"]), "shape": list(grid["shape"])},  # type: ignore[call-overload]
+    }
+    return Data([tr], [va], tuple(d.bands), classes, d.scale, desc)

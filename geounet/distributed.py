@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from geounet.errors import ConfigError, ExecutionError, GeounetError
 
 if TYPE_CHECKING:
-    from geounet.pipeline import Job, TileResult
+    from geounet.jobs import Job, TileResult
     from geounet.read import Chip
     from geounet.tiling import Tile
 

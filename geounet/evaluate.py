@@ -24,43 +24,82 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
 
-from geounet import metrics, model
+from geounet import infer, merge, metrics, model, read
 from geounet.config import TrainConfig, train_config
-from geounet.datasets import Labelled
+from geounet.datasets import Data, Labelled, load_data
 from geounet.errors import ConfigError, WriteError
-from geounet.model import NODATA_CLASS, networks
-from geounet.train import Data, evaluate_items, load_data, predict_image
+from geounet.model import NODATA_CLASS
+from geounet.tiling import grid as plan_tiles
 
 log = logging.getLogger(__name__)
 
 Predictor = Callable[[Labelled], np.ndarray]
 
+#: Core side of the evaluation tiles (the production tile plan with the bundle's halo around it).
+EVAL_CORE = 512
+
 
 # --------------------------------------------------------------------------- predictors
 
 
+def predict_image(
+    predictor: infer.Predictor, image: np.ndarray, *, core: int = EVAL_CORE, need: np.ndarray | None = None
+) -> np.ndarray:
+    """Class ids ``(H, W)`` of a raw image ``(C, H, W)``, predicted as ``geounet predict`` does.
+
+    The production path, stage by stage: the tile plan of :func:`geounet.tiling.grid` with
+    the bundle's halo, read windows mirror-padded past the image edge
+    (:func:`geounet.read.array_chip`), the bundle's normalization, the inference
+    :class:`~geounet.infer.Predictor`, and the core crop and class decision of
+    :mod:`geounet.merge`. Tiles whose core holds no True pixel of ``need`` (when given)
+    are skipped and left :data:`~geounet.model.NODATA_CLASS`: the evaluation scores
+    labelled pixels only.
+    """
+    bundle = predictor.bundle
+    halo = bundle.halo
+    plan = plan_tiles(image.shape[1:], tile=core + 2 * halo, halo=halo, align=bundle.stride)
+    class_ids = np.asarray(bundle.class_ids, np.uint8)
+    out = np.full(plan.shape, NODATA_CLASS, np.uint8)
+    for tile in plan:
+        core_px = tile.core.to_slices()
+        if need is not None and not need[core_px].any():
+            continue
+        chip = read.array_chip(image, tile)
+        probs = predictor.predict(model.normalize(chip.data[None], bundle.normalization))[0]
+        out[core_px], _ = merge.decide(merge.crop(probs, tile), valid=chip.core_valid, class_ids=class_ids)
+    return out
+
+
 def bundle_predictor(bundle: model.Bundle, *, data: Data) -> Predictor:
-    """Predict class ids of an item with the bundle (bands must match the data's)."""
+    """Predict class ids of an item with the bundle (bands must match the data's), one tile at a time."""
     if tuple(bundle.bands) != tuple(data.bands):
         raise ConfigError(
             f"model bands {list(bundle.bands)} differ from the data's {list(data.bands)}; "
             "evaluate with the recipe the model was trained on"
         )
-    net = networks.module_from_bundle(bundle)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    net = net.to(device)
-    halo = bundle.halo
+    predictor = infer.Predictor(bundle, device="auto", batch_size=1)
 
     def predict(it: Labelled) -> np.ndarray:
-        x = model.normalize(it.image, bundle.normalization)
-        return predict_image(
-            net, x, stride=bundle.spec.stride, halo=halo, device=device, need=it.mask != NODATA_CLASS
-        )
+        return predict_image(predictor, it.image, need=it.mask != NODATA_CLASS)
 
     return predict
+
+
+def evaluate_items(
+    predict: Predictor,
+    items: list[Labelled],
+    *,
+    classes: tuple[model.ClassInfo, ...],
+    tolerant: tuple[int, ...] = (),
+    tolerance: float = 2.0,
+) -> dict[str, Any]:
+    """Metrics of ``predict`` over labelled items (confusion, per-class scores, tolerant F1)."""
+    acc = metrics.Accumulator(len(classes), tolerant_classes=tolerant, tolerance=tolerance)
+    for it in items:
+        acc.add(predict(it), it.mask)
+    return acc.result([c.name for c in classes])
 
 
 def random_forest(data: Data, *, seed: int = 0, per_class: int = 4000, trees: int = 100) -> Predictor:

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,9 @@ from filelock import FileLock, Timeout
 from geounet import __version__, merge, safety
 from geounet import model as model_mod
 from geounet import read as read_mod
-from geounet.errors import ConfigError, ExecutionError, InputError, ReadError, WriteError
+from geounet.errors import ExecutionError, InputError, ReadError, WriteError
 from geounet.geo import Grid
+from geounet.jobs import Job, PredictOptions, TileResult
 from geounet.model import NODATA_CLASS, Bundle
 from geounet.read import Chip
 from geounet.resume import TileStore
@@ -40,78 +41,8 @@ from geounet.tiling import grid as plan_tiles
 
 log = logging.getLogger(__name__)
 
-VECTOR_FORMATS = ("gpkg", "parquet", "fgb")
 #: GDAL block cache (MB) while the rasters are written: bounded, so memory stays flat in raster size.
 WRITE_CACHE_MB = 128
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    """How to run a prediction; ``None`` tile/halo take the bundle's recommendation."""
-
-    tile: int | None = None
-    halo: int | None = None
-    batch_size: int = 8
-    merge: str = "crop"
-    blend_window: str = "cosine"
-    device: str = "auto"
-    amp: bool = True
-    tta: bool = False
-    bands: tuple[int, ...] | None = None
-    vector_format: str = "gpkg"
-    simplify: float | None = None
-    min_area: float = 0.0
-    #: Stream tiles through the network in strips of rows (None: the plan decides; see geounet.budget).
-    stream: bool | None = None
-    #: Memory budget of the predict stage in bytes (None: chosen from the device; ``--memory``).
-    memory: int | None = None
-
-    def __post_init__(self) -> None:
-        merge.check_merge(self.merge)
-        merge.weight_fn(self.blend_window)
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size={self.batch_size} must be >= 1; use e.g. 4 to 16")
-        if self.vector_format not in VECTOR_FORMATS:
-            raise ConfigError(
-                f"vector_format={self.vector_format!r} is unknown; use one of {', '.join(VECTOR_FORMATS)}"
-            )
-        if self.min_area < 0:
-            raise ConfigError(f"min_area={self.min_area} must be >= 0 (map units²)")
-
-
-@dataclass(frozen=True)
-class Job:
-    """A planned prediction: what to read, with which model, onto which grid and tiles."""
-
-    source: str
-    model_path: str
-    out_dir: Path
-    grid: Grid
-    plan: TileGrid
-    bands: tuple[int, ...]
-    options: PredictOptions
-    model_sha256: str
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: STAC scenes to composite onto ``grid`` (searched with the model's bands, in model order);
-    #: when given, ``source`` is only a label and chips come from :func:`geounet.scenes.chip`.
-    scenes: tuple[Any, ...] = ()
-    #: Optional area of interest (shapely geometry in ``grid``'s CRS): pixels outside are nodata.
-    aoi: Any = None
-
-
-@dataclass(frozen=True, eq=False)
-class TileResult:
-    """One tile's prediction: core classes/confidence (crop) or read-window probabilities (blend).
-
-    ``skipped`` tiles had no valid input pixel in their core and were not predicted.
-    """
-
-    tile: Tile
-    classes: np.ndarray | None = None
-    confidence: np.ndarray | None = None
-    probs: np.ndarray | None = None
-    valid: np.ndarray | None = None
-    skipped: bool = False
 
 
 def file_sha256(path: str | Path) -> str:
@@ -285,7 +216,7 @@ def _scene_chips(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
             tile,
             grid=job.grid,
             failures=failures,
-            resampling=str(job.extra.get("resampling", "nearest")),  # e.g. bilinear, as in training
+            resampling=job.options.resampling,  # e.g. bilinear, as in training
         )
         for exc in failures:
             log.warning("tile %d: scene left out: %s", tile.index, exc)

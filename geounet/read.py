@@ -146,6 +146,24 @@ def chip(ds: rasterio.io.DatasetReader, tile: Tile, *, bands: Sequence[int]) -> 
     return Chip(tile=tile, data=mirror_pad(data, pad), valid=_pad_mask(valid, pad))
 
 
+def array_chip(image: np.ndarray, tile: Tile) -> Chip:
+    """The in-memory twin of :func:`chip`: ``tile``'s read window of an image ``(C, H, W)``.
+
+    Every pixel of the image is valid; the part of the window outside it is mirror-padded
+    exactly as :func:`chip` pads past the raster's edge.
+
+    Example:
+        >>> from geounet.tiling import grid
+        >>> c = array_chip(np.arange(16.0).reshape(1, 4, 4), grid((4, 4), tile=4, halo=1)[0])
+        >>> c.data.shape, c.valid.sum(), c.data[0, 0].tolist()
+        ((1, 4, 4), np.int64(9), [5.0, 4.0, 5.0, 6.0])
+    """
+    inner = tile.read.clip(image.shape[1], image.shape[2])
+    data = np.asarray(image[(slice(None), *inner.to_slices())], dtype=np.float32)
+    valid = np.ones(data.shape[1:], dtype=bool)
+    return Chip(tile=tile, data=mirror_pad(data, tile.padding), valid=_pad_mask(valid, tile.padding))
+
+
 def mirror_fill(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Fill invalid pixels with their mirror image across the nearest valid pixel.
 

@@ -33,32 +33,33 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from geounet.errors import WriteError
-
-if TYPE_CHECKING:
-    from geounet.pipeline import Job, TileResult
-    from geounet.tiling import TileGrid
+from geounet.jobs import Job, TileResult
+from geounet.tiling import TileGrid
 
 log = logging.getLogger(__name__)
 
 RUN_DIR = ".geounet-run"
-_FORMAT = 1
-#: Options that change the predicted pixels (the others only change publishing).
-_PIXEL_OPTIONS = ("merge", "blend_window", "amp", "tta")
+_FORMAT = 2
 
 
 def fingerprint_of(job: Job) -> dict[str, Any]:
-    """Everything a cached tile depends on, as plain JSON values."""
+    """Everything a cached tile depends on, as plain JSON values.
+
+    Only what changes pixels: input, model, grid, plan, bands, scenes, AOI and the
+    options of :data:`geounet.jobs.PIXEL_OPTIONS`. Execution settings (actors, batch
+    size, device) and manifest extras (``job.extra``, e.g. a workflow's config dump) are
+    left out, so changing them keeps the cache.
+    """
     source: dict[str, Any] = {"path": job.source}
     path = Path(job.source)
     if path.exists():
         st = path.stat()
         source |= {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    opts = {k: getattr(job.options, k) for k in _PIXEL_OPTIONS}
     return {
         "format": _FORMAT,
         "source": source,
@@ -75,10 +76,9 @@ def fingerprint_of(job: Job) -> dict[str, Any]:
             "align": job.plan.align,
         },
         "bands": list(job.bands),
-        "options": opts,
-        "scenes": [str(getattr(s, "id", s)) for s in getattr(job, "scenes", ())],
-        "aoi": getattr(getattr(job, "aoi", None), "wkt", None),
-        "extra": json.loads(json.dumps(job.extra, sort_keys=True, default=str)),
+        "options": job.options.pixel_options(),
+        "scenes": [str(getattr(s, "id", s)) for s in job.scenes],
+        "aoi": getattr(job.aoi, "wkt", None),
     }
 
 
@@ -180,8 +180,6 @@ class TileStore:
 
     def cached(self) -> Iterator[TileResult]:
         """The recorded tiles as :class:`TileResult` values, in tile order, one part file at a time."""
-        from geounet.pipeline import TileResult
-
         plan = self.plan
         by_part: dict[str | None, list[int]] = {}
         for index, part in sorted(self.done.items()):

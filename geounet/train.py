@@ -21,8 +21,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from geounet import datasets, metrics, model
+from geounet import datasets, evaluate, model
 from geounet.augment import Augment, augment
 from geounet.config import TrainConfig
-from geounet.datasets import Labelled
 from geounet.errors import ConfigError, InputNotFoundError, WriteError
-from geounet.model import NODATA_CLASS, Bundle, ClassInfo, ModelSpec, Normalization, networks
+from geounet.model import NODATA_CLASS, Bundle, ModelSpec, Normalization, networks
 
 log = logging.getLogger(__name__)
 
@@ -47,56 +45,7 @@ BUNDLE = "model.safetensors"
 HISTORY = "history.json"
 
 
-# --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Data:
-    """Train and validation items of a recipe plus what the bundle must record about them."""
-
-    train: list[Labelled]
-    val: list[Labelled]
-    bands: tuple[str, ...]
-    classes: tuple[ClassInfo, ...]
-    scale: float
-    description: dict[str, Any] = field(default_factory=dict)
-
-
-def load_data(cfg: TrainConfig) -> Data:
-    """Load the recipe's labelled data and split it (folders for pairs, blocks for a scene)."""
-    d = cfg.data
-    classes = tuple(ClassInfo(i, c.name, c.color) for i, c in enumerate(d.classes))
-    if d.kind == "pairs":
-        mapping = {int(v): i for i, c in enumerate(d.classes) for v in c.values}
-        train = datasets.load_pairs(
-            d.train.images, d.train.masks, mapping=mapping, channel=d.mask_channel, limit=d.train.limit
-        )
-        val = datasets.load_pairs(
-            d.val.images, d.val.masks, mapping=mapping, channel=d.mask_channel, limit=d.val.limit
-        )
-        desc: dict[str, Any] = {
-            "kind": "pairs",
-            "train": f"{d.train.images} ({len(train)} images)",
-            "val": f"{d.val.images} ({len(val)} images)",
-        }
-        if d.train == d.val:  # `geounet evaluate --model M IMAGES --masks MASKS`: no training side
-            desc["split"] = f"{len(val)} images as given; a tuned baseline is tuned on these same images"
-        return Data(train, val, tuple(d.bands), classes, d.scale, desc)
-    smap = {str(v): i for i, c in enumerate(d.classes) for v in c.values}
-    scene, grid = datasets.load_scene(d.bands, labels=d.labels, field=d.label_field, mapping=smap, scale=1.0)
-    tr, va = datasets.spatial_split(scene, block=d.split_block, val_fraction=d.val_fraction, seed=cfg.seed)
-    desc = {
-        "kind": "scene",
-        "bands": {k: str(v) for k, v in d.bands.items()},
-        "labels": str(d.labels),
-        "split": f"blocks of {d.split_block} px, {d.val_fraction:.0%} of labelled pixels to validation",
-        "labelled_fraction": round(scene.labelled_fraction, 4),
-        "grid": {"crs": grid["crs"], "transform": list(grid["transform"]), "shape": list(grid["shape"])},  # type: ignore[call-overload]
-    }
-    return Data([tr], [va], tuple(d.bands), classes, d.scale, desc)
-
-
-def class_weights(cfg: TrainConfig, data: Data, *, which: str = "class_weights") -> np.ndarray:
+def class_weights(cfg: TrainConfig, data: datasets.Data, *, which: str = "class_weights") -> np.ndarray:
     """Per-class weights of ``train.<which>`` (the loss's ``class_weights`` or ``sample_weights``).
 
     ``auto`` = sqrt inverse training frequency, normalised to mean 1 over the present classes;
@@ -187,65 +136,6 @@ def lr_at(step: int, *, base: float, warmup: int, total: int) -> float:
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-# --------------------------------------------------------------------------- prediction
-
-
-@torch.no_grad()
-def predict_image(
-    net: nn.Module,
-    x: np.ndarray,
-    *,
-    stride: int,
-    halo: int,
-    core: int = 512,
-    device: str = "cpu",
-    need: np.ndarray | None = None,
-) -> np.ndarray:
-    """Class ids ``(H, W)`` of a normalized image ``(C, H, W)``, tiled with a mirrored halo.
-
-    With ``halo`` >= the model's receptive field this equals a whole-image forward pass.
-    Core tiles holding no True pixel of ``need`` (when given) are skipped and left 0: used
-    by the evaluation, which only scores labelled pixels.
-    """
-    _, h, w = x.shape
-    core = min(core, -(-max(h, w) // stride) * stride)
-    halo = -(-halo // stride) * stride
-    ph, pw = -(-h // core) * core, -(-w // core) * core
-    pad: Any = ((0, 0), (halo, halo + ph - h), (halo, halo + pw - w))
-    if min(h, w) > halo + max(ph - h, pw - w):
-        xp = np.pad(x, pad, mode="reflect")
-    else:  # reflect needs the pad to be smaller than the image; symmetric repeats the edge row
-        xp = np.pad(x, pad, mode="symmetric")
-    out = np.zeros((ph, pw), dtype=np.uint8)
-    net.eval()
-    for r in range(0, ph, core):
-        for q in range(0, pw, core):
-            if need is not None and not need[r : r + core, q : q + core].any():
-                continue
-            tile = torch.from_numpy(
-                np.ascontiguousarray(xp[:, r : r + core + 2 * halo, q : q + core + 2 * halo])
-            )[None].contiguous(memory_format=torch.channels_last)
-            logits = net(tile.to(device))[0]
-            cls = logits[:, halo : halo + core, halo : halo + core].argmax(0)
-            out[r : r + core, q : q + core] = cls.to("cpu").numpy().astype(np.uint8)
-    return out[:h, :w]
-
-
-def evaluate_items(
-    predict: Callable[[Labelled], np.ndarray],
-    items: list[Labelled],
-    *,
-    classes: tuple[ClassInfo, ...],
-    tolerant: tuple[int, ...] = (),
-    tolerance: float = 2.0,
-) -> dict[str, Any]:
-    """Metrics of ``predict`` over labelled items (confusion, per-class scores, tolerant F1)."""
-    acc = metrics.Accumulator(len(classes), tolerant_classes=tolerant, tolerance=tolerance)
-    for it in items:
-        acc.add(predict(it), it.mask)
-    return acc.result([c.name for c in classes])
-
-
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -331,7 +221,7 @@ def run(
     resume: bool = False,
     init_bundle: Path | None = None,
     stop_after: int | None = None,
-    data: Data | None = None,
+    data: datasets.Data | None = None,
 ) -> Outcome:
     """Train per ``cfg``; writes ``model.safetensors`` (best val mIoU), checkpoint and history.
 
@@ -345,7 +235,7 @@ def run(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     out = output_dir(cfg)
-    data = data or load_data(cfg)
+    data = data or datasets.load_data(cfg)
     k, n_bands = len(data.classes), len(data.bands)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     frozen_steps = 0
@@ -405,21 +295,16 @@ def run(
         if done % cfg.train.eval_every == 0 or done == total:
             stop = torch.zeros(1)
             if rank == 0:
-                res = evaluate_items(
-                    lambda it: predict_image(
-                        net,
-                        model.normalize(it.image, norm),
-                        stride=spec.stride,
-                        halo=halo,
-                        device=device,
-                        need=it.mask != NODATA_CLASS,
-                    ),
+                current = networks.bundle_from_module(
+                    net, spec=spec, bands=data.bands, normalization=norm, classes=data.classes, halo=halo
+                )
+                res = evaluate.evaluate_items(
+                    evaluate.bundle_predictor(current, data=data),
                     data.val,
                     classes=data.classes,
                     tolerant=tol,
                     tolerance=cfg.evaluate.tolerance,
                 )
-                net.train()
                 entry = {
                     "step": done,
                     "loss": float(np.mean(losses)),
@@ -477,7 +362,7 @@ class _Trainer:
     def __init__(
         self,
         cfg: TrainConfig,
-        data: Data,
+        data: datasets.Data,
         net: nn.Module,
         ddp: nn.Module,
         opt: torch.optim.Optimizer,
@@ -542,7 +427,7 @@ class _Trainer:
 
 def _save_bundle(
     cfg: TrainConfig,
-    data: Data,
+    data: datasets.Data,
     net: nn.Module,
     spec: ModelSpec,
     norm: Normalization,
@@ -618,8 +503,6 @@ def fit(
     else:
         outcome = run(cfg, resume=resume, init_bundle=init_bundle)
     if report and outcome.bundle is not None:
-        from geounet import evaluate
-
         evaluate.report(
             outcome.bundle,
             cfg,

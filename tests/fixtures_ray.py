@@ -19,14 +19,14 @@ import pytest
 import rasterio
 import torch
 
-from geounet import model, pipeline
+from geounet import jobs, model, pipeline
 from geounet.distributed import local_system_config
 from geounet.model import ClassInfo, ModelSpec, networks
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 #: The tile plan of the Ray and resume tests: 255 tiles of 96 px (48 px cores) on the scene, 32 batches.
-RGB_OPTIONS = pipeline.PredictOptions(tile=96, halo=24, batch_size=8)
+RGB_OPTIONS = jobs.PredictOptions(tile=96, halo=24, batch_size=8)
 
 RGB_CLASSES = (
     ClassInfo(0, "water", "#1f78b4"),

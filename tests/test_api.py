@@ -13,7 +13,7 @@ import rasterio
 import rioxarray
 
 import geounet
-from geounet import model, pipeline
+from geounet import jobs, model, pipeline
 from geounet.model import ClassInfo, ModelSpec, networks
 
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
@@ -46,7 +46,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cli_classes(scene: Path, bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     out = tmp_path_factory.mktemp("cli")
-    job = pipeline.plan(scene, model=bundle, out_dir=out, options=pipeline.PredictOptions())
+    job = pipeline.plan(scene, model=bundle, out_dir=out, options=jobs.PredictOptions())
     pipeline.write_rasters(job, pipeline.local_results(job))
     with rasterio.open(out / "classes.tif") as ds:
         return ds.read(1)

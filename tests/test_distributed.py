@@ -22,7 +22,7 @@ import pytest
 import torch
 from fixtures_ray import RGB_OPTIONS, assert_same_outputs, outputs_of
 
-from geounet import pipeline
+from geounet import jobs, pipeline
 from geounet.distributed import PoolPlan, RayExecutor, RayOptions, plan_pool
 from geounet.errors import ConfigError, ExecutionError
 from geounet.resume import RUN_DIR
@@ -95,7 +95,7 @@ def test_ray_options_need_the_ray_executor(landsat_rgb: Path, rgb_bundle: Path, 
 # -- on a real Ray cluster ----------------------------------------------------------------------
 
 
-def _job(source: Path, bundle: Path, out: Path, **changes: Any) -> pipeline.Job:
+def _job(source: Path, bundle: Path, out: Path, **changes: Any) -> jobs.Job:
     import dataclasses
 
     options = dataclasses.replace(RGB_OPTIONS, **changes)
@@ -105,7 +105,7 @@ def _job(source: Path, bundle: Path, out: Path, **changes: Any) -> pipeline.Job:
 def _midway(executor: RayExecutor, after: int, action: Callable[[], None]) -> pipeline.ResultsFn:
     """``executor``, calling ``action()`` once ``after`` tiles have come back."""
 
-    def results(job: pipeline.Job, *, tiles: Iterable[Tile] | None = None) -> Iterator[pipeline.TileResult]:
+    def results(job: jobs.Job, *, tiles: Iterable[Tile] | None = None) -> Iterator[jobs.TileResult]:
         for k, res in enumerate(executor(job, tiles=tiles)):
             if k == after:
                 action()

@@ -16,7 +16,7 @@ import rasterio
 from fixtures_flaky import FlakyServer
 from rasterio.shutil import copy as rio_copy
 
-from geounet import model, pipeline, scenes, search
+from geounet import jobs, model, pipeline, scenes, search
 from geounet.errors import InputError, ReadError, SearchError
 from geounet.model import ClassInfo, ModelSpec, networks
 
@@ -78,7 +78,7 @@ def _job(served: FlakyServer, bundle: Path, namespace: str, out: Path) -> dict[s
     """Search the catalog and predict its scene, every byte over HTTP under ``namespace``."""
     found = search.scenes(served.href(namespace, served.root / "catalog" / "catalog.json"), bands=BANDS)
     job = pipeline.plan_scenes(
-        found, model=bundle, out_dir=out, options=pipeline.PredictOptions(batch_size=4), source="flaky"
+        found, model=bundle, out_dir=out, options=jobs.PredictOptions(batch_size=4), source="flaky"
     )
     outputs = pipeline.run(job, progress=False)
     return {"scenes": [(s.id, s.band_names) for s in found], "outputs": outputs}
@@ -135,7 +135,7 @@ def test_asset_server_down_fails_cleanly(
     served.set(fail=0.0)
     found = search.scenes(served.href("down2", served.root / "catalog" / "catalog.json"), bands=BANDS)
     job = pipeline.plan_scenes(
-        found, model=tiny_bundle, out_dir=tmp_path / "out", options=pipeline.PredictOptions()
+        found, model=tiny_bundle, out_dir=tmp_path / "out", options=jobs.PredictOptions()
     )
     # GDAL's own retries, shortened so the test is quick (production: 5 retries from 0.5 s).
     monkeypatch.setitem(scenes.GDAL_ENV, "GDAL_HTTP_MAX_RETRY", 2)

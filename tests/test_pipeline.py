@@ -12,7 +12,7 @@ import pytest
 import rasterio
 import torch
 
-from geounet import infer, merge, model, pipeline, read
+from geounet import infer, jobs, merge, model, pipeline, read
 from geounet.model import ClassInfo, ModelSpec, networks
 from geounet.tiling import grid
 
@@ -149,7 +149,7 @@ def test_corner_tile_handed_to_the_model_is_mirrored(
     monkeypatch.setattr(infer.Predictor, "predict", spy)
     monkeypatch.setattr(infer.Predictor, "predict_rows", spy_rows)
     # The bundle's own (small) tile, so the corner tile's far side lies inside the raster.
-    opts = pipeline.PredictOptions(batch_size=1, tile=model.load(small_bundle).tile)
+    opts = jobs.PredictOptions(batch_size=1, tile=model.load(small_bundle).tile)
     job = pipeline.plan(s2_rgbn, model=small_bundle, out_dir=tmp_path / "o", options=opts)
     first = next(pipeline.local_results(job))  # tile 0: top-left corner
     assert first.tile.index == 0 and first.tile.padding.top == job.plan.halo

@@ -279,7 +279,7 @@ def test_predict_from_a_stac_search_equals_predict_on_the_local_file(
 def test_stac_job_plans_native_and_mosaic_grids(
     stac_api: str, stac_assets: StacAssets, tmp_path: Path
 ) -> None:
-    from geounet import pipeline
+    from geounet import jobs
     from geounet.cli import main
     from geounet.cli.search import stac_job
     from geounet.errors import ConfigError as CE
@@ -287,7 +287,7 @@ def test_stac_job_plans_native_and_mosaic_grids(
     bundle = tmp_path / "m.safetensors"
     main(["model", "init", "--bands", "B04,B08", "--classes", "a,b", "--depth", "2", "--width", "4",
           "--out", str(bundle)])  # fmt: skip
-    options = pipeline.PredictOptions(device="cpu", tile=64, halo=16)
+    options = jobs.PredictOptions(device="cpu", tile=64, halo=16)
     query = dict(stac=stac_api, collections=("s2-zone-pair",), bbox="12.58,52.46,12.64,52.48", aoi=None,
                  datetime_=None, max_cloud=None, limit=None, sortby=(), cql2=None)  # fmt: skip
     common = dict(model_path=str(bundle), out_dir=str(tmp_path / "o"), options=options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,9 @@ import pytest
 import torch
 from fixtures_ray import RGB_OPTIONS, assert_same_outputs
 
-from geounet import model, pipeline
+from geounet import jobs, model, pipeline
 from geounet.model import networks
-from geounet.resume import RUN_DIR
+from geounet.resume import RUN_DIR, fingerprint_of
 from geounet.tiling import Tile
 
 OPTIONS = RGB_OPTIONS
@@ -36,7 +37,7 @@ class Crashing:
         self.after = after
         self.asked: list[int] = []
 
-    def __call__(self, job: pipeline.Job, *, tiles: Iterable[Tile] | None = None) -> Iterator[Any]:
+    def __call__(self, job: jobs.Job, *, tiles: Iterable[Tile] | None = None) -> Iterator[Any]:
         todo = list(job.plan if tiles is None else tiles)
         self.asked = [t.index for t in todo]
         for k, res in enumerate(pipeline.local_results(job, tiles=todo)):
@@ -45,7 +46,7 @@ class Crashing:
             yield res
 
 
-def _crash(job: pipeline.Job, after: int) -> None:
+def _crash(job: jobs.Job, after: int) -> None:
     with pytest.raises(RuntimeError, match="simulated crash"):
         pipeline.run(job, results=Crashing(after), progress=False)
     assert not (job.out_dir / "classes.tif").exists()  # nothing finished-looking after a crash
@@ -87,6 +88,21 @@ def test_changed_bundle_discards_the_cache(
         pipeline.run(job2, results=spy, progress=False)
     assert "different job (changed: model_sha256)" in caplog.text
     assert len(spy.asked) == len(job2.plan)
+
+
+def test_fingerprint_covers_only_what_changes_pixels(
+    landsat_rgb: Path, rgb_bundle: Path, tmp_path: Path
+) -> None:
+    """Execution settings and manifest extras (a workflow's config dump) keep the cache; resampling does not."""
+    job = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path, options=OPTIONS)
+    same = replace(
+        job,
+        options=replace(job.options, batch_size=3, device="cpu", vector_format="fgb"),
+        extra={"config": {"execution": {"actors": 7}}, "workflow": "region-landcover"},
+    )
+    assert fingerprint_of(same) == fingerprint_of(job)
+    for options in (replace(job.options, resampling="bilinear"), replace(job.options, tta=True)):
+        assert fingerprint_of(replace(job, options=options)) != fingerprint_of(job)
 
 
 def test_torn_log_line_and_no_resume(

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from geounet import evaluate, model, train
+from geounet import datasets, evaluate, model, train
 from geounet.cli import cli
 from geounet.config import TrainConfig, load_train_config
 from geounet.errors import ConfigError
@@ -41,12 +41,12 @@ def _cfg(data_dir: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch, **over: Any
 
 
 @pytest.fixture(scope="module")
-def crack_data(data_dir: Path) -> train.Data:
+def crack_data(data_dir: Path) -> datasets.Data:
     mp = pytest.MonkeyPatch()
     mp.setenv("GEOUNET_DATA", str(data_dir))
     cfg = load_train_config(CRACK, overrides=TINY)
     mp.undo()
-    return train.load_data(cfg)
+    return datasets.load_data(cfg)
 
 
 def test_recipes_parse_and_expand_geounet_data(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,7 +60,7 @@ def test_recipes_parse_and_expand_geounet_data(data_dir: Path, monkeypatch: pyte
 
 
 def test_short_run_loss_goes_down_on_real_data(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: train.Data
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: datasets.Data
 ) -> None:
     cfg = _cfg(data_dir, tmp_path, monkeypatch, **{"train.steps": 40, "train.eval_every": 40})
     out = train.run(cfg, data=crack_data)
@@ -73,7 +73,7 @@ def test_short_run_loss_goes_down_on_real_data(
 
 
 def test_time_budget_stops_with_checkpoint_and_bundle(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: train.Data
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: datasets.Data
 ) -> None:
     cfg = _cfg(data_dir, tmp_path, monkeypatch, **{"train.steps": 500, "train.max_minutes": 1e-6})
     out = train.run(cfg, data=crack_data)
@@ -85,7 +85,7 @@ def test_time_budget_stops_with_checkpoint_and_bundle(
 
 
 def test_resume_continues_with_same_step_and_optimizer_state(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: train.Data
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: datasets.Data
 ) -> None:
     over = {"train.steps": 6, "train.eval_every": 100}
     straight = _cfg(data_dir, tmp_path / "a", monkeypatch, **over)
@@ -120,7 +120,7 @@ def test_resume_continues_with_same_step_and_optimizer_state(
 
 
 def test_init_from_bundle_new_head_and_frozen_encoder(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: train.Data
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: datasets.Data
 ) -> None:
     spec = model.ModelSpec(3, 2, depth=2, width=8)
     src = networks.init_bundle(
@@ -150,7 +150,7 @@ def test_init_from_bundle_new_head_and_frozen_encoder(
 
 
 def test_report_with_threshold_baselines_and_plots(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: train.Data
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: datasets.Data
 ) -> None:
     cfg = _cfg(data_dir, tmp_path, monkeypatch, **{"train.steps": 4, "train.eval_every": 2})
     out = train.run(cfg, data=crack_data)

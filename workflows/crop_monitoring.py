@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from geounet import jobs, pipeline, safety, search
 from geounet import model as model_mod
-from geounet import pipeline, safety, search
 from geounet.config import MonitorConfig, load_monitor_config
 from geounet.errors import InputError, InputNotFoundError, ReadError, SearchError
 from geounet.geo import Grid, Window
@@ -368,7 +368,7 @@ def predict_scene(scene: Scene, parcels: Parcels, cfg: MonitorConfig, bundle_pat
     by_name = {b.name: b for b in scene.bands}
     model_scene = replace(scene, bands=tuple(by_name[b] for b in bundle.bands))
     p = cfg.predict
-    options = pipeline.PredictOptions(
+    options = jobs.PredictOptions(
         tile=p.tile,
         halo=p.halo,
         batch_size=p.batch_size,
@@ -376,6 +376,7 @@ def predict_scene(scene: Scene, parcels: Parcels, cfg: MonitorConfig, bundle_pat
         device=p.device,
         amp=p.amp,
         tta=p.tta,
+        resampling=cfg.grid.resampling,
     )
     job = pipeline.plan_scenes(
         [model_scene],
@@ -386,7 +387,6 @@ def predict_scene(scene: Scene, parcels: Parcels, cfg: MonitorConfig, bundle_pat
         aoi=parcels.frame.union_all(),
         source=scene.id,
     )
-    job = replace(job, extra={**job.extra, "resampling": cfg.grid.resampling})
     out.mkdir(parents=True, exist_ok=True)
     pipeline.write_rasters(job, results_fn(cfg.execution)(job))
     return out / "classes.tif"

@@ -35,7 +35,7 @@ from geounet import model as model_mod
 from geounet import pipeline, search
 from geounet.config import ExecutionSection, RunConfig, load_run_config
 from geounet.errors import ConfigError, SearchError
-from geounet.pipeline import Job, PredictOptions, TileResult
+from geounet.jobs import Job, PredictOptions, TileResult
 from geounet.scenes import order
 from geounet.search import Scene
 
@@ -172,6 +172,7 @@ def plan(cfg: RunConfig) -> RegionPlan:
         vector_format=cfg.outputs.vector_format,
         simplify=cfg.outputs.simplify,
         min_area=cfg.outputs.min_area,
+        resampling=cfg.grid.resampling,
     )
     job = pipeline.plan_scenes(
         chosen,
@@ -188,7 +189,6 @@ def plan(cfg: RunConfig) -> RegionPlan:
             **job.extra,
             "id": cfg.name,
             "workflow": "region-landcover",
-            "resampling": cfg.grid.resampling,
             "config": cfg.model_dump(mode="json"),
             "coverage": coverage.to_dict(),
         },

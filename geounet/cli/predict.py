@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from geounet import pipeline
+from geounet import jobs, pipeline
 from geounet.cli.search import stac_job, stac_options
 from geounet.errors import ConfigError
 
@@ -58,7 +58,7 @@ def _parse_bands(value: str | None) -> tuple[int, ...] | None:
 @click.option("--tta", is_flag=True, help="Average predictions over flipped/rotated copies.")
 @click.option("--bands", type=str, default=None, help="1-based input bands in the model's order, e.g. 3,2,1.")
 @click.option(
-    "--vector-format", type=click.Choice(list(pipeline.VECTOR_FORMATS)), default="gpkg", show_default=True
+    "--vector-format", type=click.Choice(list(jobs.VECTOR_FORMATS)), default="gpkg", show_default=True
 )
 @click.option(
     "--min-area", type=float, default=0.0, show_default=True, help="Drop polygons smaller (map units²)."
@@ -126,7 +126,7 @@ def predict(
     Ray, or the cluster at --address); a crashed run rerun with the same arguments reuses
     the tiles it had finished.
     """
-    options = pipeline.PredictOptions(
+    options = jobs.PredictOptions(
         tile=tile,
         halo=halo,
         batch_size=batch_size,

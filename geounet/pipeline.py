@@ -371,11 +371,17 @@ def run(
         started = time.time()
         store = TileStore.open(job, resume=resume)
         todo = [t for t in job.plan if t.index not in store.done]
-        stream = _resumed(store, results(job, tiles=todo))
-        try:
-            counts = write_rasters(job, _progress(stream, total=len(job.plan), enabled=progress))
-        finally:
-            stream.close()  # stops the executor (Ray actors) even when writing failed
+        produce = getattr(results, "produce", None)
+        if produce is not None:
+            # A parts executor (Ray): workers read, predict, write raster parts and vectorize;
+            # it assembles classes.tif/confidence.tif (and the polygon layer) from the parts.
+            counts = produce(job, tiles=todo, store=store, progress=progress)
+        else:
+            stream = _resumed(store, results(job, tiles=todo))
+            try:
+                counts = write_rasters(job, _progress(stream, total=len(job.plan), enabled=progress))
+            finally:
+                stream.close()  # stops the executor (Ray actors) even when writing failed
         counts["reused"] = store.reused
         raster_s = time.time() - started
         outputs = publish_outputs(job, counts=counts, timings={"rasters_s": raster_s}, started=started)

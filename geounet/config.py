@@ -263,9 +263,9 @@ class PredictSection(_Strict):
 
 
 class ExecutionSection(_Strict):
-    """Which executor runs the stages: ``ray`` (local or ``address``) or ``local`` (in-process)."""
+    """Which executor runs the stages: ``auto`` (see geounet.execution), ``ray`` (local or ``address``) or ``local``."""
 
-    executor: Literal["ray", "local"] = "ray"
+    executor: Literal["auto", "ray", "local"] = "auto"
     address: str | None = Field(
         default=None, description="Ray cluster address (default: RAY_ADDRESS or local)"
     )

@@ -25,9 +25,30 @@ from geounet.tiling import Tile, TileGrid
 
 VECTOR_FORMATS = ("gpkg", "parquet", "fgb")
 
+#: The products a run can write (``--outputs``); the class raster is always one of them.
+OUTPUTS = ("classes", "confidence", "polygons")
+
 #: The options that change the predicted pixels (the others change speed or publishing only):
 #: the tile cache of :mod:`geounet.resume` is kept as long as these (and the plan) stay.
 PIXEL_OPTIONS = ("merge", "blend_window", "amp", "tta", "resampling")
+
+
+def check_outputs(outputs: tuple[str, ...]) -> tuple[str, ...]:
+    """``outputs`` if it names known products and includes ``classes``; else a ConfigError.
+
+    Example:
+        >>> check_outputs(("classes", "polygons"))
+        ('classes', 'polygons')
+    """
+    unknown = [o for o in outputs if o not in OUTPUTS]
+    if unknown:
+        raise ConfigError(f"--outputs {','.join(outputs)}: {unknown[0]!r} is unknown; use a subset of {','.join(OUTPUTS)}")
+    if "classes" not in outputs:
+        raise ConfigError(
+            f"--outputs {','.join(outputs)} must include classes (every other product derives from it); "
+            f"use e.g. --outputs classes,{','.join(outputs) or 'confidence'}"
+        )
+    return outputs
 
 
 @dataclass(frozen=True)
@@ -55,6 +76,8 @@ class PredictOptions:
     stream: bool | None = None
     #: Memory budget of the predict stage in bytes (None: chosen from the device; ``--memory``).
     memory: int | None = None
+    #: Products to write (``--outputs``): ``classes`` always, ``confidence`` and ``polygons`` on demand.
+    outputs: tuple[str, ...] = OUTPUTS
 
     def __post_init__(self) -> None:
         merge.check_merge(self.merge)
@@ -67,6 +90,7 @@ class PredictOptions:
             )
         if self.min_area < 0:
             raise ConfigError(f"min_area={self.min_area} must be >= 0 (map units²)")
+        check_outputs(self.outputs)
 
     def pixel_options(self) -> dict[str, Any]:
         """The values of :data:`PIXEL_OPTIONS`: what a cached tile depends on among the options."""

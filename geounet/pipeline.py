@@ -400,8 +400,12 @@ def _resumed(store: TileStore, computed: Iterable[TileResult]) -> Generator[Tile
             close()
 
 
-def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, int]:
+def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, Any]:
     """Merge tile results into ``classes.tif`` and ``confidence.tif`` (COGs, written atomically).
+
+    When polygons are wanted (and can be made block by block, :func:`geounet.blocks.streams`),
+    each finished core is vectorized in a background thread while the model predicts the next
+    tile; ``counts["vectors"]`` is then the finished polygon layer, which publishing keeps.
 
     GDAL's block cache is capped at :data:`WRITE_CACHE_MB` meanwhile: by default it may take 5%
     of the machine's memory and keeps every written block, so the writer's memory would grow
@@ -409,36 +413,18 @@ def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, int]:
     """
     import rasterio
 
-    from geounet.write import CogWriter
-
     bundle = load_bundle(job.model_path)
-    counts = {"tiles": len(job.plan), "predicted": 0, "skipped": 0}
+    counts: dict[str, Any] = {"tiles": len(job.plan), "predicted": 0, "skipped": 0}
     blender = (
         merge.Blender(job.plan, n_classes=len(bundle.classes), window=job.options.blend_window)
         if job.options.merge == "blend"
         else None
     )
     class_ids = np.array([c.id for c in bundle.classes], dtype=np.uint8)
-    with (
-        rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_MB),
-        CogWriter(
-            job.out_dir / "classes.tif",
-            job.grid,
-            dtype="uint8",
-            nodata=NODATA_CLASS,
-            classes=bundle.classes,
-            resampling="mode",
-            description="class id",
-        ) as cls_w,
-        CogWriter(
-            job.out_dir / "confidence.tif",
-            job.grid,
-            dtype="uint8",
-            nodata=merge.NODATA_CONFIDENCE,
-            resampling="average",
-            description="confidence of the winning class (percent)",
-        ) as conf_w,
-    ):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_MB))
+        writers = _raster_writers(job, bundle, stack)
+        polygons = _block_polygons(job, bundle, stack)
         for res in results:
             counts["skipped" if res.skipped else "predicted"] += 1
             if blender is not None:
@@ -449,48 +435,94 @@ def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, int]:
                     blender.add(res.tile, res.probs.astype(np.float32), res.valid)
                 for block in blender.ready():
                     c, f = merge.decide(block.probs, valid=block.valid, class_ids=class_ids)
-                    cls_w.write(block.window, c)
-                    conf_w.write(block.window, f)
+                    _write_block(writers, polygons, block.window, c, f)
             elif res.skipped:
                 shape = res.tile.core.shape
-                cls_w.write(res.tile.core, np.full(shape, NODATA_CLASS, np.uint8))
-                conf_w.write(res.tile.core, np.full(shape, merge.NODATA_CONFIDENCE, np.uint8))
+                _write_block(writers, None, res.tile.core, np.full(shape, NODATA_CLASS, np.uint8),
+                             np.full(shape, merge.NODATA_CONFIDENCE, np.uint8))  # fmt: skip
             else:
                 assert res.classes is not None and res.confidence is not None
-                cls_w.write(res.tile.core, res.classes)
-                conf_w.write(res.tile.core, res.confidence)
+                _write_block(writers, polygons, res.tile.core, res.classes, res.confidence)
         if counts["predicted"] == 0:  # raised inside the writers: they abort, no empty COG is left
             raise InputError(
                 f"{job.source!r} has no valid pixel in any of its {counts['tiles']} tiles (all nodata or "
                 "outside the AOI); check the input's nodata value, the AOI and the scenes' dates"
             )
+        if polygons is not None:
+            counts["vectors"] = polygons.path
     return counts
 
 
+def _raster_writers(job: Job, bundle: Bundle, stack: contextlib.ExitStack) -> dict[str, Any]:
+    """The COG writers of the rasters the job asks for (classes always)."""
+    from geounet.write import CogWriter
+
+    writers = {
+        "classes": stack.enter_context(
+            CogWriter(job.out_dir / "classes.tif", job.grid, dtype="uint8", nodata=NODATA_CLASS,
+                      classes=bundle.classes, resampling="mode", description="class id")  # fmt: skip
+        )
+    }
+    if "confidence" in job.options.outputs:
+        writers["confidence"] = stack.enter_context(
+            CogWriter(job.out_dir / "confidence.tif", job.grid, dtype="uint8", nodata=merge.NODATA_CONFIDENCE,
+                      resampling="average", description="confidence of the winning class (percent)")  # fmt: skip
+        )
+    return writers
+
+
+def _block_polygons(job: Job, bundle: Bundle, stack: contextlib.ExitStack) -> Any:
+    """A :class:`geounet.blocks.BlockPolygons` when polygons are wanted and can stream, else None."""
+    from geounet import blocks, publish
+
+    opts = job.options
+    if "polygons" not in opts.outputs or not blocks.streams(opts.simplify, job.grid):
+        return None
+    path = job.out_dir / f"polygons{publish.vector_extension(opts.vector_format)}"
+    return stack.enter_context(
+        blocks.BlockPolygons(path, grid=job.grid, classes=bundle.classes, fmt=opts.vector_format,
+                             simplify=opts.simplify, min_area=opts.min_area)  # fmt: skip
+    )
+
+
+def _write_block(writers: dict[str, Any], polygons: Any, window: Any, classes: np.ndarray, conf: np.ndarray) -> None:
+    writers["classes"].write(window, classes)
+    if "confidence" in writers:
+        writers["confidence"].write(window, conf)
+    if polygons is not None:
+        polygons.add(window, classes, conf)
+
+
 def publish_outputs(
-    job: Job, *, counts: dict[str, int], timings: dict[str, float], started: float
+    job: Job, *, counts: dict[str, Any], timings: dict[str, float], started: float
 ) -> dict[str, Path]:
-    """Polygons, styles, STAC Item, quicklook and the run manifest beside the rasters."""
+    """Polygons (unless the raster stage made them), styles, STAC Item, quicklook and manifest."""
     from geounet import publish
 
     bundle = load_bundle(job.model_path)
     t0 = time.time()
+    counts = dict(counts)
+    vectors = counts.pop("vectors", None)
     manifest = safety.redact_obj(
         manifest_for(job, bundle=bundle, counts=counts, timings=timings, started=started)
     )
+    rasters = {"classes": job.out_dir / "classes.tif"}
+    if "confidence" in job.options.outputs:
+        rasters["confidence"] = job.out_dir / "confidence.tif"
     paths = publish.products(
         job.out_dir,
-        classes_path=job.out_dir / "classes.tif",
-        confidence_path=job.out_dir / "confidence.tif",
+        classes_path=rasters["classes"],
+        confidence_path=rasters.get("confidence"),
         classes=bundle.classes,
         vector_format=job.options.vector_format,
         simplify=job.options.simplify,
         min_area=job.options.min_area,
         preview_path=Path(job.source) if not job.scenes and Path(job.source).is_file() else None,
         manifest=manifest,
+        polygons=Path(vectors) if vectors is not None else "polygons" in job.options.outputs,
     )
     log.info("published %d outputs in %.1f s", len(paths), time.time() - t0)
-    return {"classes": job.out_dir / "classes.tif", "confidence": job.out_dir / "confidence.tif", **paths}
+    return {**rasters, **paths}
 
 
 def manifest_for(
@@ -544,22 +576,56 @@ def _progress(results: Iterable[TileResult], *, total: int, enabled: bool | None
         yield res
 
 
-def describe(job: Job) -> str:
-    """The tile plan as text, for ``--dry-run``."""
+def describe(job: Job, *, probe: bool = False) -> str:
+    """The tile plan as text, for ``--dry-run``: tiles, network px per output px, memory, time.
+
+    With ``probe`` the model runs once on a small strip on the job's device to measure its
+    speed here, and ``expected_s`` estimates the forward passes (the other stages overlap them).
+    """
+    from geounet import budget
+
     g, p = job.grid, job.plan
-    return json.dumps(
-        {
-            "source": job.source,
-            "grid": {"rows": g.rows, "cols": g.cols, "crs": g.crs, "resolution": g.resolution},
-            "tiles": len(p),
-            "tile_rows": p.n_rows,
-            "tile_cols": p.n_cols,
-            "tile": p.read_size,
-            "core": p.size,
-            "halo": p.halo,
-            "bands": list(job.bands),
-            "merge": job.options.merge,
-            "pixels": g.rows * g.cols,
-        },
-        indent=2,
-    )
+    bundle = load_bundle(job.model_path)
+    seen = len(p) * p.read_size**2
+    streamed = bool(job.options.stream)
+    info: dict[str, Any] = {
+        "source": job.source,
+        "grid": {"rows": g.rows, "cols": g.cols, "crs": g.crs, "resolution": g.resolution},
+        "tiles": len(p),
+        "tile_rows": p.n_rows,
+        "tile_cols": p.n_cols,
+        "tile": p.read_size,
+        "core": p.size,
+        "halo": p.halo,
+        "receptive_field": bundle.receptive_field,
+        "exact": p.halo >= bundle.receptive_field,
+        "network_px_per_output_px": round(seen / (g.rows * g.cols), 3),
+        "streamed": streamed,
+        "batch_size": 1 if streamed else job.options.batch_size,
+        "memory_estimate_mb": round(
+            budget.tile_bytes(bundle.spec, p.read_size, streamed=streamed) * (1 if streamed else job.options.batch_size)
+            / 2**20
+        ),
+        "bands": list(job.bands),
+        "merge": job.options.merge,
+        "outputs": list(job.options.outputs),
+        "pixels": g.rows * g.cols,
+    }
+    if probe:
+        rate = _probe_rate(job)
+        info["model_mpx_per_s"] = round(rate / 1e6, 3)
+        info["expected_s"] = round(seen / rate, 1)
+    return json.dumps(info, indent=2)
+
+
+def _probe_rate(job: Job) -> float:
+    """Network pixels per second of the job's model on its device, timed on one small strip."""
+    predictor = TilePredictor(job).predictor
+    width = min(job.plan.read_size, 1024)
+    x = np.zeros((predictor.bundle.spec.in_channels, 64, width), np.float32)
+    for _ in predictor.predict_rows(x):  # warm-up (allocations, kernel choice)
+        pass
+    t0 = time.perf_counter()
+    for _ in predictor.predict_rows(x):
+        pass
+    return x.shape[1] * x.shape[2] / max(time.perf_counter() - t0, 1e-9)

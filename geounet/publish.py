@@ -329,6 +329,7 @@ def products(
     manifest: dict[str, Any] | None = None,
     block: int = 1024,
     attributes: Mapping[str, str | int | float] | None = None,
+    polygons: bool | Path = True,
 ) -> dict[str, Path]:
     """Write every GIS product of a run into ``out_dir``; returns name → path.
 
@@ -337,24 +338,19 @@ def products(
     ``manifest`` is given) and ``item`` (``item.json``, written last, describing the others).
     ``manifest`` may carry ``id`` and ``datetime`` (ISO 8601) for the STAC Item.
     ``attributes`` are constant columns added to every polygon, for provenance, e.g.
-    ``{"scene_id": "S2A_...", "date": "2017-02-16"}``.
+    ``{"scene_id": "S2A_...", "date": "2017-02-16"}``. ``polygons``: True vectorizes the
+    class raster here; a path is a polygon layer the raster stage already wrote (kept as it
+    is); False writes none (``--outputs`` without polygons).
     """
-    _, ext, _ = _vector_format(vector_format)
     out_dir = Path(out_dir)
-    chunks = vectorize.iter_polygons(
-        classes_path,
-        classes=classes,
-        confidence_path=confidence_path,
-        block=block,
-        simplify=simplify,
-        min_area=min_area,
-    )
-    polygons = (with_attributes(gdf, attributes or {}) for gdf in chunks)
-    paths: dict[str, Path] = {
-        "polygons": write_vector_chunks(
-            polygons, out_dir / f"polygons{ext}", classes=classes, fmt=vector_format
-        )
-    }
+    paths: dict[str, Path] = {}
+    if isinstance(polygons, Path):
+        paths["polygons"] = polygons
+    elif polygons:
+        paths["polygons"] = _polygons(
+            out_dir, classes_path, confidence_path, classes=classes, vector_format=vector_format,
+            simplify=simplify, min_area=min_area, block=block, attributes=attributes,
+        )  # fmt: skip
     table = area_table(classes_path, classes=classes)
     paths["areas"] = write_area_csv(table, out_dir / "areas.csv")
     paths["quicklook"] = quicklook(
@@ -364,7 +360,7 @@ def products(
     if confidence_path is not None:
         rasters["confidence"] = Path(confidence_path)
     paths["project"] = qgis_project(
-        out_dir / "project.qgs", rasters=rasters, vectors=paths["polygons"], classes=classes
+        out_dir / "project.qgs", rasters=rasters, vectors=paths.get("polygons"), classes=classes
     )
     if manifest is not None:
         paths["manifest"] = out_dir / "run.json"
@@ -380,6 +376,32 @@ def products(
     paths["item"] = out_dir / "item.json"
     replace_text(paths["item"], json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")
     return paths
+
+
+def vector_extension(fmt: str) -> str:
+    """The file extension of a vector format (``gpkg`` → ``.gpkg``)."""
+    return _vector_format(fmt)[1]
+
+
+def _polygons(
+    out_dir: Path,
+    classes_path: Path,
+    confidence_path: Path | None,
+    *,
+    classes: Sequence[ClassInfo],
+    vector_format: str,
+    simplify: float | None,
+    min_area: float,
+    block: int,
+    attributes: Mapping[str, str | int | float] | None,
+) -> Path:
+    chunks = vectorize.iter_polygons(
+        classes_path, classes=classes, confidence_path=confidence_path, block=block, simplify=simplify,
+        min_area=min_area,
+    )  # fmt: skip
+    frames = (with_attributes(gdf, attributes or {}) for gdf in chunks)
+    ext = vector_extension(vector_format)
+    return write_vector_chunks(frames, out_dir / f"polygons{ext}", classes=classes, fmt=vector_format)
 
 
 def with_attributes(gdf: gpd.GeoDataFrame, attributes: Mapping[str, str | int | float]) -> gpd.GeoDataFrame:

@@ -235,19 +235,17 @@ def describe(rp: RegionPlan) -> str:
 
 
 def results_fn(execution: ExecutionSection) -> Callable[[Job], Iterable[TileResult]]:
-    """The executor of ``execution``: in-process, or Ray (:class:`geounet.distributed.RayExecutor`)."""
-    if execution.executor == "local":
-        return pipeline.local_results
-    from geounet import distributed
+    """The executor of ``execution`` (auto, local or Ray; see :mod:`geounet.execution`)."""
+    from geounet import execution as execution_mod
 
-    return distributed.RayExecutor(
-        distributed.RayOptions(
-            address=execution.address,
-            num_cpus=execution.num_cpus,
-            actors=execution.actors,
-            gpus_per_actor=execution.gpus_per_actor,
-        )
+    fn: Callable[[Job], Iterable[TileResult]] = execution_mod.results_fn(
+        execution.executor,
+        address=execution.address,
+        num_cpus=execution.num_cpus,
+        actors=execution.actors,
+        gpus_per_actor=execution.gpus_per_actor,
     )
+    return fn
 
 
 def run(cfg: RunConfig, *, progress: bool | None = None) -> RegionResult:

@@ -7,9 +7,16 @@ from typing import Any
 
 import click
 
-from geounet import jobs, pipeline
+from geounet import budget, execution, jobs, pipeline
 from geounet.cli.search import stac_job, stac_options
 from geounet.errors import ConfigError
+
+
+def _parse_outputs(value: str, *, no_polygons: bool) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if no_polygons:
+        names = tuple(n for n in names if n != "polygons")
+    return jobs.check_outputs(names)
 
 
 def _parse_bands(value: str | None) -> tuple[int, ...] | None:
@@ -37,6 +44,7 @@ def _parse_bands(value: str | None) -> tuple[int, ...] | None:
       --max-cloud 20 --resolution 10 --model s2.safetensors --out out/
   geounet predict big.tif --model lc.safetensors --out out/ --address ray-head:6379 --gpus-per-actor 0.5
   geounet predict big.tif --model lc.safetensors --out out/ --executor local --no-resume
+  geounet predict region.tif --model lc.safetensors --out out/ --no-polygons --memory 2GB
 """
 )
 @click.argument("source", type=str, required=False)
@@ -66,12 +74,28 @@ def _parse_bands(value: str | None) -> tuple[int, ...] | None:
 @click.option("--simplify", type=float, default=None, help="Simplify tolerance in map units [half a pixel].")
 @click.option(
     "--executor",
-    type=click.Choice(["ray", "local"]),
-    default="ray",
+    type=click.Choice(list(execution.EXECUTORS)),
+    default="auto",
     envvar="GEOUNET_EXECUTOR",
     show_default=True,
-    help="ray: read tasks + U-Net actor pool (a local Ray unless --address); local: in-process. "
-    "[env GEOUNET_EXECUTOR]",
+    help="auto: Ray with a cluster (--address, RAY_ADDRESS) or 2+ GPUs, else in-process; "
+    "ray: read tasks + U-Net actor pool; local: in-process. [env GEOUNET_EXECUTOR]",
+)
+@click.option(
+    "--outputs",
+    type=str,
+    default=",".join(jobs.OUTPUTS),
+    show_default=True,
+    help="Products to write: classes plus any of confidence, polygons.",
+)
+@click.option("--no-polygons", is_flag=True, help="Rasters only (same as --outputs classes,confidence).")
+@click.option(
+    "--memory",
+    type=str,
+    default="auto",
+    show_default=True,
+    help="Memory budget of the predict stage, e.g. 4GB; the planner picks the largest exact tile that fits "
+    "[auto: 60%% of free GPU memory, or 512MB on the CPU].",
 )
 @click.option(
     "--address", type=str, default=None, help="Ray cluster to join (host:port, ray://…) [env RAY_ADDRESS]."
@@ -108,6 +132,9 @@ def predict(
     gpus_per_actor: float | None,
     resume: bool,
     dry_run: bool,
+    outputs: str,
+    no_polygons: bool,
+    memory: str,
     resolution: float | None,
     crs: str | None,
     **query: Any,
@@ -122,9 +149,11 @@ def predict(
     a STAC Item and a run manifest into --out. Tiles overlap by --halo and only each
     tile's core is kept, so the result has no seams.
 
-    By default tiles are read by Ray tasks and predicted by a pool of Ray actors (a local
-    Ray, or the cluster at --address); a crashed run rerun with the same arguments reuses
-    the tiles it had finished.
+    The tile size comes from --memory: the largest tile that fits, with the halo exactness
+    needs (on the CPU tiles stream through the network in strips of rows, so they can be
+    large). On one machine the job runs in-process; with a Ray cluster (--address) or several
+    GPUs, tiles are read by Ray tasks and predicted by a pool of Ray actors. A crashed run
+    rerun with the same arguments reuses the tiles it had finished.
     """
     options = jobs.PredictOptions(
         tile=tile,
@@ -138,6 +167,8 @@ def predict(
         vector_format=vector_format,
         min_area=min_area,
         simplify=simplify,
+        memory=budget.parse_memory(memory),
+        outputs=_parse_outputs(outputs, no_polygons=no_polygons),
     )
     if query.get("stac") or (source is not None and source.endswith(".json")):
         job = stac_job(source, model_path=model_path, out_dir=out_dir, options=options,
@@ -147,17 +178,9 @@ def predict(
     else:
         job = pipeline.plan(source, model=model_path, out_dir=Path(out_dir), options=options)
     if dry_run:
-        click.echo(pipeline.describe(job))
+        click.echo(pipeline.describe(job, probe=True))
         return
-    results: pipeline.ResultsFn = pipeline.local_results
-    if executor == "ray":
-        from geounet import distributed
-
-        results = distributed.RayExecutor(
-            distributed.RayOptions(address=address, actors=actors, gpus_per_actor=gpus_per_actor)
-        )
-    elif address or actors or gpus_per_actor:
-        raise ConfigError("--address/--actors/--gpus-per-actor need --executor ray; drop them or add it")
-    outputs = pipeline.run(job, results=results, resume=resume)
-    for name, path in outputs.items():
+    results = execution.results_fn(executor, address=address, actors=actors, gpus_per_actor=gpus_per_actor)
+    written = pipeline.run(job, results=results, resume=resume)
+    for name, path in written.items():
         click.echo(f"{name:12s} {path}")

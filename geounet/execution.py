@@ -1,0 +1,72 @@
+"""Which executor runs a job: in-process (:func:`geounet.pipeline.local_results`) or Ray.
+
+``auto`` (the default) follows the job. One process does a photo or a scene on one
+machine as well as Ray can: the in-process executor keeps every core busy (reader threads,
+the streamed model using all of torch's threads, polygons vectorized in a thread while the
+model works) and starts in a second, where a local Ray costs 10-30 s of start-up and a copy
+of every tile through its object store. Ray pays where there is more than one machine or
+device to fill: a cluster address (``--address`` or ``RAY_ADDRESS``) or several GPUs.
+``local`` and ``ray`` force either.
+
+Example:
+    >>> choose("auto", address=None, environ={}, gpus=0)
+    'local'
+    >>> choose("auto", address=None, environ={"RAY_ADDRESS": "head:6379"}, gpus=0)
+    'ray'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from geounet.errors import ConfigError
+
+EXECUTORS = ("auto", "local", "ray")
+
+
+def choose(name: str, *, address: str | None, environ: Mapping[str, str] | None = None, gpus: int | None = None) -> str:
+    """``local`` or ``ray`` for executor ``name`` (auto: Ray with a cluster address or 2+ GPUs)."""
+    if name not in EXECUTORS:
+        raise ConfigError(f"executor={name!r} is unknown; use one of {', '.join(EXECUTORS)}")
+    if name != "auto":
+        return name
+    env = os.environ if environ is None else environ
+    if address or env.get("RAY_ADDRESS"):
+        return "ray"
+    return "ray" if (_gpu_count() if gpus is None else gpus) > 1 else "local"
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def results_fn(
+    name: str,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    actors: int | None = None,
+    gpus_per_actor: float | None = None,
+) -> Any:
+    """The executor callable for ``name`` (see :func:`choose`), configured with the Ray options.
+
+    Raises:
+        ConfigError: on an unknown name, or Ray options with the local executor.
+    """
+    kind = choose(name, address=address)
+    if kind == "local":
+        if name == "local" and (address or actors or gpus_per_actor):
+            raise ConfigError("--address/--actors/--gpus-per-actor need --executor ray; drop them or add it")
+        from geounet import pipeline
+
+        return pipeline.local_results
+    from geounet import distributed
+
+    options: dict[str, Any] = {"address": address, "actors": actors, "gpus_per_actor": gpus_per_actor}
+    if num_cpus is not None:
+        options["num_cpus"] = num_cpus
+    return distributed.RayExecutor(distributed.RayOptions(**options))

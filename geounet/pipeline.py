@@ -129,6 +129,8 @@ def plan_grid(
         if not chosen.streamed:
             options = replace(options, batch_size=min(options.batch_size, chosen.batch))
     tiles = plan_tiles(shape, tile=tile, halo=halo, align=bundle.spec.stride)
+    if streamed:  # streamed tiles go one at a time: a batch would only hold more chips in memory
+        options = replace(options, batch_size=1)
     return tiles, replace(options, tile=tiles.read_size, halo=halo, stream=streamed)
 
 
@@ -314,18 +316,27 @@ def _batches(tiles: Iterable[Tile], size: int) -> Iterator[list[Tile]]:
         yield batch
 
 
+#: Reader threads of the in-process executor (GDAL releases the GIL while it reads and decodes).
+READERS = 3
+
+
 def local_results(job: Job, *, tiles: Iterable[Tile] | None = None) -> Iterator[TileResult]:
-    """The in-process executor: a reader thread prefetches the next batch while the model runs."""
+    """The in-process executor: reader threads prefetch the next batches while the model runs.
+
+    Up to :data:`READERS` batches are read ahead (2 for streamed tiles, which are large), so
+    reading, the model and the writer's vectorizing thread overlap.
+    """
     predictor = TilePredictor(job)
     batches = list(_batches(job.plan if tiles is None else tiles, job.options.batch_size))
     if not batches:
         return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geounet-read") as pool:
-        pending = pool.submit(read_chips, job, batches[0])
+    ahead = 2 if predictor.streamed else READERS
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="geounet-read") as pool:
+        pending = [pool.submit(read_chips, job, b) for b in batches[:ahead]]
         for i, batch in enumerate(batches):
-            chips = pending.result()
-            if i + 1 < len(batches):
-                pending = pool.submit(read_chips, job, batches[i + 1])
+            chips = pending.pop(0).result()
+            if i + ahead < len(batches):
+                pending.append(pool.submit(read_chips, job, batches[i + ahead]))
             yield from predictor(batch, chips)
 
 

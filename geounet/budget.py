@@ -147,8 +147,9 @@ def choose(
     best: Plan | None = None
     tile = min(MAX_TILE, -(-(longest + 2 * halo) // align) * align)
     while tile > 2 * halo:
-        streamed = not cuda and tile >= STREAM_MIN
-        need = tile_bytes(spec, tile, streamed=streamed, amp=use_amp)
+        plain = tile_bytes(spec, tile, streamed=False, amp=use_amp)
+        streamed = not cuda and (tile >= STREAM_MIN or plain > memory)
+        need = tile_bytes(spec, tile, streamed=True) if streamed else plain
         if need <= memory:
             core = even_core(longest, tile - 2 * halo, align)
             final = core + 2 * halo

@@ -12,6 +12,7 @@ import pytest
 import rasterio
 import torch
 
+from geounet.errors import ConfigError
 from geounet import infer, jobs, merge, model, pipeline, read
 from geounet.model import ClassInfo, ModelSpec, networks
 from geounet.tiling import grid
@@ -275,3 +276,86 @@ def test_photo_without_georeferencing(data_dir: Path, tmp_path: Path) -> None:
     with rasterio.open(tmp_path / "o" / "classes.tif") as cls, rasterio.open(photo) as src:
         assert cls.crs is None and (cls.height, cls.width) == (src.height, src.width)
     assert (tmp_path / "o" / "polygons.fgb").exists()
+
+
+def _job_classes(job: jobs.Job) -> np.ndarray:
+    out = np.full(job.grid.shape, 254, np.uint8)
+    for res in pipeline.local_results(job):
+        assert res.classes is not None
+        out[res.tile.core.to_slices()] = res.classes
+    return out
+
+
+@pytest.mark.parametrize("memory_mb", [64, 512])  # 64 MB: several streamed tiles; 512 MB: one
+def test_default_plan_streams_and_equals_whole_image(
+    s2_rgbn: Path, small_bundle: Path, tmp_path: Path, memory_mb: int
+) -> None:
+    """The memory-budget plan (large streamed tiles) gives the whole-image pass's classes."""
+    opts = jobs.PredictOptions(device="cpu", memory=memory_mb << 20)
+    job = pipeline.plan(s2_rgbn, model=small_bundle, out_dir=tmp_path / "o", options=opts)
+    assert job.options.stream and job.plan.halo >= model.load(small_bundle).receptive_field
+    assert (len(job.plan) > 1) == (memory_mb == 64)
+    with rasterio.open(s2_rgbn) as src:
+        image = src.read().astype(np.float32)
+    expected = _whole_image_probs(small_bundle, image, job.plan.halo)
+    ids = np.array([c.id for c in CLASSES], np.uint8)[expected.argmax(0)]
+    classes = _job_classes(job)
+    assert len(np.unique(classes)) == len(CLASSES), "the model must have real output"
+    margin = np.sort(expected, axis=0)
+    decided = (margin[-1] - margin[-2]) > 1e-4  # leave out float ties of the two best classes
+    assert (classes[decided] == ids[decided]).all()
+    assert decided.mean() > 0.99
+
+
+def test_polygons_made_while_predicting_equal_those_from_the_cog(
+    s2_rgbn: Path, small_bundle: Path, tmp_path: Path
+) -> None:
+    """The raster stage's block vectorizing gives the features publishing would make from the COG."""
+    import geopandas as gpd
+
+    from geounet import publish
+
+    opts = jobs.PredictOptions(device="cpu", memory=64 << 20)
+    job = pipeline.plan(s2_rgbn, model=small_bundle, out_dir=tmp_path / "a", options=opts)
+    outputs = pipeline.run(job, progress=False, resume=False)
+    overlapped = gpd.read_file(outputs["polygons"])
+    again = publish.products(
+        tmp_path / "a", classes_path=outputs["classes"], confidence_path=outputs["confidence"],
+        classes=model.load(small_bundle).classes, manifest=None, polygons=True,
+    )  # fmt: skip
+    from_cog = gpd.read_file(again["polygons"])
+    assert len(overlapped) == len(from_cog) > 100
+    def ordered(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        c = gdf.geometry.representative_point()
+        return gdf.assign(x=c.x.round(3), y=c.y.round(3)).sort_values(["class_id", "x", "y"]).reset_index(drop=True)
+
+    a, b = ordered(overlapped), ordered(from_cog)
+    np.testing.assert_array_equal(a.class_id, b.class_id)
+    np.testing.assert_allclose(a.area_m2, b.area_m2)
+    np.testing.assert_allclose(a.mean_confidence, b.mean_confidence)
+    assert a.geometry.union_all().symmetric_difference(b.geometry.union_all()).area < 1e-6
+
+
+def test_outputs_on_demand(s2_crop: tuple[Path, np.ndarray], small_bundle: Path, tmp_path: Path) -> None:
+    path, _ = s2_crop
+    opts = jobs.PredictOptions(device="cpu", outputs=("classes",))
+    outputs = pipeline.run(pipeline.plan(path, model=small_bundle, out_dir=tmp_path / "c", options=opts),
+                           progress=False, resume=False)  # fmt: skip
+    assert "polygons" not in outputs and "confidence" not in outputs
+    assert not (tmp_path / "c" / "confidence.tif").exists()
+    assert not list((tmp_path / "c").glob("polygons.*"))
+    assert (tmp_path / "c" / "classes.tif").exists() and (tmp_path / "c" / "item.json").exists()
+    with pytest.raises(ConfigError, match="must include classes"):
+        jobs.PredictOptions(outputs=("polygons",))
+    with pytest.raises(ConfigError, match="'polygon' is unknown"):
+        jobs.PredictOptions(outputs=("classes", "polygon"))
+
+
+def test_dry_run_shows_cost_memory_and_time(s2_rgbn: Path, small_bundle: Path, tmp_path: Path) -> None:
+    import json
+
+    job = pipeline.plan(s2_rgbn, model=small_bundle, out_dir=tmp_path, options=jobs.PredictOptions(device="cpu"))
+    info = json.loads(pipeline.describe(job, probe=True))
+    assert info["exact"] is True and info["streamed"] is True
+    assert info["network_px_per_output_px"] == pytest.approx(len(job.plan) * job.plan.read_size**2 / (1536 * 768), abs=1e-3)
+    assert info["memory_estimate_mb"] > 0 and info["expected_s"] > 0 and info["model_mpx_per_s"] > 0

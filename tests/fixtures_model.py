@@ -158,3 +158,47 @@ def read_bands(path: Path, indexes: Sequence[int] | None = None) -> np.ndarray:
 def save_calibrated(path: Path, image: np.ndarray, **kwargs: object) -> Path:
     """:func:`calibrated_bundle` saved to ``path`` (float32 safetensors)."""
     return model.save(calibrated_bundle(image, **kwargs), path)  # type: ignore[arg-type]
+
+
+def impulse_bundle(spec: ModelSpec, *, seed: int = 0, threshold: float = 1e-3) -> model.Bundle:
+    """A 1-band, 2-class network whose class-1 support is exactly the reach of the input's non-zeros.
+
+    Every weight is made non-negative and every bias zero, so on a non-negative input all
+    activations are non-negative: ReLU passes them, and the support (non-zero set) of every
+    layer is the union of its inputs' supports dilated by the layer's footprint. A zero
+    input gives zero logits everywhere (no tile-border artefact from zero padding), and an
+    impulse lights up (class 1, logit above ``threshold``) exactly the output pixels whose
+    receptive field holds it. ``spec`` must have ``in_channels=1, n_classes=2, norm="none"``.
+    """
+    assert spec.in_channels == 1 and spec.n_classes == 2 and spec.norm == "none", spec
+    base = model.init_bundle(
+        bands=("x",),
+        classes=(ClassInfo(0, "dark", "#000000"), ClassInfo(1, "lit", "#ffffff")),
+        spec=spec,
+        seed=seed,
+    )
+    weights = {k: np.abs(v) if k.endswith("weight") else np.zeros_like(v) for k, v in base.weights.items()}
+    head = np.zeros_like(weights["head.weight"])
+    head[1] = 1.0
+    weights["head.weight"] = head
+    weights["head.bias"] = np.array([0.0, -threshold], dtype=np.float32)
+    return model.Bundle(
+        spec=base.spec,
+        bands=base.bands,
+        normalization=base.normalization,
+        classes=base.classes,
+        receptive_field=base.receptive_field,
+        tile=base.tile,
+        halo=base.halo,
+        weights=weights,
+        provenance=dict(base.provenance, source="impulse-test-fixture"),
+        name="impulse-test-model",
+    )
+
+
+def lit(bundle: model.Bundle, image: np.ndarray) -> np.ndarray:
+    """Boolean (rows, cols): where the whole-image forward pass of an impulse bundle says class 1."""
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)[None, None])
+    with torch.inference_mode():
+        logits = model.module_from_bundle(bundle)(x)[0].double().numpy()
+    return logits[1] > logits[0]

@@ -112,3 +112,23 @@ def test_the_same_call_with_good_bands_runs(real_input: tuple[Path, Path], tmp_p
     scene, bundle = real_input
     main(["predict", str(scene), "--model", str(bundle), "--out", str(tmp_path), "--bands", "3,2,1"])
     assert (tmp_path / "classes.tif").exists()
+
+
+def test_predict_dry_run_prints_the_tile_plan_and_writes_nothing(
+    real_input: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from geounet.cli import main
+
+    scene, bundle = real_input
+    out = tmp_path / "o"
+    main(["predict", str(scene), "--model", str(bundle), "--out", str(out), "--tile", "96", "--halo", "16",
+          "--bands", "3,2,1", "--dry-run"])  # fmt: skip
+    plan = json.loads(capsys.readouterr().out)
+    # the Landsat scene is 718 rows × 791 cols; cores of 96 - 2*16 = 64 px
+    assert plan["grid"]["rows"] == 718 and plan["grid"]["cols"] == 791 and plan["pixels"] == 718 * 791
+    assert (plan["tile_rows"], plan["tile_cols"], plan["tiles"]) == (12, 13, 156)
+    assert (plan["tile"], plan["core"], plan["halo"], plan["bands"]) == (96, 64, 16, [3, 2, 1])
+    assert plan["grid"]["crs"] == "EPSG:32618" and plan["merge"] == "crop" and plan["source"] == str(scene)
+    assert not out.exists()

@@ -98,7 +98,14 @@ def calibrated_bundle(
     std = tuple(max(float(v), 1e-6) for v in np.nanstd(img[:, valid], axis=1))
     norm = model.Normalization(mean=mean, std=std)
     base = model.init_bundle(
-        bands=bands, classes=classes, spec=spec, normalization=norm, tile=tile, halo=halo, seed=seed, name=name
+        bands=bands,
+        classes=classes,
+        spec=spec,
+        normalization=norm,
+        tile=tile,
+        halo=halo,
+        seed=seed,
+        name=name,
     )
     module = model.module_from_bundle(base)
     x = model.normalize(np.nan_to_num(img)[None].astype(np.float32), norm)

@@ -75,9 +75,16 @@ class Window:
         return Window(self.row - outer.row, self.col - outer.col, self.height, self.width)
 
     def intersects(self, other: Window) -> bool:
-        """True when the two windows share at least one pixel."""
+        """True when the two windows share at least one pixel (never for an empty window).
+
+        Example:
+            >>> Window(0, 0, 1, 2).intersects(Window(0, 1, 1, 0))
+            False
+        """
         return (
-            self.row < other.row_stop
+            self.size > 0
+            and other.size > 0
+            and self.row < other.row_stop
             and other.row < self.row_stop
             and self.col < other.col_stop
             and other.col < self.col_stop

@@ -67,10 +67,68 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
     assert "Traceback" in proc.stderr
 
 
-@pytest.mark.parametrize("bad", [["predict", "x.tif", "--model", "m", "--out", "o", "--bands", "a,b"]])
-def test_bad_arguments_name_the_value(bad: list[str]) -> None:
+@pytest.fixture(scope="module")
+def real_input(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A real raster and a real model, so an exit code 1 can only come from the flag under test."""
+    from geounet import model
+    from geounet.model import ClassInfo, ModelSpec
+
+    bundle = model.init_bundle(
+        bands=("red", "green", "blue"),
+        classes=(ClassInfo(0, "a", "#000000"), ClassInfo(1, "b", "#ffffff")),
+        spec=ModelSpec(in_channels=3, n_classes=2, depth=2, width=4),
+    )
+    path = model.save(bundle, tmp_path_factory.mktemp("cli-model") / "m.safetensors")
+    return data_dir / "landsat7-rgb" / "RGB.byte.tif", path
+
+
+@pytest.mark.parametrize(
+    ("bands", "message"),
+    [
+        ("a,b", "--bands 'a,b' must be comma-separated 1-based band numbers, e.g. 3,2,1"),
+        ("1,2", "--bands 1,2 must name 3 band(s) in 1..3 for the model's bands red,green,blue"),
+        ("1,2,9", "--bands 1,2,9 must name 3 band(s) in 1..3"),
+    ],
+)
+def test_bad_bands_name_the_value(
+    real_input: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], bands: str, message: str
+) -> None:
     from geounet.cli import main
 
+    scene, bundle = real_input
+    out = tmp_path / "o"
     with pytest.raises(SystemExit) as exc:
-        main(bad)
+        main(["predict", str(scene), "--model", str(bundle), "--out", str(out), "--bands", bands])
     assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_same_call_with_good_bands_runs(real_input: tuple[Path, Path], tmp_path: Path) -> None:
+    """The control of the test above: its input and model are fine."""
+    from geounet.cli import main
+
+    scene, bundle = real_input
+    main(["predict", str(scene), "--model", str(bundle), "--out", str(tmp_path), "--bands", "3,2,1"])
+    assert (tmp_path / "classes.tif").exists()
+
+
+def test_predict_dry_run_prints_the_tile_plan_and_writes_nothing(
+    real_input: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from geounet.cli import main
+
+    scene, bundle = real_input
+    out = tmp_path / "o"
+    main(["predict", str(scene), "--model", str(bundle), "--out", str(out), "--tile", "96", "--halo", "16",
+          "--bands", "3,2,1", "--dry-run"])  # fmt: skip
+    plan = json.loads(capsys.readouterr().out)
+    # the Landsat scene is 718 rows × 791 cols; cores of 96 - 2*16 = 64 px
+    assert plan["grid"]["rows"] == 718 and plan["grid"]["cols"] == 791 and plan["pixels"] == 718 * 791
+    assert (plan["tile_rows"], plan["tile_cols"], plan["tiles"]) == (12, 13, 156)
+    assert (plan["tile"], plan["core"], plan["halo"], plan["bands"]) == (96, 64, 16, [3, 2, 1])
+    assert plan["grid"]["crs"] == "EPSG:32618" and plan["merge"] == "crop" and plan["source"] == str(scene)
+    assert not out.exists()

@@ -21,10 +21,10 @@ import pystac
 import pytest
 import rasterio
 import yaml
+from fixtures_model import read_bands, save_calibrated
 
-from geounet import model
 from geounet.config import load_monitor_config
-from geounet.model import ClassInfo, ModelSpec, networks
+from geounet.model import ClassInfo, ModelSpec
 from geounet.state import StateStore
 from workflows import crop_monitoring
 
@@ -70,15 +70,17 @@ def slovenia(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     parcels["field_id"] = [f"p{i:03d}" for i in range(len(parcels))]
     parcels_path = tmp / "parcels.gpkg"
     parcels[["field_id", "LULC_NAME", "geometry"]].to_file(parcels_path)
-    bundle = networks.init_bundle(
+    # a seeded U-Net, head calibrated on the clear 2015-08-30 scene: both classes occur, so parcels'
+    # dominant class can change between dates (changes()' class_change branch)
+    bundle = save_calibrated(
+        tmp / "m.safetensors",
+        read_bands(src / "geotiff" / "reference_scene_3_s2l1c_13band.tif", (2, 3, 4, 8)),
         bands=("B02", "B03", "B04", "B08"),
         classes=(ClassInfo(0, "forest", "#1b7837"), ClassInfo(1, "grass", "#a6dba0")),
         spec=ModelSpec(in_channels=4, n_classes=2, depth=2, width=8),
-        normalization=model.Normalization(mean=(0.1,) * 4, std=(0.05,) * 4),
         seed=1,
     )
-    return {"items": items, "parcels": parcels_path, "n_parcels": len(parcels),
-            "bundle": model.save(bundle, tmp / "m.safetensors")}  # fmt: skip
+    return {"items": items, "parcels": parcels_path, "n_parcels": len(parcels), "bundle": bundle}
 
 
 def _publish(catalog_dir: Path, items: list[pystac.Item]) -> Path:
@@ -195,9 +197,27 @@ def test_changes_are_written_and_consistent(nights: dict[str, Any]) -> None:
     data = json.loads((out / "changes.json").read_text())
     assert data["scenes"] == ["S2_slovenia_2015-09-09"]
     assert len(data["changes"]) == len(last.changes)
+    # the oracle: each parcel's newest clear row of this night against its newest clear earlier row
+    ts = nights["ts"]
+    ok = ts[ts["status"] == "ok"]
+    now = ok[ok["scene_id"] == "S2_slovenia_2015-09-09"].set_index("parcel_id")
+    before = ok[ok["scene_id"] != "S2_slovenia_2015-09-09"].sort_values("datetime").groupby("parcel_id").last()
+    expected = {}
+    for pid in now.index.intersection(before.index):
+        kinds = []
+        if before.at[pid, "ndvi_median"] - now.at[pid, "ndvi_median"] > 0.01:
+            kinds.append("ndvi_drop")
+        if now.at[pid, "dominant_class"] != before.at[pid, "dominant_class"]:
+            kinds.append("class_change")
+        if kinds:
+            expected[str(pid)] = "+".join(kinds)
+    assert {ch["parcel_id"]: ch["change"] for ch in last.changes} == expected
+    kinds = {k for ch in last.changes for k in ch["change"].split("+")}
+    assert kinds == {"ndvi_drop", "class_change"}, "both kinds of change must occur in this data"
     for ch in last.changes:
-        if "ndvi_drop" in ch["change"]:
-            assert ch["previous_ndvi_median"] - ch["ndvi_median"] > 0.01
+        assert ch["previous_scene_id"] == before.at[ch["parcel_id"], "scene_id"]
+        if "class_change" in ch["change"]:
+            assert ch["dominant_class"] != ch["previous_dominant_class"]
     assert (out / "changes.csv").read_text().startswith("parcel_id,change")
     import geopandas as gpd
 
@@ -299,3 +319,31 @@ def test_cli_monitor_run_and_schedule(nights: dict[str, Any], monkeypatch: pytes
     assert res.output.count("nothing-new") == 2
     assert sum(m.startswith("next run at") for m in messages) == 2
     assert sum("finished with exit code 0" in m for m in messages) == 2
+
+
+def test_changes_compares_the_newest_clear_rows_of_each_parcel() -> None:
+    """changes() on a hand-made series: first runs, cloudy rows, the threshold and both kinds."""
+
+    def row(pid: str, scene: str, day: int, ndvi: float | None, cls: str | None, status: str = "ok") -> dict:
+        return {"parcel_id": pid, "scene_id": scene, "datetime": pd.Timestamp(f"2015-08-{day:02d}", tz="UTC"),
+                "status": status, "ndvi_median": ndvi, "dominant_class": cls}  # fmt: skip
+
+    ts = pd.DataFrame(
+        [
+            row("a", "s1", 1, 0.80, "grass"), row("a", "s2", 2, 0.60, "grass"), row("a", "s3", 3, 0.70, "grass"),
+            row("b", "s2", 2, 0.50, "grass"), row("b", "s3", 3, 0.50, "forest"),
+            row("c", "s2", 2, 0.50, "grass"), row("c", "s3", 3, 0.45, "forest"),
+            row("d", "s3", 3, 0.10, "grass"),  # first observation: nothing to compare
+            row("e", "s2", 2, 0.90, "grass"), row("e", "s3", 3, None, None, status="cloudy"),
+            row("f", "s2", 2, 0.50, "grass"), row("f", "s3", 3, 0.495, "grass"),  # drop 0.005: below
+        ]
+    )  # fmt: skip
+    got = {c["parcel_id"]: c for c in crop_monitoring.changes(ts, ["s3"], ndvi_drop=0.01)}
+    assert {k: c["change"] for k, c in got.items()} == {"b": "class_change", "c": "ndvi_drop+class_change"}
+    assert got["c"]["previous_scene_id"] == "s2" and got["c"]["ndvi_drop"] == pytest.approx(0.05)
+    assert (got["b"]["dominant_class"], got["b"]["previous_dominant_class"]) == ("forest", "grass")
+    # "a" is absent: its reference is the newest earlier row (s2, 0.60 → 0.70), not the older s1 (0.80)
+    late = {c["parcel_id"]: c["change"] for c in crop_monitoring.changes(ts, ["s2", "s3"], ndvi_drop=0.01)}
+    assert late == {"a": "ndvi_drop"}  # s3 is a's newest of this run; before = s1 (0.80 → 0.70)
+    assert crop_monitoring.changes(ts, [], ndvi_drop=0.01) == []
+    assert crop_monitoring.changes(ts.iloc[0:0], ["s3"], ndvi_drop=0.01) == []

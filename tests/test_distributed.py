@@ -234,7 +234,7 @@ def test_sigkilled_job_resumes_with_identical_outputs(
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=240,
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     reused = int(re.search(r"reusing (\d+) of 255 tiles", rerun.stderr).group(1))  # type: ignore[union-attr]
@@ -244,6 +244,96 @@ def test_sigkilled_job_resumes_with_identical_outputs(
 
 
 # -- several nodes ------------------------------------------------------------------------------
+
+
+def test_an_actor_that_cannot_start_names_the_cause(
+    ray_cluster: Any, landsat_rgb: Path, rgb_bundle: Path, tmp_path: Path
+) -> None:
+    """The bundle vanishes after planning: the actors' constructors fail to load it (the executor
+    alone, as the driver's writer would load it too)."""
+    import shutil
+
+    bundle = Path(shutil.copy(rgb_bundle, tmp_path / "gone.safetensors"))
+    job = _job(landsat_rgb, bundle, tmp_path / "out")
+    bundle.unlink()
+    executor = RayExecutor(RayOptions(actors=1, cpus_per_actor=0.5, max_restarts=0, ready_timeout_s=120))
+    with pytest.raises(ExecutionError, match=r"a predict actor failed to start: .*gone\.safetensors") as err:
+        list(executor(job))
+    assert "rerun with --executor local -v" in str(err.value)
+
+
+def test_no_batch_within_the_stall_timeout_fails(
+    ray_cluster: Any, landsat_rgb: Path, rgb_bundle: Path, tmp_path: Path
+) -> None:
+    """A first batch (a read task, then a U-Net pass) cannot finish in 1 ms: the job fails, not hangs."""
+    executor = RayExecutor(RayOptions(actors=1, cpus_per_actor=0.5, stall_timeout_s=0.001, ready_timeout_s=120))
+    with pytest.raises(ExecutionError, match=r"no batch finished in 0\.001 s \(\d+ in flight; available: .*CPU"):
+        pipeline.run(_job(landsat_rgb, rgb_bundle, tmp_path), results=executor, progress=False)
+    assert executor.stats.actors  # it failed while streaming, after the pool had started
+
+
+def test_every_actor_dead_for_good_fails_the_job(
+    ray_cluster: Any, landsat_rgb: Path, rgb_bundle: Path, tmp_path: Path
+) -> None:
+    executor = RayExecutor(RayOptions(actors=1, cpus_per_actor=0.5, max_restarts=0, ready_timeout_s=120))
+
+    def kill_actor() -> None:
+        os.kill(executor.stats.actors[0]["pid"], signal.SIGKILL)
+
+    job = _job(landsat_rgb, rgb_bundle, tmp_path)
+    with pytest.raises(ExecutionError, match="every predict actor died") as err:
+        pipeline.run(job, results=_midway(executor, 10, kill_actor), progress=False)
+    assert "rerun (finished tiles are reused)" in str(err.value)
+    assert not (tmp_path / "classes.tif").exists()
+
+
+_NO_RAY_SCRIPT = """
+import json, logging, sys, torch
+from pathlib import Path
+from geounet import pipeline
+from geounet.distributed import RayExecutor, RayOptions
+from geounet.errors import ExecutionError
+from fixtures_ray import RGB_OPTIONS
+torch.set_num_threads(1)
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+source, bundle, out = sys.argv[1:4]
+job = pipeline.plan(source, model=bundle, out_dir=out, options=RGB_OPTIONS)
+report = {}
+# a local Ray that cannot start (an object store below Ray's minimum): in-process instead
+executor = RayExecutor(RayOptions(num_cpus=1, object_store_mb=1))
+pipeline.run(job, results=executor, progress=False)
+report["fell_back"] = executor.stats.fell_back
+# the same failure without the fallback: the error, not the fallback
+try:
+    list(RayExecutor(RayOptions(num_cpus=1, object_store_mb=1, fallback=False))(job, tiles=list(job.plan)[:1]))
+    report["no_fallback"] = "no error"
+except ExecutionError as exc:
+    report["no_fallback"] = str(exc)
+print(json.dumps(report))
+"""
+
+
+def test_a_local_ray_that_cannot_start_falls_back_to_in_process(
+    landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
+) -> None:
+    """In a fresh process (no Ray yet): the fallback gives the in-process outputs; with
+    fallback=False the start error names the fix instead."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_RAY_SCRIPT, str(landsat_rgb), str(rgb_bundle), str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["fell_back"] is True
+    assert "cannot start a local Ray" in proc.stderr and "running with --executor local instead" in proc.stderr
+    assert_same_outputs(rgb_reference, tmp_path)
+    assert report["no_fallback"].startswith("cannot start a local Ray (")
+    assert "minimum allowed" in report["no_fallback"]  # Ray's own reason, first line
+    assert "check --address/RAY_ADDRESS or use --executor local" in report["no_fallback"]
 
 
 @pytest.fixture(scope="module")

@@ -80,3 +80,100 @@ def test_crop_and_decide_write_nodata_where_input_was_invalid() -> None:
 def test_unknown_blend_window_lists_the_valid_ones() -> None:
     with pytest.raises(ConfigError, match="use one of cosine, gaussian"):
         merge.weight_fn("hamming")
+
+
+# ------------------------------------------------------------------ blend against hand-computed oracles
+
+
+def _cosine_ramp(size: int, halo: int) -> np.ndarray:
+    """By hand: sin² rises over the first 2*halo px (pixel centres), falls over the last 2*halo."""
+    i = np.arange(size) + 0.5
+    n = 2 * halo
+    ramp = np.ones(size)
+    if halo:
+        ramp = np.minimum(ramp, np.sin(np.pi * np.minimum(i, n) / (2 * n)) ** 2)
+        ramp = np.minimum(ramp, np.sin(np.pi * np.minimum(size - i, n) / (2 * n)) ** 2)
+    return ramp
+
+
+def _gaussian_profile(size: int) -> np.ndarray:
+    sigma = size / 8
+    return np.exp(-0.5 * ((np.arange(size) - (size - 1) / 2) / sigma) ** 2)
+
+
+@pytest.mark.parametrize(("size", "halo"), [(96, 16), (40, 8), (17, 3), (64, 0)])
+def test_cosine_weight_is_the_hand_computed_hann_ramp(size: int, halo: int) -> None:
+    expected = np.maximum(np.outer(_cosine_ramp(size, halo), _cosine_ramp(size, halo)), 1e-3)
+    np.testing.assert_allclose(merge.cosine_weight(size, halo), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("size", [96, 41, 8])
+def test_gaussian_weight_is_the_hand_computed_bell(size: int) -> None:
+    g = _gaussian_profile(size)
+    expected = np.maximum(np.outer(g, g) / g.max() ** 2, 1e-3)
+    w = merge.gaussian_weight(size, 4)
+    np.testing.assert_allclose(w, expected, rtol=1e-6, atol=1e-7)
+    centre = w[size // 2]
+    assert centre.argmax() in ((size - 1) // 2, size // 2) and w[0, 0] == pytest.approx(1e-3)
+    assert (np.diff(centre[: (size + 1) // 2]) >= 0).all()  # rises to the centre
+
+
+@settings(max_examples=40, deadline=None)
+@given(halo=st.integers(1, 12), extra=st.integers(0, 20), n=st.integers(2, 5))
+def test_cosine_weights_of_overlapping_tiles_sum_to_one(halo: int, extra: int, n: int) -> None:
+    """Over every overlap of a plan whose cores are at least 2*halo, the weights sum to 1."""
+    core = 2 * halo + extra
+    plan = grid((n * core, n * core), tile=core + 2 * halo, halo=halo)
+    w = merge.cosine_weight(plan.read_size, halo).astype(np.float64)
+    total = np.zeros((n * core + 2 * halo, n * core + 2 * halo))
+    for t in plan:
+        r0, c0 = t.read.row + halo, t.read.col + halo
+        total[r0 : r0 + plan.read_size, c0 : c0 + plan.read_size] += w
+    inner = total[2 * halo : -2 * halo, 2 * halo : -2 * halo]  # where the neighbours on all sides exist
+    np.testing.assert_allclose(inner, 1.0, atol=2.5e-3)  # the 1e-3 floor in the corners of a ramp
+
+
+def _brute_force_blend(plan, tile_probs: dict[int, np.ndarray], weight: np.ndarray) -> np.ndarray:
+    """Whole-grid sum of weight * probs over every read window, clipped to the grid, / sum of weights."""
+    k = next(iter(tile_probs.values())).shape[0]
+    num = np.zeros((k, *plan.shape))
+    den = np.zeros(plan.shape)
+    for t in plan:
+        win = t.read.clip(*plan.shape)
+        src = np.s_[win.row - t.read.row : win.row_stop - t.read.row, win.col - t.read.col : win.col_stop - t.read.col]
+        num[:, win.row : win.row_stop, win.col : win.col_stop] += weight[src] * tile_probs[t.index][(slice(None), *src)]
+        den[win.row : win.row_stop, win.col : win.col_stop] += weight[src]
+    return num / den
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(5, 90),
+    cols=st.integers(5, 90),
+    halo=st.integers(1, 10),
+    core=st.integers(4, 30),
+    window=st.sampled_from(["cosine", "gaussian"]),
+    seed=st.integers(0, 100),
+)
+def test_blend_is_the_weighted_average_of_disagreeing_tiles(rows, cols, halo, core, window, seed) -> None:
+    """Every tile predicts its own random field (tiles disagree): the blend must weigh them as the
+    hand-computed window says, so equal weights or an inverted bell give a different answer."""
+    plan = grid((rows, cols), tile=core + 2 * halo, halo=halo)
+    rng = np.random.default_rng(seed)
+    tile_probs = {t.index: _field((plan.read_size, plan.read_size), 3, seed * 1000 + t.index) for t in plan}
+    if window == "cosine":
+        ramp = _cosine_ramp(plan.read_size, halo)
+        weight = np.maximum(np.outer(ramp, ramp), 1e-3)
+    else:
+        g = _gaussian_profile(plan.read_size)
+        weight = np.maximum(np.outer(g, g) / g.max() ** 2, 1e-3)
+    expected = _brute_force_blend(plan, tile_probs, weight)
+    blender = merge.Blender(plan, n_classes=3, window=window)
+    out = np.full((3, rows, cols), np.nan, np.float32)
+    for i in rng.permutation(len(plan)):
+        t = plan[int(i)]
+        blender.add(t, tile_probs[t.index], np.ones((plan.read_size, plan.read_size), bool))
+        for block in blender.ready():
+            out[(slice(None), *block.window.to_slices())] = block.probs
+    assert not np.isnan(out).any()
+    np.testing.assert_allclose(out, expected, atol=2e-5)

@@ -165,3 +165,28 @@ def test_photo_products_without_georeferencing(photo, stac_schemas) -> None:
     assert gdf.groupby("class_id").area_m2.sum().to_dict() == pytest.approx(
         {k: float(v) for k, v in areas.items()}, rel=0.005
     )
+
+
+def test_geopackage_style_row_holds_the_categorized_sld(run_outputs, landuse) -> None:
+    """styleSLD (for tools other than QGIS): one SE rule per class, filter class_id = id, its fill color."""
+    with sqlite3.connect(run_outputs["polygons"]) as db:
+        [(sld,)] = db.execute("SELECT styleSLD FROM layer_styles").fetchall()
+    assert sld == publish.categorized_sld(landuse.classes, "polygons")
+    ns = {"sld": "http://www.opengis.net/sld", "se": "http://www.opengis.net/se", "ogc": "http://www.opengis.net/ogc"}
+    root = ET.fromstring(sld)
+    assert root.tag == "{http://www.opengis.net/sld}StyledLayerDescriptor" and root.get("version") == "1.1.0"
+    assert root.find("sld:NamedLayer/se:Name", ns).text == "polygons"
+    rules = root.findall("sld:NamedLayer/sld:UserStyle/se:FeatureTypeStyle/se:Rule", ns)
+    got = [
+        (
+            r.find("se:Name", ns).text,
+            r.find("ogc:Filter/ogc:PropertyIsEqualTo/ogc:PropertyName", ns).text,
+            r.find("ogc:Filter/ogc:PropertyIsEqualTo/ogc:Literal", ns).text,
+            r.find("se:PolygonSymbolizer/se:Fill/se:SvgParameter[@name='fill']", ns).text,
+        )
+        for r in rules
+    ]
+    assert got == [(c.name, "class_id", str(c.id), c.color) for c in landuse.classes]
+    other = ET.fromstring(publish.categorized_sld(landuse.classes[:2], "fields", field="crop"))
+    assert [e.text for e in other.iter("{http://www.opengis.net/ogc}PropertyName")] == ["crop", "crop"]
+    assert other.find("sld:NamedLayer/se:Name", ns).text == "fields"

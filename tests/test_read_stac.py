@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from fixtures_model import assert_real_output, read_bands, save_calibrated
 from fixtures_stac import BRANDENBURG_ID, PAIR_SPLIT, StacAssets
 
 from geounet import read, scenes, search, tiling
 from geounet.errors import ConfigError, InputError, ReadError
 from geounet.geo import Grid, Window
+from geounet.model import ClassInfo, ModelSpec
 
 BRANDENBURG_BBOX = (12.55, 52.46, 12.65, 52.5)
 SLOVENIA_BBOX = (14.55, 45.86, 14.57, 45.88)
@@ -238,9 +240,16 @@ def test_predict_from_a_stac_search_equals_predict_on_the_local_file(
 
     from geounet.cli import main
 
-    bundle = tmp_path / "s2.safetensors"
-    main(["model", "init", "--bands", "B02,B03,B04,B08", "--classes", "other:#cccccc,forest:#33a02c,grass:#b2df8a",
-          "--depth", "2", "--width", "8", "--scale", "1", "--seed", "3", "--out", str(bundle)])  # fmt: skip
+    src = data_dir / "s2-slovenia-eolearn" / "geotiff" / "reference_scene_2_s2l1c_13band.tif"  # 2015-09-09
+    # a seeded U-Net whose head is calibrated on the scene: all three classes occur, no near-ties
+    bundle = save_calibrated(
+        tmp_path / "s2.safetensors",
+        read_bands(src, (2, 3, 4, 8)),
+        bands=("B02", "B03", "B04", "B08"),
+        classes=(ClassInfo(0, "other", "#cccccc"), ClassInfo(1, "forest", "#33a02c"), ClassInfo(2, "grass", "#b2df8a")),
+        spec=ModelSpec(in_channels=4, n_classes=3, depth=2, width=8),
+        seed=3,
+    )
     common = [
         "--model",
         str(bundle),
@@ -253,7 +262,6 @@ def test_predict_from_a_stac_search_equals_predict_on_the_local_file(
         "--halo",
         "16",
     ]
-    src = data_dir / "s2-slovenia-eolearn" / "geotiff" / "reference_scene_2_s2l1c_13band.tif"  # 2015-09-09
     capsys.readouterr()
 
     def outputs(args: list[str]) -> dict[str, Path]:
@@ -266,6 +274,8 @@ def test_predict_from_a_stac_search_equals_predict_on_the_local_file(
     remote = outputs(["--stac", stac_api, "--collection", "sentinel-2-l1c", "--bbox", ",".join(map(str, SLOVENIA_BBOX)),
                       "--datetime", "2015-07-01/2015-09-30", "--max-cloud", "10", "--out", str(tmp_path / "stac")])  # fmt: skip
     assert set(remote) == set(local) and {"classes", "confidence", "polygons"} <= set(local)
+    with rasterio.open(local["classes"]) as a:
+        assert_real_output(a.read(1), 3)
     for name in ("classes", "confidence"):
         with rasterio.open(local[name]) as a, rasterio.open(remote[name]) as b:
             assert (a.crs, a.transform, a.shape) == (b.crs, b.transform, b.shape)

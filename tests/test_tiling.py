@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from hypothesis import given, settings
+import rasterio
+from fixtures_model import impulse_bundle, lit
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from rasterio.transform import from_origin
 
+from geounet import model, pipeline
 from geounet.errors import ConfigError
+from geounet.model import ModelSpec
 from geounet.tiling import grid
 
 
@@ -61,6 +68,28 @@ def test_intersecting_finds_the_tiles_of_a_block() -> None:
     assert hits == brute
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(1, 300),
+    cols=st.integers(1, 300),
+    core=st.integers(1, 64),
+    row=st.integers(-40, 320),
+    col=st.integers(-40, 320),
+    height=st.integers(1, 200),
+    width=st.integers(1, 200),
+)
+def test_intersecting_is_the_brute_force_set_for_any_window(rows, cols, core, row, col, height, width) -> None:
+    """Windows reaching past the grid edges too, ending exactly on a core edge or not. (A window
+    with no pixel in the grid may still get the last, clipped core's tile: not asked here.)"""
+    from geounet.geo import Window
+
+    plan = grid((rows, cols), tile=core, halo=0, shrink=False)
+    block = Window(row, col, height, width)
+    assume(block.clip(rows, cols).size > 0)
+    hits = [t.index for t in plan.intersecting(block)]
+    assert hits == sorted(t.index for t in plan if t.core.intersects(block))
+
+
 @pytest.mark.parametrize(
     ("tile", "halo", "align", "fragment"),
     [
@@ -80,3 +109,149 @@ def test_bad_plans_name_the_value_and_the_fix(tile: int, halo: int, align: int, 
         grid((500, 500), tile=tile, halo=halo, align=align)
     assert fragment in str(err.value)
     assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- seams: an impulse oracle
+#
+# A network with non-negative weights and zero biases (fixtures_model.impulse_bundle) turns an
+# all-zero image into zero logits and lights up exactly the output pixels whose receptive field
+# holds a non-zero input pixel. So its class map is a set computation that needs neither the
+# tiler nor the merger: a core pixel of a tile is lit iff an impulse inside the tile's *read
+# window* reaches it. That gives the independent oracle for every halo, below the receptive
+# field too, and the whole-image forward pass is the oracle for a seam-free result.
+
+IMPULSE = 1e4
+IMPULSE_SPECS = {
+    "d2-transpose": ModelSpec(in_channels=1, n_classes=2, depth=2, width=2, norm="none"),
+    "d3-transpose": ModelSpec(in_channels=1, n_classes=2, depth=3, width=2, norm="none"),
+    "d3-bilinear": ModelSpec(in_channels=1, n_classes=2, depth=3, width=2, norm="none", upsample="bilinear"),
+}
+
+
+def _reach(spec: ModelSpec) -> tuple[dict[int, tuple[int, int]], int]:
+    """Per stride phase of an impulse: the (min, max) offset of the output rows it lights; the radius."""
+    b = impulse_bundle(spec)
+    s = spec.stride
+    n = -(-(4 * model.receptive_field(spec) + 4 * s) // s) * s
+    centre = n // 2 // s * s
+    out = {}
+    for phase in range(s):
+        image = np.zeros((n, n))
+        q = centre + phase
+        image[q, q] = IMPULSE
+        rows, cols = np.nonzero(lit(b, image))
+        assert (rows.min(), rows.max()) == (cols.min(), cols.max())  # square kernels: same both axes
+        out[phase] = (int(rows.min()) - q, int(rows.max()) - q)
+    radius = max(max(-lo, hi) for lo, hi in out.values())
+    return out, radius
+
+
+@pytest.mark.parametrize("name", list(IMPULSE_SPECS))
+def test_receptive_field_is_the_reach_of_an_impulse(name: str) -> None:
+    """model.receptive_field against what the network does: the widest footprint over all phases."""
+    spec = IMPULSE_SPECS[name]
+    reach, radius = _reach(spec)
+    assert radius == model.receptive_field(spec), reach
+    assert model.recommended_halo(spec) >= radius and model.recommended_halo(spec) % spec.stride == 0
+    assert model.recommended_halo(spec) - spec.stride < radius  # the smallest aligned halo that covers it
+
+
+@pytest.fixture(scope="module")
+def impulse_scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndarray]:
+    """(raster, bundle, image): 256×320 zeros with impulses 40–51 px from interior core edges of 64."""
+    bundle = impulse_bundle(ModelSpec(in_channels=1, n_classes=2, depth=3, width=4, norm="none"))
+    assert (bundle.receptive_field, bundle.halo) == (51, 56)
+    image = np.zeros((256, 320), np.float32)
+    for k in range(12):  # every stride phase, on both sides of row and column core edges
+        d = 40 + k
+        image[128 - d, 20 + 25 * k] = IMPULSE  # above the core edge at row 128
+        image[192 + d - 1, 14 + 25 * k] = IMPULSE  # below the edge at row 192
+        image[20 + 19 * k, 128 - d] = IMPULSE  # left of the edge at col 128
+        image[14 + 19 * k, 256 + d - 1] = IMPULSE  # right of the edge at col 256
+    tmp = tmp_path_factory.mktemp("impulse")
+    path = tmp / "impulses.tif"
+    profile = {"driver": "GTiff", "height": 256, "width": 320, "count": 1, "dtype": "float32",
+               "crs": "EPSG:32633", "transform": from_origin(400000, 5800000, 10, 10)}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(image, 1)
+    return path, model.save(bundle, tmp / "impulse.safetensors"), image
+
+
+def _pipeline_classes(path: Path, bundle: Path, out: Path, halo: int | None, core: int = 64) -> np.ndarray:
+    b = model.load(bundle)
+    halo_ = b.halo if halo is None else halo
+    opts = pipeline.PredictOptions(tile=core + 2 * halo_, halo=halo, device="cpu", batch_size=8)
+    job = pipeline.plan(path, model=bundle, out_dir=out, options=opts)
+    assert (job.plan.size, job.plan.halo) == (core, halo_)
+    pipeline.write_rasters(job, pipeline.local_results(job))
+    with rasterio.open(out / "classes.tif") as ds:
+        return ds.read(1)
+
+
+def _tile_oracle(b: model.Bundle, image: np.ndarray, halo: int, core: int = 64) -> np.ndarray:
+    """Each core lit where the whole-image pass over only its read window's impulses lights it."""
+    out = np.zeros(image.shape, np.uint8)
+    rows, cols = image.shape
+    for r0 in range(0, rows, core):
+        for c0 in range(0, cols, core):
+            seen = np.zeros_like(image)
+            window = np.s_[max(r0 - halo, 0) : r0 + core + halo, max(c0 - halo, 0) : c0 + core + halo]
+            seen[window] = image[window]
+            out[r0 : r0 + core, c0 : c0 + core] = lit(b, seen)[r0 : r0 + core, c0 : c0 + core]
+    return out
+
+
+@pytest.mark.parametrize("halo", [None, 48, 40, 24])
+def test_tiled_classes_match_the_impulse_oracle(
+    impulse_scene: tuple[Path, Path, np.ndarray], tmp_path: Path, halo: int | None
+) -> None:
+    """Default halo (56 ≥ receptive field 51): the whole-image result. 48: still exact, since an
+    aligned tile's pixels nearest its core edge sit on pooling phases that reach at most 46 px
+    (see test_aligned_reach_is_below_the_receptive_field). 40 and 24: seams exactly where an
+    impulse lies inside the receptive field but outside the read window."""
+    path, bundle_path, image = impulse_scene
+    b = model.load(bundle_path)
+    whole = lit(b, image).astype(np.uint8)
+    assert 0.2 < whole.mean() < 0.9
+    got = _pipeline_classes(path, bundle_path, tmp_path, halo)
+    np.testing.assert_array_equal(got, _tile_oracle(b, image, b.halo if halo is None else halo))
+    if halo is None or halo >= 48:
+        np.testing.assert_array_equal(got, whole)
+    else:
+        seams = got != whole
+        assert seams.sum() > 20  # the impulses at 41..51 px from core edges are out of reach
+        rows, cols = np.nonzero(seams)
+        # only pixels within (aligned reach 46 - halo) of an interior core edge can differ
+        depth = 46 - halo
+        near = lambda v: np.minimum(v % 64, 63 - v % 64) < depth  # noqa: E731
+        assert (near(rows) | near(cols)).all()
+
+
+def test_aligned_reach_is_below_the_receptive_field() -> None:
+    """Why halo 48 is exact for the depth-3 U-Net although its receptive field is 51: on the
+    pooling lattice, a pixel ``e`` px inside a core edge that reaches ``r`` px needs ``r - e``."""
+    spec = ModelSpec(in_channels=1, n_classes=2, depth=3, width=2, norm="none")
+    reach, radius = _reach(spec)
+    s = spec.stride
+    need = 0
+    for phi in range(s):  # output pixel phase; the impulse at offset d has phase (phi + d) % s
+        down = max(d for d in range(2 * radius) if reach[(phi + d) % s][0] <= -d <= reach[(phi + d) % s][1])
+        up = max(d for d in range(2 * radius) if reach[(phi - d) % s][0] <= d <= reach[(phi - d) % s][1])
+        need = max(need, down - (s - 1 - phi), up - phi)
+    assert (radius, need) == (51, 46)
+
+
+def test_a_halo_below_the_receptive_field_is_warned_about(
+    impulse_scene: tuple[Path, Path, np.ndarray], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, bundle, _ = impulse_scene
+    with caplog.at_level("WARNING", logger="geounet.pipeline"):
+        pipeline.plan(path, model=bundle, out_dir=tmp_path, options=pipeline.PredictOptions(tile=192, halo=48))
+    [record] = [r for r in caplog.records if "receptive-field" in r.getMessage()]
+    message = record.getMessage()
+    assert "halo=48 is below the model's receptive-field radius 51" in message
+    assert "--merge blend or --halo 56" in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geounet.pipeline"):
+        pipeline.plan(path, model=bundle, out_dir=tmp_path, options=pipeline.PredictOptions())
+    assert not [r for r in caplog.records if "receptive-field" in r.getMessage()]

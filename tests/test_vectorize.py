@@ -170,3 +170,56 @@ def test_errors(tmp_path: Path, landuse) -> None:
         vectorize.polygons(tmp_path / "missing.tif", classes=landuse.classes)
     with pytest.raises(ConfigError, match="simplify=-1"):
         vectorize.from_array(landuse.array, grid=landuse.grid, classes=landuse.classes, simplify=-1)
+
+
+@pytest.mark.parametrize("block", [64, 1024])
+def test_polygons_are_rasterio_shapes_in_map_units(tmp_path: Path, landuse, block: int) -> None:
+    """The oracle: rasterio.features.shapes on the same raster file (its own transform), 4-connected.
+
+    Every polygon (exact outlines, dissolved across block seams) must be topologically equal to
+    one of rasterio's, of the same class, and vice versa: a shift, flip or scale of the
+    vertices in map units fails, however the counts and areas come out."""
+    from rasterio.features import shapes
+    from shapely.geometry import shape as to_shape
+
+    rows, cols = slice(100, 420), slice(0, 380)
+    array, grid = crop(landuse, rows, cols)
+    path = write_array(tmp_path / "classes.tif", array, grid, nodata=255, classes=landuse.classes)
+    with rasterio.open(path) as ds:
+        raster, transform = ds.read(1), ds.transform
+    expected = [
+        (int(v), to_shape(g))
+        for g, v in shapes(raster, mask=raster != 255, transform=transform, connectivity=4)
+    ]
+    gdf = vectorize.polygons(path, classes=landuse.classes, block=block, simplify=0)
+    assert len(gdf) == len(expected) > 50
+    got = list(gdf.geometry.values)
+    tree = shapely.STRtree(got)
+    for cid, geom in expected:
+        hits = [int(i) for i in tree.query(geom.representative_point(), predicate="within")]
+        assert len(hits) == 1, (cid, geom.wkt[:80])
+        mine = gdf.iloc[hits[0]]
+        assert int(mine.class_id) == cid and shapely.equals(mine.geometry, geom), (cid, geom.wkt[:80])
+    assert gdf.area_m2.sum() == pytest.approx(sum(g.area for _, g in expected), rel=1e-12)
+
+
+@pytest.mark.parametrize(("simplify", "one_chunk"), [(15.0, True), (0.0, False)])
+def test_iter_polygons_chunks_hold_the_polygons_of_polygons(
+    tmp_path: Path, landuse, simplify: float, one_chunk: bool
+) -> None:
+    """Coarse simplification needs the whole coverage (one chunk); exact outlines stream per block."""
+    array, grid = crop(landuse, slice(0, 300), slice(0, 400))
+    path = write_array(tmp_path / "classes.tif", array, grid, nodata=255, classes=landuse.classes)
+    whole = vectorize.polygons(path, classes=landuse.classes, block=128, simplify=simplify)
+    chunks = list(vectorize.iter_polygons(path, classes=landuse.classes, block=128, simplify=simplify))
+    assert (len(chunks) == 1) is one_chunk
+    streamed = [g for c in chunks for g in c.geometry.values]
+    assert len(streamed) == len(whole) > 20
+    key = lambda gs: sorted(shapely.normalize(g).wkb for g in gs)  # noqa: E731
+    assert key(streamed) == key(whole.geometry.values)
+    if one_chunk:  # simplified as one coverage: fewer vertices than the pixel outlines, no overlaps
+        exact = vectorize.polygons(path, classes=landuse.classes, block=128, simplify=0)
+        assert shapely.get_num_coordinates(whole.geometry.values).sum() < 0.8 * shapely.get_num_coordinates(
+            exact.geometry.values
+        ).sum()
+        assert chunks[0].geometry.union_all().area == pytest.approx(chunks[0].area_m2.sum(), rel=1e-9)

@@ -12,13 +12,13 @@ import pystac
 import pytest
 import rasterio
 import yaml
+from fixtures_model import assert_real_output, save_calibrated
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 from rasterio.features import geometry_mask
-from shapely.geometry import Polygon, shape
+from shapely.geometry import Polygon, box, shape
 
-from geounet import model
 from geounet.config import load_run_config
-from geounet.model import ClassInfo, ModelSpec, networks
+from geounet.model import ClassInfo, ModelSpec
 from workflows import region_landcover
 
 CLASSES = (
@@ -31,16 +31,37 @@ CLASSES = (
 AOI = Polygon([(12.555, 52.465), (12.61, 52.462), (12.625, 52.49), (12.585, 52.515), (12.55, 52.495)])
 
 
+S2_10M = ("B02", "B03", "B04", "B08")  # blue, green, red, nir
+
+
+def _s2_bands(data_dir: Path, names: tuple[str, ...], aoi: Polygon | None = None) -> np.ndarray:
+    """The real Brandenburg 10 m bands ``names`` (within the AOI's bounds when given)."""
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import from_bounds
+
+    img = data_dir / "s2-brandenburg-20170216" / "IMG_DATA"
+    out = []
+    for name in names:
+        with rasterio.open(img / f"T33UUU_20170216T102101_{name}.jp2") as ds:
+            window = None
+            if aoi is not None:
+                window = from_bounds(*transform_bounds("EPSG:4326", ds.crs, *aoi.bounds), ds.transform)
+                window = window.round_offsets().round_lengths()
+            out.append(ds.read(1, window=window).astype(np.float64))
+    return np.stack(out)
+
+
 @pytest.fixture(scope="module")
-def rgbn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    bundle = networks.init_bundle(
+def rgbn_bundle(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded U-Net, head calibrated on the AOI of the real scene: all 3 classes, no near-ties."""
+    return save_calibrated(
+        tmp_path_factory.mktemp("m") / "rgbn.safetensors",
+        _s2_bands(data_dir, S2_10M, AOI),
         bands=("blue", "green", "red", "nir"),
         classes=CLASSES,
         spec=ModelSpec(in_channels=4, n_classes=3, depth=2, width=8),
-        normalization=model.Normalization(mean=(1000.0,) * 4, std=(500.0,) * 4),
         seed=5,
     )
-    return model.save(bundle, tmp_path_factory.mktemp("m") / "rgbn.safetensors")
 
 
 def _config(tmp: Path, **sections: Any) -> Path:
@@ -79,6 +100,7 @@ def test_region_run_writes_one_mosaic_with_nodata_outside_the_aoi(region_run: An
             [region_run.plan.job.aoi], out_shape=ds.shape, transform=ds.transform, invert=True
         )
     assert inside.mean() < 0.9  # the AOI is not its bounding box
+    assert_real_output(classes[inside], len(CLASSES))
     assert (classes[~inside] == 255).all()
     assert (classes[inside] != 255).mean() > 0.99
     assert len(list(out["classes"].parent.glob("classes*.tif"))) == 1
@@ -183,21 +205,21 @@ def test_workflow_doctests() -> None:
 
 
 def test_region_over_two_scenes_in_two_utm_zones_is_one_seamless_mosaic(
-    stac_api: str, tmp_path: Path
+    stac_api: str, data_dir: Path, tmp_path: Path
 ) -> None:
     """The s2-zone-pair halves (east in 33N, west reprojected to 32N by the fixture) → one mosaic."""
     from pyproj import Transformer
 
-    bundle = networks.init_bundle(
+    to_ll = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
+    ll = to_ll.transform_bounds(335500, 5816500, 340000, 5820000)  # straddles the split at x≈337700
+    path = save_calibrated(
+        tmp_path / "rn.safetensors",
+        _s2_bands(data_dir, ("B04", "B08"), box(*ll)),
         bands=("red", "nir"),
         classes=CLASSES,
         spec=ModelSpec(in_channels=2, n_classes=3, depth=2, width=8),
-        normalization=model.Normalization(mean=(1000.0,) * 2, std=(500.0,) * 2),
         seed=7,
     )
-    path = model.save(bundle, tmp_path / "rn.safetensors")
-    to_ll = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
-    ll = to_ll.transform_bounds(335500, 5816500, 340000, 5820000)  # straddles the split at x≈337700
     cfg_path = _config(
         tmp_path,
         name="zone-pair",
@@ -216,4 +238,5 @@ def test_region_over_two_scenes_in_two_utm_zones_is_one_seamless_mosaic(
         classes = ds.read(1)
         inside = geometry_mask([result.plan.job.aoi], out_shape=ds.shape, transform=ds.transform, invert=True)
     assert (classes[inside] != 255).all()  # no gap along the zone boundary
+    assert_real_output(classes[inside], len(CLASSES))
     assert len(list((tmp_path / "out").glob("*.tif"))) == 2  # classes + confidence: one mosaic

@@ -188,3 +188,19 @@ def test_errors(tmp_path: Path, landuse) -> None:
         CogWriter(
             tmp_path / "b.tif", small, dtype="uint8", nodata=255, classes=[ClassInfo(255, "x", "#000000")]
         )
+
+
+def test_float_cog_pixels_and_mode_overviews_equal_the_array(cogs, landuse) -> None:
+    """Float pixels bit for bit (NaN nodata included); where 3 of a 2×2 block agree, the first
+    overview holds that class (mode), which nearest or average resampling would not guarantee."""
+    expected = np.where(landuse.confidence == 255, np.nan, landuse.confidence / 100).astype(np.float32)
+    with rasterio.open(cogs["confidence_f32"]) as src:
+        np.testing.assert_array_equal(src.read(1), expected)
+    with rasterio.open(cogs["classes"]) as src:
+        overview = src.read(1, out_shape=(384, 768))
+    a = landuse.array.reshape(384, 2, 768, 2).transpose(0, 2, 1, 3).reshape(384, 768, 4)
+    majority = np.array([np.bincount(b, minlength=256).argmax() for b in a.reshape(-1, 4)]).reshape(384, 768)
+    strong = np.array([np.bincount(b, minlength=256).max() >= 3 for b in a.reshape(-1, 4)]).reshape(384, 768)
+    strong &= majority != 255
+    assert strong.mean() > 0.1
+    np.testing.assert_array_equal(overview[strong], majority[strong])

@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mpx = args.size * args.size / 1e6
     env = proctree.child_env(args.threads)
     cli = predict_cli.detect(env)
-    print(cli.note)
+    print(cli.flags_note)
     extra = ["--executor", args.executor] if args.executor else []
     geo: list[proctree.TreeRun] = []
     floors: list[Floor] = []

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"input: real UAV75 photo {src} (512x512 RGB JPEG, GPL-3.0 data, read in place)")
     env = proctree.child_env(args.threads)
     cli = predict_cli.detect(env)
-    print(cli.note)
+    print(cli.flags_note)
     runs: dict[str, list[proctree.TreeRun]] = {"default": [], "local": []}
     with tempfile.TemporaryDirectory(prefix="geounet-photo-") as tmp_s:
         tmp = Path(tmp_s)

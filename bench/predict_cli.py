@@ -81,27 +81,25 @@ class PredictCli:
         return []
 
     @property
+    def flags_note(self) -> str:
+        """One line for the benchmark's output: which of the new flags this CLI has, its executor."""
+        flags = (("--outputs", self.outputs), ("--no-polygons", self.no_polygons), ("--memory", self.memory))
+        found = [f for f, ok in flags if ok]
+        return (
+            f"geounet predict: flags found {', '.join(found) or 'none of --outputs/--no-polygons/--memory'}; "
+            f"default executor {self.default_executor}"
+        )
+
+    @property
     def note(self) -> str:
-        """One line for the benchmark's output: which flags were found, which fallback is used."""
-        found = [
-            f
-            for f, ok in (
-                ("--outputs", self.outputs),
-                ("--no-polygons", self.no_polygons),
-                ("--memory", self.memory),
-            )
-            if ok
-        ]
+        """:attr:`flags_note` and how the rasters-only runs are made (the CLI's flag, or the fallback)."""
         rasters = (
             f"rasters only via `{' '.join(self.rasters_args())}`"
             if self.rasters_only
             else "rasters only: this CLI has no --outputs/--no-polygons, so FALLBACK to the library "
             "(pipeline.plan + the CLI's default executor + pipeline.write_rasters, no publishing)"
         )
-        return (
-            f"geounet predict: flags found {', '.join(found) or 'none of --outputs/--no-polygons/--memory'}; "
-            f"default executor {self.default_executor}; {rasters}"
-        )
+        return f"{self.flags_note}; {rasters}"
 
     def command(
         self, src: Path, model: Path, out: Path, *, rasters_only: bool = False, extra: Sequence[str] = ()

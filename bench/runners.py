@@ -73,7 +73,8 @@ def hand_loop(src: Path, scripted: Path, out: Path, *, window: int = WINDOW, ove
 
     Windows start every ``window - overlap`` px (448), one ``overlap/2`` margin before the
     output block they keep (their central 448 px); past the raster edge rasterio reads them
-    boundless (zero-filled). Each kept block goes straight into a plain tiled GeoTIFF.
+    boundless (zero-filled). Each kept block goes straight into a plain tiled GeoTIFF
+    (512-px blocks, the input's deflate compression, no overviews: not a COG).
     """
     import rasterio
     import torch

@@ -181,3 +181,134 @@ def test_memory_smoke(
     assert "size=300x300" in out and "executor=local" in out
     peak = int(out.split("peak_rss_sum_mb=")[1].split()[0])
     assert peak > 0
+
+
+# --------------------------------------------------------------------------- issue 13 benchmarks
+
+
+def test_bench_doctests() -> None:
+    """The examples in the benchmarks' docstrings (bench/ is outside the suite's doctest paths)."""
+    import doctest
+
+    from bench import ceiling, compare, predict_cli, proctree, runners
+
+    for module in (common, baseline, compare, ceiling, predict_cli, proctree, runners):
+        assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_run_tree_sums_the_memory_of_all_descendants() -> None:
+    """A parent that starts a child holding 300 MB: the tree's peak counts the child's memory."""
+    from bench import proctree
+
+    child = "import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
+    run = proctree.run_tree([sys.executable, "-c", parent], env=proctree.child_env())
+    assert run.processes >= 2
+    assert run.peak_rss_mb >= 300
+    alone = proctree.run_tree([sys.executable, "-c", "pass"], env=proctree.child_env())
+    assert alone.peak_rss_mb < 200 and alone.processes == 1
+
+
+def test_predict_cli_uses_the_flags_it_finds_and_falls_back_without() -> None:
+    from bench import predict_cli
+
+    src, m, out = Path("s.tif"), Path("m.safetensors"), Path("o")
+    new = predict_cli.PredictCli("  --outputs TEXT  classes,confidence,polygons\n  --memory SIZE\n")
+    assert new.command(src, m, out, rasters_only=True)[-2:] == ["--outputs", "classes,confidence"]
+    assert "--memory" in new.note and "FALLBACK" not in new.note
+    flag = predict_cli.PredictCli("  --no-polygons  rasters only\n  --executor [ray|local] [default: local]")
+    assert flag.command(src, m, out, rasters_only=True)[-1] == "--no-polygons"
+    assert flag.command(src, m, out)[2:4] == ["geounet", "predict"]
+    old = predict_cli.PredictCli("  --executor [ray|local]  ray: actors  [default: ray]\n  --dry-run")
+    cmd = old.command(src, m, out, rasters_only=True, extra=["--executor", "local"])
+    assert cmd[2:4] == ["bench.runners", "rasters"] and cmd[-2:] == ["--executor", "local"]
+    assert old.command(src, m, out, rasters_only=True)[-1] == "ray"  # the CLI's own default
+    assert "FALLBACK" in old.note
+
+
+def _loop_vs_whole(tmp_path: Path, workdir: Path, bundle: Path) -> tuple[int, int]:
+    from bench import compare, runners
+
+    src = common.mirror_scene(520, 1000, workdir=workdir)  # 2 x 3 windows, the last ones past the edge
+    scripted = runners.export_torchscript(bundle, tmp_path / f"{bundle.stem}.pt")
+    runners.hand_loop(src, scripted, tmp_path / f"{bundle.stem}.tif")
+    runners.whole_image(src, bundle, tmp_path / f"{bundle.stem}.npy")
+    reference = np.load(tmp_path / f"{bundle.stem}.npy")
+    with rasterio.open(tmp_path / f"{bundle.stem}.tif") as ds:
+        assert ds.profile["tiled"] and ds.shape == (520, 1000)
+        loop = ds.read(1)
+    compare.check_structure(compare.histogram(reference))  # several classes: a diff can show
+    return compare.interior_diff(loop, reference, runners.OVERLAP // 2)
+
+
+def test_hand_loop_centre_crop_is_exact_when_the_margin_covers_the_receptive_field(
+    tmp_path: Path, workdir: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The near-free depth-1 model (receptive-field radius < the 32-px margin): the loop's
+    windows at stride 448 reproduce the whole-image pass inside; depth 3 (radius > 32): seams."""
+    from bench import ceiling
+
+    monkeypatch.setenv("GEOUNET_DATA", str(data_dir))
+    diff, total = _loop_vs_whole(tmp_path, workdir, ceiling.band_head_bundle(tmp_path / "d1.safetensors"))
+    assert total > 0 and diff == 0
+    deep = common.make_bundle(tmp_path / "d3.safetensors", width=8, depth=3)
+    diff, _ = _loop_vs_whole(tmp_path, workdir, deep)
+    assert diff > 0
+
+
+def test_rasters_fallback_writes_the_two_cogs_and_no_polygons(
+    tmp_path: Path, workdir: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench import runners
+
+    monkeypatch.setenv("GEOUNET_DATA", str(data_dir))
+    src = common.mirror_scene(200, workdir=workdir)
+    m = common.make_bundle(tmp_path / "m.safetensors", width=2, depth=1)
+    runners.geounet_rasters(src, m, tmp_path / "o", executor="local")
+    assert (tmp_path / "o" / "classes.tif").exists() and (tmp_path / "o" / "confidence.tif").exists()
+    assert not list((tmp_path / "o").glob("polygons.*"))
+
+
+@pytest.mark.slow
+def test_compare_smoke(results: Path, workdir: Path) -> None:
+    from bench import compare
+
+    args = compare.parser().parse_args(
+        ["--sizes", "256", "--repeats", "1", "--width", "8", "--depth", "2", "--threads", "1",
+         "--executor", "local", "--no-record", "--workdir", str(workdir)]
+    )  # fmt: skip
+    out = compare.run(args)
+    (m,) = out["measured"]
+    assert {k: len(v) for k, v in m["runs"].items()} == {"loop": 1, "whole": 1, "geounet": 1, "rasters": 1}
+    assert m["diffs"]["geounet"][0] == 0 and m["diffs"]["rasters"][0] == 0  # exact seams
+    assert all(r.peak_rss_mb > 0 for v in m["runs"].values() for r in v)
+    assert "256² geounet/loop" in out["figures"] and len(out["acceptance"]) == 3
+    assert not results.exists()  # --no-record
+
+
+@pytest.mark.slow
+def test_ceiling_smoke(results: Path, workdir: Path) -> None:
+    from bench import ceiling
+
+    args = ceiling.parser().parse_args(
+        ["--size", "256", "--repeats", "1", "--threads", "1", "--executor", "local", "--no-record",
+         "--workdir", str(workdir)]
+    )  # fmt: skip
+    out = ceiling.run(args)
+    assert out["polygons_per_mpx"] >= 20000  # the near-free model has the scene's structure
+    assert out["figures"]["geounet polygons"] == out["figures"]["GDAL polygons"]  # connected components
+    assert out["floors"][0].seconds > 0 and not results.exists()
+
+
+@pytest.mark.slow
+def test_photo_smoke(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import photo
+
+    # The CLI's default executor via its env var: local here, so the smoke run does not start Ray.
+    monkeypatch.setenv("GEOUNET_EXECUTOR", "local")
+    args = photo.parser().parse_args(
+        ["--repeats", "1", "--width", "4", "--depth", "2", "--threads", "1", "--no-record"]
+    )
+    out = photo.run(args)
+    assert out["ratio"].median > 0 and len(out["runs"]["default"]) == 1
+    assert not results.exists()

@@ -78,7 +78,8 @@ class Scene:
     Earth Search's flag that the 2022 DN offset is already removed from the files. ``scaled``
     says the reader hands ``dn * scale + offset`` to the model (set by :mod:`geounet.harmonize`,
     which records the convention it converted to in ``harmonized``). ``href`` is the item's own
-    URL/path where known (``derived_from`` links of the outputs).
+    URL/path where known (``derived_from`` links of the outputs). ``signer`` names the
+    :mod:`geounet.signing` signer that re-signs the hrefs when storage refuses them.
     """
 
     id: str
@@ -96,6 +97,7 @@ class Scene:
     scaled: bool = False
     harmonized: str | None = None
     href: str | None = None
+    signer: str | None = None
 
     @property
     def hrefs(self) -> dict[str, str]:
@@ -192,6 +194,7 @@ def from_item(
         processing_baseline=_baseline(props, item_id),
         offset_applied=bool(applied) if isinstance(applied, bool) else None,
         href=_self_href(item, data),
+        signer=chosen.sign if chosen else None,
     )
 
 

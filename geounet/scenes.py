@@ -19,10 +19,12 @@ failing scenes and composite the others.
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import numpy as np
 import rasterio
@@ -35,7 +37,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window as RioWindow
 from shapely.geometry import Polygon, box
 
-from geounet import masks, read, safety
+from geounet import masks, read, safety, signing
 from geounet.errors import ConfigError, InputError, ReadError
 from geounet.geo import Grid, Window
 from geounet.items import Band, Scene
@@ -54,6 +56,8 @@ GDAL_ENV: dict[str, str | int | float] = {
 }
 
 _RESAMPLING = {r.name: r for r in Resampling}
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 #: The default mask rule: ESA's, USGS's and Fmask's not-clear classes, cloud probability > 40 %.
 DEFAULT_RULE = MaskRule()
 _ALIGN_TOL = 1e-6
@@ -229,7 +233,7 @@ def _clear(scene: Scene, target: _Target, rule: MaskRule) -> np.ndarray:
     ok = np.ones((rows, cols), dtype=bool)
     for band in scene.masks:
         try:
-            arr, valid = _read_asset(band.href, [band.index], target, Resampling.nearest)
+            arr, valid = _signed(scene, band.href, _read_asset, [band.index], target, Resampling.nearest)
         except (RasterioError, CPLE_BaseError) as exc:
             raise ReadError(
                 f"scene {scene.id!r}: mask asset {band.href} cannot be read ({_first_line(exc)}); "
@@ -281,7 +285,7 @@ def _read_scene(
     for href, slots in by_href.items():
         assets = [picked[i] for i in slots]
         try:
-            arr, masks = _read_asset(href, [b.index for b in assets], target, method)
+            arr, masks = _signed(scene, href, _read_asset, [b.index for b in assets], target, method)
         except (RasterioError, CPLE_BaseError) as exc:
             raise ReadError(
                 f"scene {scene.id!r}: asset {href} cannot be read ({_first_line(exc)}); check that the URL "
@@ -295,6 +299,28 @@ def _read_scene(
             scaled = apply_scale or scene.scaled  # harmonized scenes: dn * gain + bias (geounet.harmonize)
             values[slot] = arr[k] * np.float32(band.scale) + np.float32(band.offset) if scaled else arr[k]
     return values, ok
+
+
+def _signed(scene: Scene, href: str, read_at: Callable[..., T], *args: Any) -> T:
+    """``read_at(href, *args)`` with the freshest signature; for a signed scene, re-signed and retried once.
+
+    GDAL reports a refused block read as a failed tile decode (the HTTP 403 goes to its log,
+    not the exception), so any failed read of a signed scene gets one fresh signature.
+    """
+    try:
+        return read_at(signing.current(href), *args)
+    except (RasterioError, CPLE_BaseError) as exc:
+        if scene.signer is None:
+            raise
+        log.info(
+            "scene %s: read failed (%s); re-signing %s", scene.id, _first_line(exc), signing.unsigned(href)
+        )
+    return read_at(signing.resign(href, scene.signer), *args)
+
+
+def _grid_at(href: str) -> Grid:
+    with rasterio.Env(**GDAL_ENV), rasterio.open(vsi_path(href)) as src:
+        return read.source_grid(src)
 
 
 def _read_asset(
@@ -425,8 +451,7 @@ def preflight(scenes: Sequence[Scene]) -> tuple[list[Scene], list[dict[str, str]
 
 def _asset_grid(scene: Scene, href: str) -> Grid:
     try:
-        with rasterio.Env(**GDAL_ENV), rasterio.open(vsi_path(href)) as src:
-            return read.source_grid(src)
+        return _signed(scene, href, _grid_at)
     except (RasterioError, CPLE_BaseError) as exc:
         raise ReadError(
             f"scene {scene.id!r}: asset {href} cannot be opened ({_first_line(exc)}); check that the URL "

@@ -77,7 +77,9 @@ def test_every_third_party_import_is_declared() -> None:
             allowed = runtime | extras if module in guarded else runtime
             if not names & allowed and not names & runtime:
                 where = "an extra" if module in guarded else "[project] dependencies"
-                missing.append(f"{path.relative_to(ROOT)}: {module} ({', '.join(sorted(names))}) not in {where}")
+                missing.append(
+                    f"{path.relative_to(ROOT)}: {module} ({', '.join(sorted(names))}) not in {where}"
+                )
     assert not missing, "\n".join(missing)
 
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from geounet import masks, pipeline
+from geounet import harmonize, masks, pipeline
 from geounet import model as model_mod
 from geounet import search as search_mod
 from geounet.errors import ConfigError, InputError
@@ -105,7 +105,8 @@ def predict(
         scenes = _scenes_of(source, bundle.bands)
         if scenes is not None:
             job = pipeline.plan_scenes(scenes, model=model, out_dir=work, options=options, grid=grid)
-            job = dataclasses.replace(job, extra={**job.extra, "composite": composite})
+            extra = {"composite": composite, "resampling": harmonize.resampling(bundle.provenance)}
+            job = dataclasses.replace(job, extra={**job.extra, **extra})
         else:
             path = _raster_path(source, work)
             job = pipeline.plan(path, model=model, out_dir=work, options=options)

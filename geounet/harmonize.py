@@ -36,6 +36,8 @@ DN_OFFSET = -1000.0
 S2_SCALE = 1e-4
 #: The name of the convention of bundles that record none: raw DN of pre-04.00 products.
 LEGACY_DN = "dn-pre-04.00"
+#: How scenes are brought onto a grid when a bundle records nothing: as training reads bands (bilinear).
+DEFAULT_RESAMPLING = "bilinear"
 #: MLM value-scaling types that are linear maps (the only ones a per-band gain/bias can hold).
 _LINEAR = {"identity", "offset", "scale", "z-score", "min-max"}
 
@@ -172,6 +174,19 @@ def scene(item: Scene, convention: Convention) -> Scene:
         gain, bias = linear(band, item, convention, i)
         bands.append(dataclasses.replace(band, scale=gain, offset=bias))
     return dataclasses.replace(item, bands=tuple(bands), scaled=True, harmonized=convention.name)
+
+
+def resampling(provenance: Mapping[str, Any]) -> str:
+    """The resampling a bundle's training data was read with (``resampling`` in its provenance).
+
+    One default for every route (``geounet predict --stac``, ``geounet.predict``, ``geounet run``):
+    what the model saw in training, else :data:`DEFAULT_RESAMPLING`.
+
+    Example:
+        >>> resampling({}), resampling({"resampling": "cubic"})
+        ('bilinear', 'cubic')
+    """
+    return str(provenance.get("resampling") or DEFAULT_RESAMPLING)
 
 
 def for_bundle(scenes: Sequence[Scene], provenance: Mapping[str, Any]) -> list[Scene]:

@@ -101,6 +101,7 @@ def chip(
     failures: list[ReadError] | None = None,
     method: str = "first",
     mask_rule: MaskRule | None = DEFAULT_RULE,
+    observations: list[np.ndarray] | None = None,
 ) -> Chip:
     """Read ``tile``'s chip on ``grid`` from ``scenes`` (composited), mirror-padded beyond valid data.
 
@@ -116,6 +117,9 @@ def chip(
         method: composite rule, ``first`` or ``median`` (:data:`geounet.masks.METHODS`).
         mask_rule: which quality values of a scene's mask assets (SCL, QA_PIXEL, Fmask,
             cloud mask/probability) exclude a pixel; ``None`` ignores the masks.
+        observations: when given, the per-pixel count of clear valid observations over the
+            tile's core (uint16, ``tile.core.shape``) is appended here, for a count raster
+            beside the mosaic.
 
     Returns:
         The :class:`~geounet.read.Chip`: float32 (bands, rows, cols) over ``tile.read`` and its valid mask.
@@ -125,7 +129,7 @@ def chip(
         InputError: a scene lacks one of ``bands``.
     """
     inner = tile.read.clip(grid.rows, grid.cols)
-    data, valid, _ = mosaic(
+    data, valid, count = mosaic(
         scenes,
         inner,
         grid=grid,
@@ -135,7 +139,10 @@ def chip(
         failures=failures,
         method=method,
         mask_rule=mask_rule,
+        counts=observations is not None,
     )
+    if observations is not None and count is not None:
+        observations.append(count[tile.core.relative_to(inner).to_slices()].copy())
     if valid.any() and not valid.all():
         data = read.mirror_fill(data, valid)
     pad = tile.padding

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from geounet import api, masks, model, read, scenes, search
+from geounet import api, masks, model, read, scenes, search, tiling
 from geounet.errors import ConfigError
 from geounet.geo import Grid
 from geounet.model import ClassInfo, ModelSpec
@@ -107,6 +107,10 @@ def test_cloud_probability_masks_per_pixel_and_counts_valid_observations(
     median, _, _ = scenes.mosaic([patchy, clear], window, grid=grid, method="median", counts=True)
     np.testing.assert_allclose(median[:, seen], (a[:, seen] + b[:, seen]) / 2, rtol=1e-6)
     np.testing.assert_array_equal(median[:, ~seen], b[:, ~seen])
+    seen_per_tile: list[np.ndarray] = []
+    for tile in tiling.grid(grid.shape, tile=64, halo=16):
+        scenes.chip([patchy, clear], tile, grid=grid, observations=seen_per_tile)
+        np.testing.assert_array_equal(seen_per_tile[-1], count[tile.core.to_slices()])
     strict = masks.MaskRule(max_cloud_probability=0.0)
     _, _, none_seen = scenes.mosaic([patchy], window, grid=grid, mask_rule=strict, counts=True)
     assert none_seen is not None and not none_seen.any()

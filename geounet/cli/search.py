@@ -7,6 +7,7 @@ scenes from STAC (``geounet predict --stac ...``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import click
@@ -182,9 +183,10 @@ def stac_job(
     from shapely import ops, union_all
     from shapely.geometry import box
 
-    from geounet import model, pipeline
+    from geounet import harmonize, model, pipeline
 
-    bands = model.load(model_path).bands
+    bundle = model.load(model_path)
+    bands = bundle.bands
     if query.get("stac"):
         found = run_search(bands=bands, **query)
         label = str(query["stac"])
@@ -205,9 +207,11 @@ def stac_job(
         aoi = ops.transform(to_grid, area)
     elif crs is not None:
         raise ConfigError(f"--crs {crs} needs --resolution (the target grid's pixel size in CRS units)")
-    return pipeline.plan_scenes(
+    job = pipeline.plan_scenes(
         found, model=model_path, out_dir=out_dir, options=options, grid=grid, aoi=aoi, source=label
     )
+    # one resampling default everywhere: what the bundle's training data was read with
+    return replace(job, extra={**job.extra, "resampling": harmonize.resampling(bundle.provenance)})
 
 
 def _table(found: Sequence[gsearch.Scene]) -> str:

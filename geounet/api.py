@@ -18,16 +18,17 @@ scene's grid), or a rioxarray ``DataArray`` (band, y, x) in the model's band ord
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from geounet import jobs, pipeline
+from geounet import harmonize, jobs, masks, pipeline
 from geounet import model as model_mod
 from geounet import search as search_mod
-from geounet.errors import InputError
+from geounet.errors import ConfigError, InputError
 from geounet.geo import Grid
 from geounet.model import ClassInfo
 from geounet.search import Scene
@@ -74,6 +75,7 @@ def predict(
     device: str = "auto",
     executor: str = "local",
     tta: bool = False,
+    composite: str = "first",
 ) -> Any:
     """Segment ``source`` with a model bundle; returns an ``xarray.Dataset`` (``classes``, ``confidence``).
 
@@ -83,9 +85,15 @@ def predict(
     ``flag_meanings`` on ``classes``. With ``out_dir`` the COGs stay there and the arrays are
     read lazily from them; without, they are loaded into memory and the temporary files deleted.
 
+    Several scenes are composited per pixel by ``composite`` (``first`` clear observation in
+    order of cloud cover then date, or ``median`` of the clear ones); pixels their quality
+    assets (SCL, QA_PIXEL, Fmask, cloud mask or probability) mark as not clear never count.
+
     Raises:
         InputError: an unsupported ``source``; the errors of the CLI's ``predict`` otherwise.
+        ConfigError: ``tile``/``halo``/``composite`` out of range (the message names the argument).
     """
+    _check(tile=tile, halo=halo, composite=composite)
     bundle = model_mod.load(model)
     options = jobs.PredictOptions(
         tile=tile, halo=halo, batch_size=batch_size, merge=merge, device=device, tta=tta
@@ -97,6 +105,8 @@ def predict(
         scenes = _scenes_of(source, bundle.bands)
         if scenes is not None:
             job = pipeline.plan_scenes(scenes, model=model, out_dir=work, options=options, grid=grid)
+            extra = {"composite": composite, "resampling": harmonize.resampling(bundle.provenance)}
+            job = dataclasses.replace(job, extra={**job.extra, **extra})
         else:
             path = _raster_path(source, work)
             job = pipeline.plan(path, model=model, out_dir=work, options=options)
@@ -110,6 +120,16 @@ def predict(
             import shutil
 
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _check(*, tile: int | None, halo: int | None, composite: str) -> None:
+    if tile is not None and tile < 16:
+        raise ConfigError(
+            f"tile={tile} must be >= 16; leave it out (None) for the bundle's tile, or give e.g. 512"
+        )
+    if halo is not None and halo < 0:
+        raise ConfigError(f"halo={halo} must be >= 0; leave it out (None) for the bundle's halo")
+    masks.check_method(composite)
 
 
 def _results(executor: str) -> pipeline.ResultsFn:

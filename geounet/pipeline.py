@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock, Timeout
 
-from geounet import __version__, merge, safety
+from geounet import __version__, harmonize, merge, safety
 from geounet import model as model_mod
 from geounet import read as read_mod
 from geounet.errors import ExecutionError, InputError, ReadError, WriteError
@@ -157,7 +157,7 @@ def plan_scenes(
     from geounet import scenes as scenes_mod
 
     bundle = load_bundle(model)
-    scenes, failed = scenes_mod.preflight(scenes)
+    scenes, failed = scenes_mod.preflight(harmonize.for_bundle(scenes, bundle.provenance))
     if failed and not scenes:
         raise ReadError(f"no scene can be read: {failed[0]['error']}")
     for bad in failed:
@@ -219,6 +219,7 @@ def _scene_chips(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
             grid=job.grid,
             failures=failures,
             resampling=job.options.resampling,  # e.g. bilinear, as in training
+            method=str(job.extra.get("composite", "first")),  # per-pixel rule (geounet.masks.METHODS)
         )
         for exc in failures:
             log.warning("tile %d: scene left out: %s", tile.index, exc)

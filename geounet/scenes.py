@@ -19,10 +19,12 @@ failing scenes and composite the others.
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import numpy as np
 import rasterio
@@ -35,11 +37,12 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window as RioWindow
 from shapely.geometry import Polygon, box
 
-from geounet import read, safety
+from geounet import masks, read, safety, signing
 from geounet.errors import ConfigError, InputError, ReadError
 from geounet.geo import Grid, Window
+from geounet.items import Band, Scene
+from geounet.masks import MaskRule
 from geounet.read import Chip
-from geounet.search import Band, Scene
 from geounet.tiling import Tile
 
 #: GDAL settings for COG assets over HTTP (those of :mod:`geounet.read` plus timeouts and range merging).
@@ -53,6 +56,10 @@ GDAL_ENV: dict[str, str | int | float] = {
 }
 
 _RESAMPLING = {r.name: r for r in Resampling}
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+#: The default mask rule: ESA's, USGS's and Fmask's not-clear classes, cloud probability > 40 %.
+DEFAULT_RULE = MaskRule()
 _ALIGN_TOL = 1e-6
 
 
@@ -92,6 +99,9 @@ def chip(
     resampling: str = "nearest",
     apply_scale: bool = False,
     failures: list[ReadError] | None = None,
+    method: str = "first",
+    mask_rule: MaskRule | None = DEFAULT_RULE,
+    observations: list[np.ndarray] | None = None,
 ) -> Chip:
     """Read ``tile``'s chip on ``grid`` from ``scenes`` (composited), mirror-padded beyond valid data.
 
@@ -104,6 +114,12 @@ def chip(
         apply_scale: return ``dn * scale + offset`` (STAC ``raster:bands``) instead of raw values.
         failures: when given, a scene whose asset fails is appended here (as its ReadError)
             and skipped; otherwise the ReadError propagates.
+        method: composite rule, ``first`` or ``median`` (:data:`geounet.masks.METHODS`).
+        mask_rule: which quality values of a scene's mask assets (SCL, QA_PIXEL, Fmask,
+            cloud mask/probability) exclude a pixel; ``None`` ignores the masks.
+        observations: when given, the per-pixel count of clear valid observations over the
+            tile's core (uint16, ``tile.core.shape``) is appended here, for a count raster
+            beside the mosaic.
 
     Returns:
         The :class:`~geounet.read.Chip`: float32 (bands, rows, cols) over ``tile.read`` and its valid mask.
@@ -113,7 +129,7 @@ def chip(
         InputError: a scene lacks one of ``bands``.
     """
     inner = tile.read.clip(grid.rows, grid.cols)
-    data, valid = composite(
+    data, valid, count = mosaic(
         scenes,
         inner,
         grid=grid,
@@ -121,7 +137,12 @@ def chip(
         resampling=resampling,
         apply_scale=apply_scale,
         failures=failures,
+        method=method,
+        mask_rule=mask_rule,
+        counts=observations is not None,
     )
+    if observations is not None and count is not None:
+        observations.append(count[tile.core.relative_to(inner).to_slices()].copy())
     if valid.any() and not valid.all():
         data = read.mirror_fill(data, valid)
     pad = tile.padding
@@ -140,38 +161,95 @@ def composite(
     resampling: str = "nearest",
     apply_scale: bool = False,
     failures: list[ReadError] | None = None,
+    method: str = "first",
+    mask_rule: MaskRule | None = DEFAULT_RULE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The composite of ``scenes`` over ``window`` of ``grid``: float32 (bands, rows, cols) and valid mask.
 
-    Invalid pixels (no scene has data there) are 0. ``window`` must lie inside ``grid``.
-    Arguments as :func:`chip`.
+    Invalid pixels (no scene has a clear valid observation there) are 0. ``window`` must lie
+    inside ``grid``. Arguments as :func:`chip`.
+    """
+    data, valid, _ = mosaic(
+        scenes, window, grid=grid, bands=bands, resampling=resampling, apply_scale=apply_scale,
+        failures=failures, method=method, mask_rule=mask_rule,
+    )  # fmt: skip
+    return data, valid
+
+
+def mosaic(
+    scenes: Sequence[Scene],
+    window: Window,
+    *,
+    grid: Grid,
+    bands: Sequence[str] | None = None,
+    resampling: str = "nearest",
+    apply_scale: bool = False,
+    failures: list[ReadError] | None = None,
+    method: str = "first",
+    mask_rule: MaskRule | None = DEFAULT_RULE,
+    counts: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`composite` plus, with ``counts``, the per-pixel number of clear valid observations (uint16).
+
+    Without ``counts`` the ``first`` rule stops reading once every pixel is filled.
     """
     if grid.crs is None:
         raise InputError("the target grid has no CRS; STAC scenes can only be read onto a georeferenced grid")
-    method = _resampling(resampling)
+    masks.check_method(method)
+    how = _resampling(resampling)
     target = _Target(grid=grid.window_grid(window), crs=CRS.from_user_input(grid.crs))
     names = _band_names(scenes, bands)
-    data = np.zeros((len(names), window.height, window.width), dtype="float32")
-    filled = np.zeros(window.shape, dtype=bool)
     if window.size == 0:
-        return data, filled
+        empty = np.zeros((len(names), window.height, window.width), dtype="float32")
+        return (
+            empty,
+            np.zeros(window.shape, dtype=bool),
+            np.zeros(window.shape, np.uint16) if counts else None,
+        )
     area = _lonlat_box(target)
+    stack: list[np.ndarray] = []
+    usable: list[np.ndarray] = []
+    filled = np.zeros(window.shape, dtype=bool)
     for scene in order(scenes):
-        if filled.all():
+        if method == "first" and not counts and filled.all():
             break
         if not scene.footprint.is_empty and not scene.footprint.intersects(area):
             continue
         try:
-            values, ok = _read_scene(scene, names, target, method, apply_scale)
+            values, ok = _read_scene(scene, names, target, how, apply_scale)
+            if mask_rule is not None:
+                ok &= _clear(scene, target, mask_rule)
         except ReadError as exc:
             if failures is None:
                 raise
             failures.append(exc)
             continue
-        take = ok & ~filled
-        data[:, take] = values[:, take]
-        filled |= take
-    return data, filled
+        stack.append(values)
+        usable.append(ok)
+        filled |= ok
+    if not stack:
+        shape = (len(names), window.height, window.width)
+        return np.zeros(shape, "float32"), filled, np.zeros(window.shape, np.uint16) if counts else None
+    data, valid = masks.composite(stack, usable, method=method)
+    return data, valid, masks.count(usable) if counts else None
+
+
+def _clear(scene: Scene, target: _Target, rule: MaskRule) -> np.ndarray:
+    """Where every quality asset of ``scene`` says the ground is clear (read nearest: categorical)."""
+    rows, cols = target.grid.shape
+    ok = np.ones((rows, cols), dtype=bool)
+    for band in scene.masks:
+        try:
+            arr, valid = _signed(scene, band.href, _read_asset, [band.index], target, Resampling.nearest)
+        except (RasterioError, CPLE_BaseError) as exc:
+            raise ReadError(
+                f"scene {scene.id!r}: mask asset {band.href} cannot be read ({_first_line(exc)}); "
+                "check the URL, or predict without masks (mask_rule=None)"
+            ) from exc
+        values = arr[0] * np.float32(band.scale) + np.float32(band.offset)
+        percent = (band.unit or "").strip().lower() in {"%", "percent"}
+        ok &= valid[0] & masks.clear(band.name, values, rule, percent=percent)
+    return ok
 
 
 def _band_names(scenes: Sequence[Scene], bands: Sequence[str] | None) -> tuple[str, ...]:
@@ -214,7 +292,7 @@ def _read_scene(
     for href, slots in by_href.items():
         assets = [picked[i] for i in slots]
         try:
-            arr, masks = _read_asset(href, [b.index for b in assets], target, method)
+            arr, masks = _signed(scene, href, _read_asset, [b.index for b in assets], target, method)
         except (RasterioError, CPLE_BaseError) as exc:
             raise ReadError(
                 f"scene {scene.id!r}: asset {href} cannot be read ({_first_line(exc)}); check that the URL "
@@ -225,8 +303,31 @@ def _read_scene(
             if band.nodata is not None and not np.isnan(band.nodata):
                 good &= arr[k] != band.nodata
             ok &= good
-            values[slot] = arr[k] * band.scale + band.offset if apply_scale else arr[k]
+            scaled = apply_scale or scene.scaled  # harmonized scenes: dn * gain + bias (geounet.harmonize)
+            values[slot] = arr[k] * np.float32(band.scale) + np.float32(band.offset) if scaled else arr[k]
     return values, ok
+
+
+def _signed(scene: Scene, href: str, read_at: Callable[..., T], *args: Any) -> T:
+    """``read_at(href, *args)`` with the freshest signature; for a signed scene, re-signed and retried once.
+
+    GDAL reports a refused block read as a failed tile decode (the HTTP 403 goes to its log,
+    not the exception), so any failed read of a signed scene gets one fresh signature.
+    """
+    try:
+        return read_at(signing.current(href), *args)
+    except (RasterioError, CPLE_BaseError) as exc:
+        if scene.signer is None:
+            raise
+        log.info(
+            "scene %s: read failed (%s); re-signing %s", scene.id, _first_line(exc), signing.unsigned(href)
+        )
+    return read_at(signing.resign(href, scene.signer), *args)
+
+
+def _grid_at(href: str) -> Grid:
+    with rasterio.Env(**GDAL_ENV), rasterio.open(vsi_path(href)) as src:
+        return read.source_grid(src)
 
 
 def _read_asset(
@@ -357,8 +458,7 @@ def preflight(scenes: Sequence[Scene]) -> tuple[list[Scene], list[dict[str, str]
 
 def _asset_grid(scene: Scene, href: str) -> Grid:
     try:
-        with rasterio.Env(**GDAL_ENV), rasterio.open(vsi_path(href)) as src:
-            return read.source_grid(src)
+        return _signed(scene, href, _grid_at)
     except (RasterioError, CPLE_BaseError) as exc:
         raise ReadError(
             f"scene {scene.id!r}: asset {href} cannot be opened ({_first_line(exc)}); check that the URL "

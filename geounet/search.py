@@ -1,19 +1,18 @@
-"""STAC search → :class:`Scene` values (the only ``pystac_client`` import of geounet).
+"""STAC search → pystac Items and :class:`Scene` values (the only ``pystac_client`` import of geounet).
 
 Two kinds of source, one result type:
 
 * a **STAC API** (any server conforming to item search: Earth Search, Planetary Computer,
   stac-fastapi): searched with pystac-client, paging through results, the cloud-cover
-  limit sent as a CQL2 ``filter`` (or the ``query`` extension where that is all the
-  server has) and checked again here;
+  limit and a CQL2 ``filter`` sent as CQL2 JSON (or the ``query`` extension where that
+  is all the server has) and checked again here;
 * a **static catalog** (a local or HTTP ``catalog.json``, e.g. made by stactools): read
-  with pystac and filtered in process by the same rules.
+  with pystac and filtered in process by the same rules, ``filter`` by cql2's evaluator.
 
-A :class:`Scene` holds what the reader needs: id, datetime, cloud cover, footprint
-(lon/lat), projection, and one :class:`Band` per model band (asset href, band index in
-the asset, scale/offset/nodata from ``raster:bands``), in the model's band order. Bands
-are matched by asset key, ``eo:bands`` name or common name, then Sentinel-2 aliases
-(``B08`` = ``nir``), with a preset's asset-key map first (see :mod:`geounet.stac_presets`).
+``datetime`` takes what pystac-client takes, expanded by pystac-client itself: RFC 3339
+instants, partial dates (``2017``, ``2017-02``, ``2017-02-16``) and intervals with open
+ends (``2017-02/..``, ``../2017-03``). Items become scenes in :mod:`geounet.items`
+(re-exported here: :class:`Scene`, :class:`Band`, :func:`from_item`).
 
 HTTP errors (5xx, refused connections) are retried with exponential backoff, then
 raised as :class:`~geounet.errors.SearchError`; so is an empty result, whose message
@@ -26,127 +25,43 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
 
 import pystac
-import shapely
-import shapely.validation
-from affine import Affine
 from pystac_client import Client
 from pystac_client.conformance import ConformanceClasses
 from pystac_client.exceptions import APIError
+from pystac_client.item_search import ItemSearch
 from pystac_client.stac_api_io import StacApiIO
 from pystac_client.warnings import FallbackToPystac
-from shapely.geometry import box, mapping, shape
+from shapely.geometry import box, mapping
 from shapely.geometry.base import BaseGeometry
 from urllib3.util.retry import Retry
 
-from geounet import geo, stac_presets
+from geounet import stac_filter, stac_presets
+from geounet.aoi import read_aoi, target_grid
 from geounet.errors import ConfigError, GeounetError, InputError, InputNotFoundError, SearchError
+from geounet.items import Band, Scene, from_item
+from geounet.stac_filter import Query
 from geounet.stac_presets import Preset
 
+__all__ = [
+    "Band",
+    "Query",
+    "Retries",
+    "Scene",
+    "from_item",
+    "item",
+    "read_aoi",
+    "scenes",
+    "search_items",
+    "target_grid",
+]
+
 log = logging.getLogger(__name__)
-
-#: Asset roles that are not pixel data of the scene.
-_NON_DATA_ROLES = frozenset({"thumbnail", "overview", "metadata", "visual"})
-
-
-@dataclass(frozen=True, slots=True)
-class Band:
-    """Where one model band lives: asset href, 1-based band index in that file, and its scaling.
-
-    ``physical = dn * scale + offset`` (STAC ``raster:bands``); ``nodata`` marks fill pixels.
-    """
-
-    name: str
-    href: str
-    index: int = 1
-    asset: str = ""
-    scale: float = 1.0
-    offset: float = 0.0
-    nodata: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Scene:
-    """One STAC item, reduced to what reading it needs. ``footprint`` is in lon/lat (EPSG:4326).
-
-    ``datetime`` is the item's ``datetime``, or its ``start_datetime`` when it has a range.
-
-    ``crs``/``transform``/``shape`` are the item's projection (``proj:*``) where it gives one
-    (``None`` otherwise); the reader takes the real grid from each asset file.
-    """
-
-    id: str
-    datetime: datetime | None
-    cloud_cover: float | None
-    footprint: BaseGeometry
-    bands: tuple[Band, ...]
-    crs: str | None = None
-    transform: Affine | None = None
-    shape: tuple[int, int] | None = None
-    collection: str | None = None
-
-    @property
-    def hrefs(self) -> dict[str, str]:
-        """Band name → asset href, in band order."""
-        return {b.name: b.href for b in self.bands}
-
-    @property
-    def band_names(self) -> tuple[str, ...]:
-        """The bands, in order."""
-        return tuple(b.name for b in self.bands)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (for ``geounet search --json`` and run manifests)."""
-        return {
-            "id": self.id,
-            "collection": self.collection,
-            "datetime": self.datetime.isoformat() if self.datetime else None,
-            "cloud_cover": self.cloud_cover,
-            "crs": self.crs,
-            "shape": list(self.shape) if self.shape else None,
-            "bbox": list(self.footprint.bounds),
-            "bands": {
-                b.name: {"href": b.href, "index": b.index, "scale": b.scale, "offset": b.offset}
-                for b in self.bands
-            },
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """A search, as given: echoed in errors and logs."""
-
-    source: str
-    collections: tuple[str, ...] = ()
-    bbox: tuple[float, float, float, float] | None = None
-    intersects: BaseGeometry | None = None
-    datetime: str | None = None
-    max_cloud: float | None = None
-    limit: int | None = None
-    sortby: tuple[str, ...] = ()
-    filter: str | None = None
-
-    def __str__(self) -> str:
-        parts = [f"source={self.source}"]
-        if self.collections:
-            parts.append(f"collections={','.join(self.collections)}")
-        if self.bbox:
-            parts.append("bbox=" + ",".join(f"{v:g}" for v in self.bbox))
-        if self.intersects is not None:
-            parts.append(f"aoi={_short_wkt(self.intersects)}")
-        for name in ("datetime", "max_cloud", "limit", "filter"):
-            value = getattr(self, name)
-            if value is not None:
-                parts.append(f"{name}={value}")
-        if self.sortby:
-            parts.append(f"sortby={','.join(self.sortby)}")
-        return " ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +77,59 @@ class Retries:
 def scenes(
     source: str,
     *,
+    bands: Sequence[str] | None = None,
+    preset: str | Preset | None = None,
+    **query: Any,
+) -> list[Scene]:
+    """Search a STAC API or static catalog and return the matching scenes.
+
+    Args:
+        source: as :func:`search_items`.
+        bands: model band names in order; every scene must have them all.
+        preset: preset (or name) for band aliases/signing; found from ``source`` when omitted.
+        **query: the search, as :func:`search_items` (``collections``, ``bbox``, ``aoi``,
+            ``datetime``, ``max_cloud``, ``limit``, ``sortby``, ``filter``, ``page_size``, ``retries``).
+
+    Raises:
+        SearchError: when the source cannot be reached after the retries, rejects the
+            query, or nothing matches (the message echoes the query).
+        InputError: when a matching scene lacks one of ``bands``.
+        ConfigError: a malformed argument (the message names it and shows the fix).
+    """
+    found, chosen = _search(source, preset=preset, **query)
+    return [from_item(it, bands=bands, preset=chosen) for it in found]
+
+
+def search_items(source: str, *, preset: str | Preset | None = None, **query: Any) -> list[pystac.Item]:
+    """Search a STAC API or static catalog; the matching items as pystac Items.
+
+    Args:
+        source: STAC API root URL, a static ``catalog.json`` (path or URL), or a preset
+            name (``earth-search``, ``planetary-computer``).
+        preset: preset (or name) for signing; found from ``source`` when omitted.
+        collections: collection ids (a preset supplies its own when none are given).
+        bbox: (west, south, east, north) in lon/lat.
+        aoi: a shapely geometry in lon/lat, a GeoJSON/GPKG path or WKT (see :func:`read_aoi`).
+        datetime: what pystac-client accepts: an RFC 3339 instant, a partial date (``2017-02``),
+            or an interval of those with open ends (``2017-02/..``).
+        max_cloud: keep items with cloud cover <= this percentage (0-100).
+        limit: at most this many items (all pages otherwise).
+        sortby: fields, ``-`` prefix for descending (``-properties.datetime``).
+        filter: an extra CQL2-text filter (sent to APIs with the filter extension; evaluated
+            here by cql2 for static catalogs).
+        page_size: items per page requested from an API.
+        retries: HTTP retry policy (default :class:`Retries`).
+
+    Raises:
+        SearchError, ConfigError: as :func:`scenes`.
+    """
+    return _search(source, preset=preset, **query)[0]
+
+
+def _search(
+    source: str,
+    *,
+    preset: str | Preset | None = None,
     collections: Sequence[str] | str = (),
     bbox: Sequence[float] | None = None,
     aoi: BaseGeometry | str | Path | None = None,
@@ -170,67 +138,93 @@ def scenes(
     limit: int | None = None,
     sortby: Sequence[str] | str = (),
     filter: str | None = None,
-    bands: Sequence[str] | None = None,
-    preset: str | Preset | None = None,
     page_size: int = 100,
     retries: Retries | None = None,
-) -> list[Scene]:
-    """Search a STAC API or static catalog and return the matching scenes.
-
-    Args:
-        source: STAC API root URL, a static ``catalog.json`` (path or URL), or a preset
-            name (``earth-search``, ``planetary-computer``).
-        collections: collection ids (a preset supplies its own when none are given).
-        bbox: (west, south, east, north) in lon/lat.
-        aoi: a shapely geometry in lon/lat, a GeoJSON/GPKG path or WKT (see :func:`read_aoi`).
-        datetime: RFC 3339 instant or interval (``2017-01-01/2017-03-31``, open ends ``..``).
-        max_cloud: keep scenes with cloud cover <= this percentage.
-        limit: at most this many scenes (all pages otherwise).
-        sortby: fields, ``-`` prefix for descending (``-properties.datetime``).
-        filter: an extra CQL2-text filter (APIs with the filter extension only).
-        bands: model band names in order; every scene must have them all.
-        preset: preset (or name) for band aliases/signing; found from ``source`` when omitted.
-        page_size: items per page requested from an API.
-        retries: HTTP retry policy (default :class:`Retries`).
-
-    Raises:
-        SearchError: when the source cannot be reached after the retries, rejects the
-            query, or nothing matches (the message echoes the query).
-        InputError: when a matching scene lacks one of ``bands``.
-    """
+) -> tuple[list[pystac.Item], Preset | None]:
     by_name = None if "/" in source or source.endswith(".json") else stac_presets.find(source)
     url = by_name.url if by_name else source
     chosen = _resolve_preset(url, preset)
-    retries = retries or Retries()
     colls = (collections,) if isinstance(collections, str) else tuple(collections)
     if not colls and chosen:
         colls = (chosen.collection,)
+    _check_numbers(max_cloud=max_cloud, limit=limit, page_size=page_size)
     geom = read_aoi(aoi) if aoi is not None else None
-    _interval(datetime)  # fail early, with the value, on a malformed datetime
     query = Query(
         source=url,
         collections=colls,
         bbox=_bbox(bbox),
         intersects=geom,
         datetime=datetime,
+        span=expand_datetime(datetime),
         max_cloud=max_cloud,
         limit=limit,
         sortby=(sortby,) if isinstance(sortby, str) else tuple(sortby),
         filter=filter,
     )
+    stac_filter.parse_filter(filter)  # fail early, with the value, on malformed CQL2
+    retries = retries or Retries()
     if geom is not None and query.bbox and not geom.intersects(box(*query.bbox)):
-        items: list[pystac.Item] = []  # the AOI and the bbox do not overlap: nothing can match
+        found: list[pystac.Item] = []  # the AOI and the bbox do not overlap: nothing can match
     elif _is_static(url):
-        items = _static_items(query, retries)
+        found = _static_items(query, retries)
     else:
-        items = _api_items(query, page_size=page_size, retries=retries, preset=chosen)
-    found = [from_item(item, bands=bands, preset=chosen) for item in items]
+        found = _api_items(query, page_size=page_size, retries=retries, preset=chosen)
     if not found:
         raise SearchError(
             f"no scenes match {query}; widen the bbox/aoi or datetime, raise max_cloud, "
             "or check the collection"
         )
-    return found
+    return found, chosen
+
+
+def _check_numbers(*, max_cloud: float | None, limit: int | None, page_size: int) -> None:
+    if max_cloud is not None and not 0 <= max_cloud <= 100:
+        raise ConfigError(
+            f"max_cloud={max_cloud:g} must be a percentage in 0..100 (--max-cloud, stac.max_cloud); "
+            "e.g. 20 keeps scenes at most 20 % cloudy"
+        )
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit={limit} must be >= 1 (--limit, stac.limit); leave it out for all scenes")
+    if page_size < 1:
+        raise ConfigError(f"page_size={page_size} must be >= 1; e.g. 100")
+
+
+def expand_datetime(text: str | None) -> str | None:
+    """``text`` as pystac-client sends it: partial dates expanded to full RFC 3339 intervals.
+
+    pystac-client's own parsing (its ``ItemSearch``), so a search means the same here, on a
+    static catalog and on any API.
+
+    Raises:
+        ConfigError: what pystac-client rejects, or an interval that ends before it starts.
+
+    Example:
+        >>> expand_datetime("2017-02")
+        '2017-02-01T00:00:00Z/2017-02-28T23:59:59Z'
+        >>> expand_datetime("2017-02-16/..")
+        '2017-02-16T00:00:00Z/..'
+    """
+    if text is None or not str(text).strip():
+        return None
+    value = str(text).strip()
+    try:
+        expanded = ItemSearch(url="", datetime=value).get_parameters().get("datetime")
+    except Exception as exc:  # pystac-client raises bare Exception/ValueError on bad components
+        raise ConfigError(
+            f"datetime {value!r} is not RFC 3339 ({_first_line(exc)}); use an instant, a partial date "
+            "(2017, 2017-02, 2017-02-16) or an interval START/END with .. for an open end, "
+            "e.g. --datetime 2017-02/2017-03"
+        ) from exc
+    start, end = stac_filter.interval(str(expanded))
+    if start is not None and end is not None and start > end:
+        raise ConfigError(f"datetime {value!r} ends before it starts; swap the two ends")
+    return str(expanded)
+
+
+def to_json(found: Sequence[pystac.Item]) -> str:
+    """The items as a STAC ItemCollection (``geounet search --json``, pipe it to STAC tools)."""
+    collection = pystac.ItemCollection(found)
+    return json.dumps(collection.to_dict(transform_hrefs=False), indent=2)
 
 
 def item(href: str, *, bands: Sequence[str] | None = None, preset: str | Preset | None = None) -> Scene:
@@ -250,121 +244,6 @@ def item(href: str, *, bands: Sequence[str] | None = None, preset: str | Preset 
     except (KeyError, ValueError, pystac.STACError) as exc:
         raise InputError(f"{href!r} is not a STAC item ({_first_line(exc)}); give an item JSON") from exc
     return from_item(obj, bands=bands, preset=chosen)
-
-
-def from_item(
-    item: pystac.Item | Mapping[str, Any],
-    *,
-    bands: Sequence[str] | None = None,
-    preset: str | Preset | None = None,
-) -> Scene:
-    """A :class:`Scene` from a STAC item (a pystac Item or its JSON dict).
-
-    With ``bands`` the scene's bands follow that order; without, every single-band data
-    asset (or each band of multi-band ones) in the item's order.
-
-    Raises:
-        InputError: when a band cannot be found; the message lists the item's bands.
-
-    Example:
-        >>> scene = from_item({
-        ...     "type": "Feature", "stac_version": "1.0.0", "id": "x", "bbox": [0, 0, 1, 1],
-        ...     "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]},
-        ...     "properties": {"datetime": "2020-01-01T00:00:00Z", "eo:cloud_cover": 3.5, "proj:epsg": 32633},
-        ...     "links": [],
-        ...     "assets": {"B04": {"href": "https://h/B04.tif", "roles": ["data"],
-        ...                        "eo:bands": [{"name": "B04", "common_name": "red"}],
-        ...                        "raster:bands": [{"scale": 0.0001, "offset": -0.1, "nodata": 0}]}}},
-        ...     bands=["red"])
-        >>> scene.cloud_cover, scene.crs, scene.bands[0].href, scene.bands[0].scale
-        (3.5, 'EPSG:32633', 'https://h/B04.tif', 0.0001)
-    """
-    data = item.to_dict(transform_hrefs=False) if isinstance(item, pystac.Item) else dict(item)
-    chosen = _resolve_preset("", preset) if preset is not None else None
-    props = data.get("properties") or {}
-    assets: dict[str, dict[str, Any]] = {k: _absolute(v, item) for k, v in (data.get("assets") or {}).items()}
-    band_list = (
-        tuple(_find_band(name, assets, chosen, data.get("id", "?")) for name in bands)
-        if bands
-        else _all_bands(assets)
-    )
-    proj = _projection(props, assets, band_list)
-    cloud = props.get(chosen.cloud_property if chosen else "eo:cloud_cover")
-    geometry = data.get("geometry")
-    footprint = shape(geometry) if geometry else box(*data["bbox"])
-    return Scene(
-        id=str(data["id"]),
-        datetime=_parse_instant(props.get("datetime") or props.get("start_datetime")),
-        cloud_cover=float(cloud) if cloud is not None else None,
-        footprint=footprint,
-        bands=band_list,
-        crs=proj[0],
-        transform=proj[1],
-        shape=proj[2],
-        collection=data.get("collection"),
-    )
-
-
-def read_aoi(value: BaseGeometry | str | Path) -> BaseGeometry:
-    """An AOI geometry in lon/lat from a shapely geometry, a vector file (GeoJSON, GPKG...) or WKT.
-
-    A file's features are reprojected to EPSG:4326 and unioned.
-
-    Raises:
-        InputNotFoundError: for a path that does not exist.
-        InputError: for unparsable WKT or an empty file.
-
-    Example:
-        >>> read_aoi("POLYGON ((12 52, 13 52, 13 53, 12 52))").bounds
-        (12.0, 52.0, 13.0, 53.0)
-    """
-    if isinstance(value, BaseGeometry):
-        return _valid_aoi(value, "AOI")
-    text = str(value).strip()
-    if text.upper().startswith(("POLYGON", "MULTIPOLYGON", "POINT", "LINESTRING", "GEOMETRYCOLLECTION")):
-        try:
-            return _valid_aoi(shapely.from_wkt(text), f"AOI WKT {text[:60]!r}")
-        except shapely.errors.GEOSException as exc:
-            raise InputError(f"AOI WKT {text[:60]!r} does not parse ({exc}); fix the WKT") from exc
-    path = Path(text)
-    if not path.exists():
-        raise InputNotFoundError(f"AOI file {text!r} does not exist; give a GeoJSON/GPKG path or WKT")
-    import geopandas  # lazy: heavy, only for file AOIs
-
-    frame = geopandas.read_file(path)
-    if frame.empty:
-        raise InputError(f"AOI file {text!r} has no features; give a file with at least one polygon")
-    if frame.crs is not None:
-        frame = frame.to_crs("EPSG:4326")
-    return shapely.union_all([_valid_aoi(g, f"AOI file {text!r}") for g in frame.geometry.values])
-
-
-def _valid_aoi(geom: BaseGeometry, label: str) -> BaseGeometry:
-    """``geom`` if it is a valid geometry; self-intersections etc. break the coverage and AOI masks."""
-    if geom is not None and not geom.is_valid:
-        raise InputError(
-            f"{label} is not a valid geometry ({shapely.validation.explain_validity(geom)}); fix it, "
-            "e.g. with shapely.make_valid() or QGIS's Fix Geometries"
-        )
-    return geom
-
-
-def target_grid(aoi: BaseGeometry, *, resolution: float, crs: str | None = None) -> geo.Grid:
-    """The target grid of a job: the AOI (lon/lat) in ``crs`` (default: UTM zone of its centroid).
-
-    Example:
-        >>> g = target_grid(box(12.5, 52.45, 12.6, 52.5), resolution=10)
-        >>> g.crs, g.resolution
-        ('EPSG:32633', (10.0, 10.0))
-    """
-    from pyproj import Transformer  # lazy: pyproj is slow to import
-
-    centroid = aoi.centroid
-    target = crs or geo.utm_crs(centroid.x, centroid.y)
-    transformer = Transformer.from_crs("EPSG:4326", target, always_xy=True)
-    west, south, east, north = aoi.bounds
-    left, bottom, right, top = transformer.transform_bounds(west, south, east, north, densify_pts=21)
-    return geo.from_bounds((left, bottom, right, top), crs=target, resolution=resolution)
 
 
 # --------------------------------------------------------------------------- sources
@@ -394,10 +273,12 @@ def _api_items(query: Query, *, page_size: int, retries: Retries, preset: Preset
         client = Client.open(query.source, stac_io=_io(retries), modifier=modifier)
         if not client.conforms_to(ConformanceClasses.ITEM_SEARCH):
             log.info("%s has no item search; filtering its catalog in process", query.source)
-            return _filter(client.get_items(recursive=True), query)
+            return stac_filter.matching(
+                stac_filter.select(client.get_items(recursive=True), query), query.filter
+            )
         kwargs = _search_kwargs(query, client)
         found = client.search(max_items=query.limit, limit=page_size, **kwargs)
-        return _filter(found.items(), query)
+        return stac_filter.select(found.items(), query)
     except (ValueError, pystac.STACError) as exc:  # a 200 whose body is not JSON or not STAC
         if isinstance(exc, GeounetError):
             raise
@@ -426,20 +307,23 @@ def _search_kwargs(query: Query, client: Client) -> dict[str, Any]:
         "collections": list(query.collections) or None,
         "bbox": list(query.bbox) if query.bbox and area is None else None,
         "intersects": mapping(area) if area is not None else None,
-        "datetime": query.datetime,
+        "datetime": query.span,
         "sortby": list(query.sortby) or None,
     }
     cloud = query.max_cloud
     has_filter = client.conforms_to(ConformanceClasses.FILTER)
-    if query.filter is not None:
+    cloud_json = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, cloud]}
+    expr = stac_filter.parse_filter(query.filter)
+    if expr is not None:
         if not has_filter:
-            raise SearchError(f"{query.source} has no CQL2 filter extension; drop filter={query.filter!r}")
-        text = query.filter if cloud is None else f'({query.filter}) AND "eo:cloud_cover" <= {cloud}'
-        kwargs["filter"] = text  # pystac-client turns CQL2 text into JSON (with `cql2`) for POST
+            raise SearchError(
+                f"{query.source} has no CQL2 filter extension; drop --filter {query.filter!r} "
+                "(or filter a static catalog, where geounet evaluates it)"
+            )
+        both = expr if cloud is None else {"op": "and", "args": [expr, cloud_json]}
+        kwargs.update(filter=both, filter_lang="cql2-json")  # parsed by cql2 here: no silent relabelling
     elif cloud is not None and has_filter:
-        kwargs.update(
-            filter={"op": "<=", "args": [{"property": "eo:cloud_cover"}, cloud]}, filter_lang="cql2-json"
-        )
+        kwargs.update(filter=cloud_json, filter_lang="cql2-json")
     elif cloud is not None and client.conforms_to(ConformanceClasses.QUERY):
         kwargs["query"] = {"eo:cloud_cover": {"lte": cloud}}
     return {k: v for k, v in kwargs.items() if v is not None}
@@ -453,7 +337,7 @@ def _static_items(query: Query, retries: Retries) -> list[pystac.Item]:
         with warnings.catch_warnings():  # pystac-client's "falling back to pystac": that is the point here
             warnings.simplefilter("ignore", FallbackToPystac)
             root = pystac.read_file(source, stac_io=_io(retries))
-            items = _filter(_static_candidates(root), query)
+            items = stac_filter.matching(stac_filter.select(_static_candidates(root), query), query.filter)
     except APIError as exc:
         raise SearchError(
             f"static catalog {source} failed after {retries.total} retries ({_first_line(exc)}); "
@@ -463,7 +347,7 @@ def _static_items(query: Query, retries: Retries) -> list[pystac.Item]:
         raise SearchError(
             f"{source!r} is not a readable STAC catalog ({_first_line(exc)}); check the file"
         ) from exc
-    items.sort(key=_sort_key(query.sortby))
+    items.sort(key=stac_filter.sort_key(query.sortby))
     return items[: query.limit] if query.limit is not None else items
 
 
@@ -473,52 +357,6 @@ def _static_candidates(root: pystac.STACObject | pystac.ItemCollection) -> Itera
     if isinstance(root, pystac.Catalog):
         return root.get_items(recursive=True)
     return list(root.items) if isinstance(root, pystac.ItemCollection) else []
-
-
-def _filter(items: Iterable[pystac.Item], query: Query) -> list[pystac.Item]:
-    """In-process rules (static catalogs) and a re-check of the server's answer (APIs)."""
-    start, end = _interval(query.datetime)
-    area = query.intersects
-    if query.bbox:
-        area = box(*query.bbox) if area is None else area.intersection(box(*query.bbox))
-    out = []
-    for it in items:
-        if query.collections and it.collection_id not in query.collections:
-            continue
-        if area is not None and not _footprint(it).intersects(area):
-            continue
-        when = _item_interval(it)
-        if (start and when[1] and when[1] < start) or (end and when[0] and when[0] > end):
-            continue
-        cloud = it.properties.get("eo:cloud_cover")
-        if query.max_cloud is not None and (cloud is None or float(cloud) > query.max_cloud):
-            continue
-        out.append(it)
-    return out
-
-
-def _sort_key(sortby: Sequence[str]) -> Callable[[pystac.Item], tuple[Any, ...]]:
-    fields = []
-    for spec in sortby:
-        for part in spec.split(","):
-            name = part.strip()
-            desc = name.startswith("-")
-            fields.append((name.lstrip("+-").removeprefix("properties."), desc))
-
-    def key(it: pystac.Item) -> tuple[Any, ...]:
-        out: list[Any] = []
-        for name, desc in fields:
-            value = it.id if name == "id" else it.properties.get(name)
-            if name == "datetime":
-                value = _item_interval(it)[0]
-            number = value.timestamp() if isinstance(value, datetime) else value
-            if isinstance(number, (int, float)):
-                out.append((0, -number if desc else number))
-            else:
-                out.append((1 if number is None else 0, str(number)))
-        return tuple(out)
-
-    return key
 
 
 def _signer(preset: Preset | None) -> Callable[[Any], None] | None:
@@ -543,175 +381,6 @@ def _resolve_preset(source: str, preset: str | Preset | None) -> Preset | None:
     return stac_presets.find(source) if source else None
 
 
-# --------------------------------------------------------------------------- items → scenes
-
-
-def _find_band(
-    name: str, assets: Mapping[str, Mapping[str, Any]], preset: Preset | None, item_id: str
-) -> Band:
-    for candidate in (name, *stac_presets.s2_aliases(name)):
-        found = _match(candidate, assets, preset)
-        if found is not None:
-            key, index = found
-            return _band(name, key, index, assets[key])
-    listed = ", ".join(f"{k}[{','.join(_band_names(a)) or '-'}]" for k, a in assets.items() if _is_data(a))
-    raise InputError(
-        f"STAC item {item_id!r} has no band {name!r} (assets: {listed}); "
-        "name the model's bands by asset key, eo:bands name or common name, or pass a preset"
-    )
-
-
-def _match(
-    name: str, assets: Mapping[str, Mapping[str, Any]], preset: Preset | None
-) -> tuple[str, int] | None:
-    low = name.lower()
-    if preset is not None:
-        key = preset.band_keys.get(name) or preset.band_keys.get(low)
-        if key is not None and key in assets:
-            return (key, 1)
-    data = {k: a for k, a in assets.items() if _is_data(a)}
-    for key in data:
-        if key.lower() == low and len(_eo_bands(data[key])) <= 1:
-            return (key, 1)
-    # eo:bands name beats common name; single-band assets beat multi-band ones (e.g. "visual")
-    for field_name in ("name", "common_name"):
-        hits = [
-            (len(_eo_bands(a)) > 1, key, i + 1)
-            for key, a in data.items()
-            for i, b in enumerate(_eo_bands(a))
-            if str(b.get(field_name) or b.get(f"eo:{field_name}") or "").lower() == low
-        ]
-        if hits:
-            _, key, index = min(hits, key=lambda h: h[0])
-            return (key, index)
-    return None
-
-
-def _band(name: str, key: str, index: int, asset: Mapping[str, Any]) -> Band:
-    raster = asset.get("raster:bands") or asset.get("bands") or []
-    info = raster[index - 1] if len(raster) >= index else {}
-    nodata = info.get("nodata", info.get("raster:nodata", asset.get("nodata")))
-    return Band(
-        name=name,
-        href=str(asset["href"]),
-        index=index,
-        asset=key,
-        scale=float(info.get("scale", info.get("raster:scale", 1.0))),
-        offset=float(info.get("offset", info.get("raster:offset", 0.0))),
-        nodata=float(nodata) if isinstance(nodata, (int, float)) and not isinstance(nodata, bool) else None,
-    )
-
-
-def _all_bands(assets: Mapping[str, Mapping[str, Any]]) -> tuple[Band, ...]:
-    out: list[Band] = []
-    for key, asset in assets.items():
-        if not _is_data(asset) or not _is_raster(asset):
-            continue
-        names = _band_names(asset)
-        if len(names) <= 1:
-            out.append(_band(names[0] if names else key, key, 1, asset))
-        else:
-            out.extend(_band(n, key, i + 1, asset) for i, n in enumerate(names))
-    return tuple(out)
-
-
-def _eo_bands(asset: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    bands = asset.get("eo:bands") or asset.get("bands") or []
-    return [b for b in bands if isinstance(b, Mapping)]
-
-
-def _band_names(asset: Mapping[str, Any]) -> list[str]:
-    return [
-        str(b.get("name") or b.get("common_name") or b.get("eo:common_name") or "") for b in _eo_bands(asset)
-    ]
-
-
-def _is_data(asset: Mapping[str, Any]) -> bool:
-    roles = set(asset.get("roles") or ["data"])
-    return "data" in roles or not roles & _NON_DATA_ROLES
-
-
-def _is_raster(asset: Mapping[str, Any]) -> bool:
-    kind = str(asset.get("type") or "image/tiff")
-    return kind.startswith(("image/", "application/x-hdf")) and "png" not in kind and "jpeg" not in kind
-
-
-def _absolute(asset: Mapping[str, Any], item: pystac.Item | Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(asset)
-    href = str(out.get("href", ""))
-    if isinstance(item, pystac.Item) and href and "://" not in href and not href.startswith("/"):
-        base = item.get_self_href()
-        if base:
-            out["href"] = pystac.utils.make_absolute_href(href, base)
-    return out
-
-
-def _projection(
-    props: Mapping[str, Any], assets: Mapping[str, Mapping[str, Any]], bands: Sequence[Band]
-) -> tuple[str | None, Affine | None, tuple[int, int] | None]:
-    sources = [props, *(assets[b.asset] for b in bands if b.asset in assets)]
-    crs = next((c for c in (_crs(s) for s in sources) if c), None)
-    transform = next((Affine(*s["proj:transform"][:6]) for s in sources if s.get("proj:transform")), None)
-    rows_cols = next((s["proj:shape"] for s in sources if s.get("proj:shape")), None)
-    return crs, transform, (int(rows_cols[0]), int(rows_cols[1])) if rows_cols else None
-
-
-def _crs(obj: Mapping[str, Any]) -> str | None:
-    if obj.get("proj:code"):
-        return str(obj["proj:code"])
-    if obj.get("proj:epsg"):
-        return f"EPSG:{int(obj['proj:epsg'])}"
-    wkt = obj.get("proj:wkt2")
-    return str(wkt) if wkt else None
-
-
-def _footprint(it: pystac.Item) -> BaseGeometry:
-    if it.geometry:
-        return shape(it.geometry)
-    return box(*it.bbox) if it.bbox else shapely.Point()
-
-
-# --------------------------------------------------------------------------- datetimes
-
-
-def _parse_instant(value: Any) -> datetime | None:
-    if value is None or value in ("", ".."):
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    text = str(value).strip()
-    try:
-        parsed = datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError as exc:
-        raise ConfigError(
-            f"datetime {text!r} is not RFC 3339; use e.g. 2017-02-16 or 2017-02-16T10:21:01Z"
-        ) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _interval(text: str | None) -> tuple[datetime | None, datetime | None]:
-    """(start, end) of an RFC 3339 instant or interval; a bare date covers its whole day."""
-    if not text:
-        return (None, None)
-    parts = text.split("/") if "/" in text else [text, text]
-    if len(parts) != 2:
-        raise ConfigError(f"datetime {text!r} must be an instant or START/END; e.g. 2017-01-01/2017-03-31")
-    start, end = (_parse_instant(p) for p in parts)
-    if end is not None and len(parts[1].strip()) == 10:  # date only: through the end of that day
-        end = datetime.combine(end.date(), time.max, tzinfo=UTC)
-    if start is not None and end is not None and start > end:
-        raise ConfigError(f"datetime {text!r} ends before it starts; swap the two ends")
-    return (start, end)
-
-
-def _item_interval(it: pystac.Item) -> tuple[datetime | None, datetime | None]:
-    if it.datetime is not None:
-        when = it.datetime if it.datetime.tzinfo else it.datetime.replace(tzinfo=UTC)
-        return (when, when)
-    props = it.properties
-    return (_parse_instant(props.get("start_datetime")), _parse_instant(props.get("end_datetime")))
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -724,16 +393,6 @@ def _bbox(values: Sequence[float] | None) -> tuple[float, float, float, float] |
     return bbox[0], bbox[1], bbox[2], bbox[3]
 
 
-def _short_wkt(geom: BaseGeometry) -> str:
-    text = geom.wkt
-    return text if len(text) <= 80 else f"{geom.geom_type}(bounds={tuple(round(v, 5) for v in geom.bounds)})"
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
-
-
-def to_json(found: Sequence[Scene]) -> str:
-    """The scenes as a JSON array (``geounet search --json``)."""
-    return json.dumps([s.to_dict() for s in found], indent=2)

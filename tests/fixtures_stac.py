@@ -134,6 +134,19 @@ def _cog(src: Path | rasterio.io.DatasetReader | rasterio.io.MemoryFile, dst: Pa
     return dst
 
 
+def write_cog(data: np.ndarray, profile: dict[str, Any], dst: Path) -> Path:
+    """Write ``data`` (rows, cols) or (bands, rows, cols) as a COG like the served ones (test helper)."""
+    array = data[None] if data.ndim == 2 else data
+    profile = dict(profile, driver="GTiff", count=array.shape[0], dtype=array.dtype.name)
+    for key in ("blockxsize", "blockysize", "tiled", "compress", "interleave"):
+        profile.pop(key, None)
+    with rasterio.MemoryFile() as mem:
+        with mem.open(**profile) as tmp:
+            tmp.write(array)
+        with mem.open() as tmp:
+            return _cog(tmp, dst)
+
+
 def _footprint(path: Path) -> tuple[dict[str, Any], list[float]]:
     """Lon/lat footprint of a raster's valid data (its full extent, or its nodata-free part)."""
     with rasterio.open(path) as ds:
@@ -224,8 +237,27 @@ def _slovenia(data_dir: Path, out: Path, url: str) -> list[tuple[pystac.Item, di
         bands = [{"name": b, "common_name": S2_COMMON[b]} for b in S2_ORDER]
         raster = [{"spatial_resolution": 10.0} for _ in S2_ORDER]
         _asset(item, "data", f"{url}/s2-slovenia/{name}.tif", cog, bands, raster)
-        made.append((item, {"data": cog}))
+        paths = {"data": cog, **_slovenia_masks(data_dir, out, when, cog, name)}
+        for key, kind in (("CLM", "cloud mask, 1 = cloud"), ("CLP", "cloud probability 0-1")):
+            _asset(item, key, f"{url}/s2-slovenia/{paths[key].name}", paths[key], [{"name": key, "description": kind}],
+                   [{"spatial_resolution": 10.0}])  # fmt: skip
+        made.append((item, paths))
     return made
+
+
+def _slovenia_masks(data_dir: Path, out: Path, when: str, like: Path, name: str) -> dict[str, Path]:
+    """eo-learn's own cloud mask (CLM) and s2cloudless probability (CLP) of that date, as COGs."""
+    patch = data_dir / "s2-slovenia-eolearn" / "original" / "TestEOPatch"
+    stamps = json.loads((patch / "timestamps.json").read_text())
+    t = stamps.index(when.removesuffix("Z"))
+    with rasterio.open(like) as ds:
+        profile = dict(ds.profile, nodata=None)
+    clm = np.load(patch / "mask" / "CLM.npy")[t, ..., 0].astype(np.uint8)
+    clp = np.load(patch / "data" / "CLP.npy")[t, ..., 0].astype(np.float32)
+    return {
+        "CLM": write_cog(clm, profile, out / "s2-slovenia" / f"{name}_CLM.tif"),
+        "CLP": write_cog(clp, profile, out / "s2-slovenia" / f"{name}_CLP.tif"),
+    }
 
 
 def _landsat(data_dir: Path, out: Path, url: str) -> tuple[pystac.Item, dict[str, Path]]:

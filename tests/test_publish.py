@@ -98,7 +98,7 @@ def test_area_table_matches_raster(run_outputs, landuse) -> None:
 
 
 def test_stac_item_validates_offline_and_describes_the_outputs(run_outputs, landuse, stac_schemas) -> None:
-    used = publish.validate_item(run_outputs["item"], schemas=stac_schemas)
+    used = publish.validate_item(run_outputs["item"], schemas=stac_schemas, offline=True)
     assert any("projection" in uri for uri in used) and any("classification" in uri for uri in used)
     item = pystac.Item.from_file(str(run_outputs["item"]))
     root = run_outputs["item"].parent
@@ -124,7 +124,48 @@ def test_stac_validation_catches_a_broken_item(run_outputs, stac_schemas) -> Non
     item = json.loads(run_outputs["item"].read_text())
     item["assets"]["classes"]["classification:classes"][0]["color_hint"] = "#zz0000"
     with pytest.raises(pystac.errors.STACValidationError):
-        publish.validate_item(pystac.Item.from_dict(item), schemas=stac_schemas)
+        publish.validate_item(pystac.Item.from_dict(item), schemas=stac_schemas, offline=True)
+
+
+def test_stac_item_links_its_sources_and_model_and_takes_their_dates(
+    tmp_path: Path, run_outputs, landuse
+) -> None:
+    bundle = tmp_path / "lc.safetensors"
+    bundle.write_bytes(b"weights")
+    (tmp_path / "lc.json").write_text("{}")  # the MLM Item `geounet model export-stac` writes beside it
+    sources = [
+        {"id": "S2_a", "href": "http://127.0.0.1:1/items/S2_a", "datetime": "2015-07-11T10:00:08+00:00"},
+        {"id": "S2_b", "href": "http://127.0.0.1:1/items/S2_b", "datetime": "2015-09-09T10:00:17+00:00"},
+    ]
+    assets = {"classes": run_outputs["classes"], "confidence": run_outputs["confidence"]}
+    item = publish.stac_item(
+        run_outputs["classes"], classes=landuse.classes, assets=assets, item_id="run",
+        sources=sources, model={"path": str(bundle), "sha256": "ab" * 32},
+    )  # fmt: skip
+    derived = [link for link in item.links if link.rel == "derived_from"]
+    assert [link.href for link in derived] == [s["href"] for s in sources] + [
+        str((tmp_path / "lc.json").resolve())
+    ]
+    assert derived[-1].extra_fields["file:checksum"] == "1220" + "ab" * 32
+    assert item.datetime is None and item.properties["start_datetime"] == "2015-07-11T10:00:08Z"
+    assert item.properties["end_datetime"] == "2015-09-09T10:00:17Z"
+    assert item.properties["geounet:source_items"] == ["S2_a", "S2_b"]
+    raster = item.assets["classes"].extra_fields["raster:bands"][0]
+    assert raster["data_type"] == "uint8" and raster["nodata"] == 255
+    assert item.assets["confidence"].extra_fields["raster:bands"][0]["unit"] == "%"
+    size = run_outputs["classes"].stat().st_size
+    assert item.assets["classes"].extra_fields["file:size"] == size
+    assert any("/file/" in e for e in item.stac_extensions) and any(
+        "/raster/" in e for e in item.stac_extensions
+    )
+    one = publish.stac_item(run_outputs["classes"], classes=landuse.classes, assets=assets, item_id="one",
+                            sources=sources[:1])  # fmt: skip
+    assert one.datetime is not None and one.datetime.isoformat() == "2015-07-11T10:00:08+00:00"
+    local = publish.stac_item(run_outputs["classes"], classes=landuse.classes, assets=assets, item_id="file",
+                              source="/data/T33UUU_20170216T102101_B02.jp2")  # fmt: skip
+    assert local.datetime is not None and local.datetime.isoformat() == "2017-02-16T10:21:01+00:00"
+    unknown = publish.stac_item(run_outputs["classes"], classes=landuse.classes, assets=assets, item_id="x")
+    assert unknown.properties["geounet:datetime_is_processing"] is True
 
 
 def test_quicklook_is_small_and_shows_the_classes(tmp_path: Path, run_outputs, landuse) -> None:
@@ -154,7 +195,7 @@ def test_bad_format_and_unwritable_path(tmp_path: Path, landuse) -> None:
 
 def test_photo_products_without_georeferencing(photo, stac_schemas) -> None:
     array, paths = photo
-    used = publish.validate_item(paths["item"], schemas=stac_schemas)
+    used = publish.validate_item(paths["item"], schemas=stac_schemas, offline=True)
     assert not any("projection" in uri for uri in used)
     item = json.loads(paths["item"].read_text())
     assert item["geometry"] is None and "bbox" not in item

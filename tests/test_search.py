@@ -11,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import geopandas
+import pystac
+import pystac.validation
 import pytest
 from fixtures_stac import BRANDENBURG_ID, StacAssets, free_port
 from shapely.geometry import box
@@ -140,6 +142,59 @@ def test_cql2_text_filter_on_the_api(stac_api: str) -> None:
     assert ids(search.scenes(stac_api, filter="id = 'LE07_RGB_byte'")) == {"LE07_RGB_byte"}
 
 
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [
+        ("2017-02", {BRANDENBURG_ID}),
+        ("2017", {BRANDENBURG_ID}),
+        ("2017-02-16", {BRANDENBURG_ID}),
+        ("2017-01/2017-03", {BRANDENBURG_ID}),
+        ("2016-01/..", {BRANDENBURG_ID}),
+        ("../2015-07-31", {"S2_L1C_slovenia_20150711", "S2_L1C_slovenia_20150731"}),
+        ("2015-08", {"S2_L1C_slovenia_20150820", "S2_L1C_slovenia_20150830"}),
+        ("2015", CLEAR | CLOUDY),
+    ],
+)
+def test_partial_dates_and_open_intervals_as_pystac_client_expands_them(
+    source: str, when: str, expected: set[str]
+) -> None:
+    assert ids(search.scenes(source, collections=["sentinel-2-l1c"], datetime=when)) == expected
+
+
+def test_datetime_expands_exactly_like_pystac_client() -> None:
+    assert search.expand_datetime("2017-02") == "2017-02-01T00:00:00Z/2017-02-28T23:59:59Z"
+    assert search.expand_datetime("2016-02") == "2016-02-01T00:00:00Z/2016-02-29T23:59:59Z"  # leap year
+    assert search.expand_datetime("../2017") == "../2017-12-31T23:59:59Z"
+    assert search.expand_datetime("2017-02-16T10:21:01+01:00") == "2017-02-16T10:21:01+01:00"
+    assert search.expand_datetime(None) is None
+    for bad in ("2017-13", "last tuesday", "2017/2018/2019", "2017-02-30"):
+        with pytest.raises(
+            ConfigError, match=rf"datetime '{bad}' is not RFC 3339.*--datetime 2017-02/2017-03"
+        ):
+            search.expand_datetime(bad)
+    with pytest.raises(ConfigError, match="ends before it starts"):
+        search.expand_datetime("2017-03/2017-02")
+
+
+def test_cql2_filter_on_a_static_catalog_by_cql2s_evaluator(source: str) -> None:
+    found = search.scenes(source, collections=["sentinel-2-l1c"], filter="eo:cloud_cover < 20")
+    assert ids(found) == CLEAR | {BRANDENBURG_ID}
+    both = search.scenes(source, filter="eo:cloud_cover < 20 AND collection = 's2-zone-pair'", max_cloud=5)
+    assert ids(both) == {f"{BRANDENBURG_ID}_east", f"{BRANDENBURG_ID}_west"}
+    with pytest.raises(SearchError, match="no scenes match"):
+        search.scenes(source, collections=["sentinel-2-l1c"], filter='"eo:cloud_cover" > 50', max_cloud=10)
+
+
+def test_malformed_filter_and_numbers_are_config_errors_naming_the_flag(stac_assets: StacAssets) -> None:
+    catalog = str(stac_assets.catalog)
+    with pytest.raises(ConfigError, match=r"filter 'eo:cloud_cover <<< 20' is not CQL2 text.*--filter"):
+        search.scenes(catalog, filter="eo:cloud_cover <<< 20")
+    with pytest.raises(ConfigError, match=r"max_cloud=-5 must be a percentage in 0\.\.100 \(--max-cloud"):
+        search.scenes(catalog, max_cloud=-5)
+    with pytest.raises(ConfigError, match=r"limit=0 must be >= 1 \(--limit"):
+        search.scenes(catalog, limit=0)
+
+
 def test_api_down_is_retried_then_a_search_error() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(SearchError, match=r"failed after 2 retries.*check the URL and that the server is up"):
@@ -258,6 +313,8 @@ def test_bad_arguments_are_config_errors(stac_assets: StacAssets) -> None:
         search.scenes(str(stac_assets.catalog), bbox=(1, 2, 0, 3))
     with pytest.raises(ConfigError, match="RFC 3339"):
         search.scenes(str(stac_assets.catalog), datetime="last tuesday")
+    with pytest.raises(ConfigError, match="ends before it starts"):
+        search.scenes(str(stac_assets.catalog), datetime="2017-02-16/2017-02-01")
     with pytest.raises(ConfigError, match="earth-search"):
         search.scenes(str(stac_assets.catalog), preset="nasa")
 
@@ -267,7 +324,7 @@ def test_scene_is_a_frozen_value(stac_assets: StacAssets) -> None:
     with pytest.raises(AttributeError):
         scene.id = "other"  # type: ignore[misc]
     assert hash(scene) == hash(search.scenes(str(stac_assets.catalog), collections=["landsat-7-rgb"])[0])
-    assert json.loads(search.to_json([scene]))[0]["id"] == "LE07_RGB_byte"
+    assert scene.to_dict()["id"] == "LE07_RGB_byte" and json.dumps(scene.to_dict())
     assert pickle.loads(pickle.dumps(scene)) == scene  # travels to Ray tasks
 
 
@@ -290,9 +347,16 @@ def test_cli_search_prints_a_table_and_json(stac_api: str, capsys: pytest.Captur
     assert {line.split()[0] for line in lines[1:]} == CLEAR
     assert "3 scene(s)" in out.err
     main([*args, "--bands", "B04,B08", "--json", "--limit", "2", "--sortby", "-datetime"])
-    listed = json.loads(capsys.readouterr().out)
-    assert [s["id"] for s in listed] == ["S2_L1C_slovenia_20150909", "S2_L1C_slovenia_20150830"]
-    assert listed[0]["bands"]["B08"]["index"] == 8 and listed[0]["cloud_cover"] == 0.0
+    listed = pystac.ItemCollection.from_dict(json.loads(capsys.readouterr().out))  # pipeable to STAC tools
+    assert [it.id for it in listed] == ["S2_L1C_slovenia_20150909", "S2_L1C_slovenia_20150830"]
+    assert listed.items[0].properties["eo:cloud_cover"] == 0.0 and "data" in listed.items[0].assets
+    for it in listed:  # the core Item schema pystac ships (the extension schemas need the network)
+        pystac.validation.validate_dict(it.to_dict(), extensions=[])
+    main([*args, "--datetime", "2015-08", "--json"])
+    assert {it.id for it in pystac.ItemCollection.from_dict(json.loads(capsys.readouterr().out))} == {
+        "S2_L1C_slovenia_20150820",
+        "S2_L1C_slovenia_20150830",
+    }
 
 
 def test_cli_search_errors_are_one_line(stac_api: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -317,6 +381,21 @@ def test_cli_search_errors_are_one_line(stac_api: str, capsys: pytest.CaptureFix
     with pytest.raises(SystemExit):
         main(["search", "--stac", stac_api, "--bbox", "1,2,3"])
     assert "ConfigError: --bbox '1,2,3' must be four numbers" in capsys.readouterr().err
+    bad = {
+        (
+            "--max-cloud",
+            "-5",
+        ): "ConfigError: --max-cloud -5 must be in 0..100; give a percentage, e.g. --max-cloud 20",
+        ("--max-cloud", "150"): "ConfigError: --max-cloud 150 must be in 0..100",
+        ("--limit", "0"): "ConfigError: --limit 0 must be >= 1; leave --limit out for every matching scene",
+        ("--datetime", "2017-13"): "ConfigError: datetime '2017-13' is not RFC 3339",
+        ("--filter", "cloud <<< 3"): "ConfigError: filter 'cloud <<< 3' is not CQL2 text",
+    }
+    for (flag, value), message in bad.items():
+        with pytest.raises(SystemExit) as exit_:
+            main(["search", "--stac", stac_api, flag, value])
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 1 and err.startswith(message) and len(err.splitlines()) == 1, err
 
 
 def test_preset_name_resolves_to_its_api_and_collection(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -334,3 +413,39 @@ def test_preset_name_resolves_to_its_api_and_collection(monkeypatch: pytest.Monk
         search.scenes("pc", collections=["sentinel-2-l1c"])
     assert seen[1].source == "https://planetarycomputer.microsoft.com/api/stac/v1"
     assert seen[1].collections == ("sentinel-2-l1c",)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--tile", "0", "--tile 0 must be >= 16; leave --tile out for the bundle's tile"),
+        ("--halo", "-1", "--halo -1 must be >= 0; leave --halo out for the bundle's halo"),
+        ("--resolution", "0", "--resolution 0 must be > 0; give the mosaic pixel size"),
+        ("--max-cloud", "-5", "--max-cloud -5 must be in 0..100"),
+        ("--limit", "0", "--limit 0 must be >= 1"),
+        ("--actors", "0", "--actors 0 must be >= 1"),
+        ("--gpus-per-actor", "0", "--gpus-per-actor 0 must be > 0"),
+        ("--min-area", "-1", "--min-area -1 must be >= 0"),
+    ],
+)
+def test_cli_predict_bad_numbers_are_one_line_errors(
+    flag: str, value: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from geounet.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            [
+                "predict",
+                "x.tif",
+                "--model",
+                str(tmp_path / "m.safetensors"),
+                "--out",
+                str(tmp_path),
+                flag,
+                value,
+            ]
+        )
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and err.startswith(f"ConfigError: {message}")
+    assert len(err.splitlines()) == 1

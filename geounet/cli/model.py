@@ -230,6 +230,22 @@ def info(file: Path, as_json: bool) -> None:
         click.echo(f"{key:<16}{value}")
 
 
+@model.command("export-stac")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Item JSON [FILE with .json].")
+def export_stac(file: Path, out: Path | None) -> None:
+    """Write the bundle as a STAC Item with the MLM extension, validated before it is written.
+
+    \b
+    Example:
+      geounet model export-stac landcover.safetensors
+      geounet model export-stac landcover.safetensors --out catalog/landcover.json
+    """
+    from geounet import mlm
+
+    click.echo(str(mlm.write(gmodel.load(file), file, out=out)))
+
+
 def _summary(bundle: gmodel.Bundle, meta: dict[str, Any], file: Path, size: int) -> list[tuple[str, str]]:
     spec, norm = bundle.spec, bundle.normalization
     width = max(len(c.name) for c in bundle.classes)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from geounet import budget, execution, jobs, pipeline
-from geounet.cli.search import stac_job, stac_options
+from geounet.cli.search import at_least, stac_job, stac_options
 from geounet.errors import ConfigError
 
 
@@ -49,15 +49,39 @@ def _parse_bands(value: str | None) -> tuple[int, ...] | None:
 )
 @click.argument("source", type=str, required=False)
 @stac_options(required=False)
-@click.option("--resolution", type=float, default=None, help="STAC: mosaic grid pixel size [scenes' grid].")
+@click.option(
+    "--resolution",
+    type=float,
+    default=None,
+    callback=at_least(0, "give the mosaic pixel size in CRS units, e.g. --resolution 10", strict=True),
+    help="STAC: mosaic grid pixel size [scenes' grid].",
+)
 @click.option("--crs", type=str, default=None, help="STAC: mosaic grid CRS [UTM zone of the AOI].")
 @click.option(
     "--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Model bundle file."
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--tile", type=int, default=None, help="Tile side seen by the network, px [bundle's].")
-@click.option("--halo", type=int, default=None, help="Context per side, px [bundle's: receptive field].")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per forward pass.")
+@click.option(
+    "--tile",
+    type=int,
+    default=None,
+    callback=at_least(16, "leave --tile out for the bundle's tile, or give e.g. --tile 512"),
+    help="Tile side seen by the network, px [bundle's].",
+)
+@click.option(
+    "--halo",
+    type=int,
+    default=None,
+    callback=at_least(0, "leave --halo out for the bundle's halo, or give e.g. --halo 64"),
+    help="Context per side, px [bundle's: receptive field].",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Tiles per forward pass.",
+)
 @click.option("--merge", type=click.Choice(["crop", "blend"]), default="crop", show_default=True)
 @click.option(
     "--blend-window", type=click.Choice(["cosine", "gaussian"]), default="cosine", show_default=True
@@ -69,9 +93,20 @@ def _parse_bands(value: str | None) -> tuple[int, ...] | None:
     "--vector-format", type=click.Choice(list(jobs.VECTOR_FORMATS)), default="gpkg", show_default=True
 )
 @click.option(
-    "--min-area", type=float, default=0.0, show_default=True, help="Drop polygons smaller (map units²)."
+    "--min-area",
+    type=float,
+    default=0.0,
+    show_default=True,
+    callback=at_least(0, "use 0 to keep every polygon"),
+    help="Drop polygons smaller (map units²).",
 )
-@click.option("--simplify", type=float, default=None, help="Simplify tolerance in map units [half a pixel].")
+@click.option(
+    "--simplify",
+    type=float,
+    default=None,
+    callback=at_least(0, "leave --simplify out for half a pixel"),
+    help="Simplify tolerance in map units [half a pixel].",
+)
 @click.option(
     "--executor",
     type=click.Choice(list(execution.EXECUTORS)),
@@ -100,9 +135,19 @@ def _parse_bands(value: str | None) -> tuple[int, ...] | None:
 @click.option(
     "--address", type=str, default=None, help="Ray cluster to join (host:port, ray://…) [env RAY_ADDRESS]."
 )
-@click.option("--actors", type=int, default=None, help="Predict actors [one per GPU, else CPUs/4].")
 @click.option(
-    "--gpus-per-actor", type=float, default=None, help="GPUs per actor, fractional allowed, e.g. 0.5 [1]."
+    "--actors",
+    type=int,
+    default=None,
+    callback=at_least(1, "leave --actors out for one per GPU"),
+    help="Predict actors [one per GPU, else CPUs/4].",
+)
+@click.option(
+    "--gpus-per-actor",
+    type=float,
+    default=None,
+    callback=at_least(0, "give a share of a GPU, e.g. --gpus-per-actor 0.5", strict=True),
+    help="GPUs per actor, fractional allowed, e.g. 0.5 [1].",
 )
 @click.option(
     "--resume/--no-resume",

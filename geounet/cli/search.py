@@ -7,6 +7,7 @@ scenes from STAC (``geounet predict --stac ...``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import click
@@ -15,6 +16,37 @@ from geounet import search as gsearch
 from geounet.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
+N = TypeVar("N", int, float)
+
+
+def at_least(
+    minimum: float, fix: str, *, strict: bool = False, most: float | None = None
+) -> Callable[..., Any]:
+    """A click callback that refuses values below ``minimum`` (or ``<=`` it when ``strict``)
+    and above ``most`` with a one-line :class:`ConfigError` naming the flag and ``fix``.
+
+    Example:
+        >>> import click
+        >>> check = at_least(1, "leave it out for the bundle's tile")
+        >>> check(None, click.Option(["--tile"]), 0)
+        Traceback (most recent call last):
+        ...
+        geounet.errors.ConfigError: --tile 0 must be >= 1; leave it out for the bundle's tile
+    """
+
+    def check(ctx: click.Context | None, param: click.Parameter, value: N | None) -> N | None:
+        if value is None:
+            return None
+        flag = param.opts[0] if param.opts else str(param.name)
+        low = value <= minimum if strict else value < minimum
+        if low or (most is not None and value > most):
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+            if most is not None:
+                bound = f"in {minimum:g}..{most:g}"
+            raise ConfigError(f"{flag} {value:g} must be {bound}; {fix}")
+        return value
+
+    return check
 
 
 def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
@@ -51,17 +83,63 @@ def stac_options(required: bool) -> Callable[[F], F]:
             click.option("--collection", "collections", multiple=True, help="Collection id (repeatable)."),
             click.option("--bbox", metavar="W,S,E,N", help="Bounding box in lon/lat."),
             click.option("--aoi", metavar="FILE|WKT", help="AOI: GeoJSON/GPKG file or WKT (lon/lat)."),
-            click.option("--datetime", "datetime_", metavar="RANGE", help="e.g. 2017-01-01/2017-03-31."),
-            click.option("--max-cloud", type=float, help="Keep scenes with cloud cover <= this (%)."),
-            click.option("--limit", type=int, help="At most this many scenes."),
+            click.option(
+                "--datetime",
+                "datetime_",
+                metavar="RANGE",
+                help="Instant, partial date or interval with .. open ends: 2017, 2017-02, "
+                "2017-02-16, 2017-01/2017-03, 2017-02/..",
+            ),
+            click.option(
+                "--max-cloud",
+                type=float,
+                callback=at_least(0, "give a percentage, e.g. --max-cloud 20", most=100),
+                help="Keep scenes with cloud cover <= this (%, 0-100).",
+            ),
+            click.option(
+                "--limit",
+                type=int,
+                callback=at_least(1, "leave --limit out for every matching scene"),
+                help="At most this many scenes.",
+            ),
             click.option("--sortby", multiple=True, help="Sort field, '-' for descending (repeatable)."),
-            click.option("--filter", "cql2", metavar="CQL2", help="Extra CQL2-text filter (APIs only)."),
+            click.option(
+                "--filter",
+                "cql2",
+                metavar="CQL2",
+                help='Extra CQL2-text filter, e.g. "eo:cloud_cover < 20" (APIs and static catalogs).',
+            ),
         ]
         for option in reversed(options):
             func = option(func)
         return func
 
     return decorate
+
+
+def query_kwargs(
+    *,
+    stac: str,
+    collections: Sequence[str],
+    bbox: str | None,
+    aoi: str | None,
+    datetime_: str | None,
+    max_cloud: float | None,
+    limit: int | None,
+    sortby: Sequence[str],
+    cql2: str | None,
+) -> dict[str, Any]:
+    """The keyword arguments of :func:`geounet.search.scenes` the :func:`stac_options` describe."""
+    return {
+        "collections": tuple(collections),
+        "bbox": parse_bbox(bbox),
+        "aoi": aoi,
+        "datetime": datetime_,
+        "max_cloud": max_cloud,
+        "limit": limit,
+        "sortby": tuple(sortby),
+        "filter": cql2,
+    }
 
 
 def run_search(
@@ -78,18 +156,11 @@ def run_search(
     bands: Sequence[str] | None = None,
 ) -> list[gsearch.Scene]:
     """Run the search the :func:`stac_options` describe."""
-    return gsearch.scenes(
-        stac,
-        collections=tuple(collections),
-        bbox=parse_bbox(bbox),
-        aoi=aoi,
-        datetime=datetime_,
-        max_cloud=max_cloud,
-        limit=limit,
-        sortby=tuple(sortby),
-        filter=cql2,
-        bands=bands,
-    )
+    kwargs = query_kwargs(
+        stac=stac, collections=collections, bbox=bbox, aoi=aoi, datetime_=datetime_,
+        max_cloud=max_cloud, limit=limit, sortby=sortby, cql2=cql2,
+    )  # fmt: skip
+    return gsearch.scenes(stac, bands=bands, **kwargs)
 
 
 def stac_job(
@@ -112,9 +183,10 @@ def stac_job(
     from shapely import ops, union_all
     from shapely.geometry import box
 
-    from geounet import model, pipeline
+    from geounet import harmonize, model, pipeline
 
-    bands = model.load(model_path).bands
+    bundle = model.load(model_path)
+    bands = bundle.bands
     if query.get("stac"):
         found = run_search(bands=bands, **query)
         label = str(query["stac"])
@@ -135,9 +207,11 @@ def stac_job(
         aoi = ops.transform(to_grid, area)
     elif crs is not None:
         raise ConfigError(f"--crs {crs} needs --resolution (the target grid's pixel size in CRS units)")
-    return pipeline.plan_scenes(
+    job = pipeline.plan_scenes(
         found, model=model_path, out_dir=out_dir, options=options, grid=grid, aoi=aoi, source=label
     )
+    # one resampling default everywhere: what the bundle's training data was read with
+    return replace(job, extra={**job.extra, "resampling": harmonize.resampling(bundle.provenance)})
 
 
 def _table(found: Sequence[gsearch.Scene]) -> str:
@@ -164,11 +238,16 @@ def _table(found: Sequence[gsearch.Scene]) -> str:
 )
 @stac_options(required=True)
 @click.option("--bands", metavar="B1,B2,...", help="Model bands: resolve and show their assets.")
-@click.option("--json", "as_json", is_flag=True, help="Print the scenes as JSON (with band hrefs).")
+@click.option("--json", "as_json", is_flag=True, help="Print a STAC ItemCollection (GeoJSON) for STAC tools.")
 def search(as_json: bool, bands: str | None, **query: Any) -> None:
     """Search a STAC API or static catalog; print the matching scenes."""
     band_list = tuple(b.strip() for b in bands.split(",")) if bands else None
-    found = run_search(bands=band_list, **query)
-    click.echo(gsearch.to_json(found) if as_json else _table(found))
-    if not as_json:
-        click.echo(f"{len(found)} scene(s)", err=True)
+    if as_json:
+        found = gsearch.search_items(query["stac"], **query_kwargs(**query))
+        for it in found:  # fail like the table does when an item lacks one of --bands
+            gsearch.from_item(it, bands=band_list)
+        click.echo(gsearch.to_json(found))
+        return
+    scenes = run_search(bands=band_list, **query)
+    click.echo(_table(scenes))
+    click.echo(f"{len(scenes)} scene(s)", err=True)

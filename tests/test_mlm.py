@@ -1,0 +1,65 @@
+"""``geounet model export-stac``: the bundle as a STAC MLM Item, validated by stac-model and pystac."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import pystac
+import pytest
+
+from geounet import mlm, model
+from geounet.errors import InputError
+from geounet.model import ClassInfo, ModelSpec
+
+CONVENTION = {"input_convention": {"value_scaling": [{"type": "scale", "value": 0.0001}]}}
+
+
+@pytest.fixture
+def bundle_path(tmp_path: Path) -> Path:
+    bundle = model.init_bundle(
+        bands=["B02", "B03", "B04", "B08"], classes=[ClassInfo(0, "water", "#1f78b4"), ClassInfo(1, "forest", "#33a02c")],
+        spec=ModelSpec(in_channels=4, n_classes=2, depth=2, width=4), tile=128, halo=16, provenance=CONVENTION,
+    )  # fmt: skip
+    return model.save(bundle, tmp_path / "lc.safetensors")
+
+
+def test_export_stac_writes_a_valid_mlm_item(bundle_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from geounet.cli import main
+
+    main(["model", "export-stac", str(bundle_path)])
+    written = Path(capsys.readouterr().out.strip())
+    assert written == bundle_path.with_suffix(".json")
+    data = json.loads(written.read_text())
+    used = mlm.validate(data)
+    assert any("item.json" in u for u in used) and any("stac-model" in u for u in used)
+    item = pystac.Item.from_dict(data)
+    props = item.properties
+    assert props["mlm:input"][0]["bands"] == ["B02", "B03", "B04", "B08"]
+    assert [c["name"] for c in props["mlm:output"][0]["classification:classes"]] == ["water", "forest"]
+    assert props["geounet:input_convention"]["value_scaling"] == [{"type": "scale", "value": 0.0001}]
+    asset = item.assets["model"]
+    assert (written.parent / asset.href).resolve() == bundle_path.resolve()
+    assert asset.extra_fields["file:size"] == bundle_path.stat().st_size
+    assert (
+        asset.extra_fields["file:checksum"] == "1220" + hashlib.sha256(bundle_path.read_bytes()).hexdigest()
+    )
+    assert any("/mlm/" in e for e in item.stac_extensions) and any(
+        "/file/" in e for e in item.stac_extensions
+    )
+
+
+def test_broken_mlm_items_are_caught_by_the_package_schema(bundle_path: Path) -> None:
+    good = mlm.item(model.load(bundle_path), bundle_path).to_dict()
+    mlm.validate(good)
+    for key, value in (("mlm:tasks", "segmentation"), ("mlm:input", [{"name": "chip"}]), ("mlm:name", "")):
+        bad = copy.deepcopy(good)
+        bad["properties"][key] = value
+        with pytest.raises(InputError, match="breaks the MLM extension"):
+            mlm.validate(bad)
+    bad = copy.deepcopy(good)
+    del bad["properties"]["datetime"]
+    with pytest.raises(InputError, match="not a valid STAC Item"):
+        mlm.validate(bad)

@@ -1,0 +1,54 @@
+"""The per-class probability COG: uint8 0-100 per class band, class names inside the file, valid COG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rio_cogeo.cogeo import cog_validate
+
+from geounet import read, tiling
+from geounet.errors import InputError
+from geounet.model import ClassInfo
+from geounet.publish.probabilities import to_percent, write_probabilities
+
+CLASSES = [
+    ClassInfo(0, "water", "#1f78b4"),
+    ClassInfo(1, "forest", "#33a02c"),
+    ClassInfo(2, "field", "#ffff99"),
+]
+
+
+def test_probability_cog_has_one_named_percent_band_per_class(data_dir: Path, tmp_path: Path) -> None:
+    src = data_dir / "s2-brandenburg-20170216" / "IMG_DATA" / "T33UUU_20170216T102101_B02.jp2"
+    with rasterio.open(src) as ds:
+        grid = read.source_grid(ds)
+    bands = [src.with_name(src.name.replace("B02", b)) for b in ("B02", "B03", "B04")]
+    stack = np.stack([read.read_window(b, grid.full_window(), bands=[1])[0] for b in bands])
+    probs = stack / np.maximum(stack.sum(axis=0, keepdims=True), 1)  # real imagery as class shares
+    valid = stack.min(axis=0) > 0
+    plan = tiling.grid(grid.shape, tile=512, halo=0)
+    blocks = ((t.core, probs[(slice(None), *t.core.to_slices())], valid[t.core.to_slices()]) for t in plan)
+    path = write_probabilities(tmp_path / "probabilities.tif", blocks, grid=grid, classes=CLASSES)
+    assert grid.cols > 1024 and cog_validate(str(path))[0]
+    with rasterio.open(path) as ds:
+        assert ds.count == 3 and ds.dtypes == ("uint8",) * 3 and ds.nodata == 255
+        assert ds.descriptions == ("water", "forest", "field")
+        assert ds.tags()["CLASS_1"] == "forest"
+        assert (ds.crs, ds.transform) == (rasterio.crs.CRS.from_user_input(grid.crs), grid.transform)
+        got = ds.read()
+    np.testing.assert_array_equal(got, to_percent(probs, valid))
+    assert got[:, valid].max() <= 100 and (got[:, ~valid] == 255).all()
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_a_block_that_does_not_fit_is_an_input_error(tmp_path: Path) -> None:
+    from geounet.geo import Grid, Window
+
+    grid = Grid(shape=(8, 8))
+    with pytest.raises(InputError, match="do not fit 3 classes"):
+        write_probabilities(tmp_path / "p.tif", [(Window(0, 0, 8, 8), np.zeros((2, 8, 8)), None)], grid=grid,
+                            classes=CLASSES)  # fmt: skip
+    assert not (tmp_path / "p.tif").exists()

@@ -40,15 +40,16 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window as RioWindow
 
+from geounet import styles
 from geounet.errors import ConfigError, InputError, WriteError
 from geounet.geo import Grid, Window
 from geounet.model import NODATA_CLASS, ClassInfo
+from geounet.styles import gradient_qml, paletted_qml
 
 #: Overview resampling methods GDAL's COG driver accepts (lower-case names).
 RESAMPLING = ("nearest", "mode", "average", "bilinear", "cubic", "cubicspline", "lanczos", "rms")
 
 #: Colors of the confidence gradient (low → high): red, yellow, green.
-_GRADIENT = ("#d7191c", "#fdae61", "#ffffbf", "#a6d96a", "#1a9641")
 
 
 def temp_path(path: Path, suffix: str = ".tmp") -> Path:
@@ -230,6 +231,8 @@ class CogWriter:
         try:
             if self.description:
                 ds.set_band_description(1, self.description)
+            if self.classes is not None:  # class names inside the TIFF too, not only in the .aux.xml
+                ds.update_tags(1, **styles.class_tags(self.classes))
         finally:
             ds.close()
 
@@ -346,92 +349,6 @@ def category_aux_xml(classes: Sequence[ClassInfo]) -> str:
         ET.SubElement(cats, "Category").text = names.get(value, "")
     ET.indent(root)
     return ET.tostring(root, encoding="unicode") + "\n"
-
-
-def paletted_qml(classes: Sequence[ClassInfo]) -> str:
-    """QGIS layer style: paletted renderer with one labelled entry per class, nodata transparent.
-
-    Example:
-        >>> 'label="water"' in paletted_qml([ClassInfo(1, "water", "#1f78b4")])
-        True
-    """
-    root, pipe = _qml_root()
-    renderer = ET.SubElement(
-        pipe,
-        "rasterrenderer",
-        type="paletted",
-        band="1",
-        opacity="1",
-        alphaBand="-1",
-        nodataColor="",
-    )
-    ET.SubElement(renderer, "rasterTransparency")
-    palette = ET.SubElement(renderer, "colorPalette")
-    for c in classes:
-        ET.SubElement(palette, "paletteEntry", value=str(c.id), color=c.color, alpha="255", label=c.name)
-    _qml_tail(pipe, root)
-    return _qml_text(root)
-
-
-def gradient_qml(value_range: tuple[float, float]) -> str:
-    """QGIS layer style: single-band pseudo-color, red (low) → green (high), over ``value_range``.
-
-    Example:
-        >>> 'type="singlebandpseudocolor"' in gradient_qml((0.0, 100.0))
-        True
-    """
-    lo, hi = value_range
-    root, pipe = _qml_root()
-    renderer = ET.SubElement(
-        pipe,
-        "rasterrenderer",
-        type="singlebandpseudocolor",
-        band="1",
-        opacity="1",
-        alphaBand="-1",
-        classificationMin=_num(lo),
-        classificationMax=_num(hi),
-        nodataColor="",
-    )
-    ET.SubElement(renderer, "rasterTransparency")
-    shader = ET.SubElement(ET.SubElement(renderer, "rastershader"), "colorrampshader")
-    shader.attrib.update(
-        colorRampType="INTERPOLATED",
-        classificationMode="1",
-        clip="0",
-        minimumValue=_num(lo),
-        maximumValue=_num(hi),
-    )
-    n = len(_GRADIENT)
-    for i, color in enumerate(_GRADIENT):
-        value = lo + (hi - lo) * i / (n - 1)
-        ET.SubElement(shader, "item", value=_num(value), color=color, alpha="255", label=_num(value))
-    _qml_tail(pipe, root)
-    return _qml_text(root)
-
-
-def _qml_root() -> tuple[ET.Element, ET.Element]:
-    root = ET.Element("qgis", version="3.22.0", styleCategories="AllStyleCategories")
-    pipe = ET.SubElement(root, "pipe")
-    return root, pipe
-
-
-def _qml_tail(pipe: ET.Element, root: ET.Element) -> None:
-    ET.SubElement(pipe, "brightnesscontrast", brightness="0", contrast="0", gamma="1")
-    ET.SubElement(pipe, "huesaturation", saturation="0", grayscaleMode="0", colorizeOn="0")
-    ET.SubElement(pipe, "rasterresampler", maxOversampling="2")
-    ET.SubElement(root, "blendMode").text = "0"
-
-
-def _qml_text(root: ET.Element) -> str:
-    ET.indent(root)
-    return (
-        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, "unicode") + "\n"
-    )
-
-
-def _num(x: float) -> str:
-    return f"{x:g}"
 
 
 def _aux(path: Path) -> Path:

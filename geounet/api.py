@@ -1,15 +1,15 @@
-"""The notebook API: ``geounet.search``, ``geounet.predict``, ``geounet.vectorize``.
+"""The notebook API: :func:`search`, :func:`predict`, :func:`vectorize` (``from geounet import api``).
 
 Thin wrappers over the same stages the CLI runs (search → plan → tiled read/predict by the
 local or Ray executor → COG writer), so a notebook gets the CLI's results::
 
-    import geounet
-    scenes = geounet.search("earth-search", bbox=[12.5, 52.4, 12.6, 52.5],
-                            datetime="2024-06-01/2024-06-30", max_cloud=10,
-                            bands=["blue", "green", "red", "nir"])
-    ds = geounet.predict(scenes[0], "landcover.safetensors")   # xarray.Dataset(classes, confidence)
-    ds.classes.rio.crs, ds.classes.rio.transform()              # the grid survives
-    gdf = geounet.vectorize(ds)                                 # GeoDataFrame of class polygons
+    from geounet import api
+    scenes = api.search("earth-search", bbox=[12.5, 52.4, 12.6, 52.5],
+                        datetime="2024-06-01/2024-06-30", max_cloud=10,
+                        bands=["blue", "green", "red", "nir"])
+    ds = api.predict(scenes[0], "landcover.safetensors")   # xarray.Dataset(classes, confidence)
+    ds.classes.rio.crs, ds.classes.rio.transform()          # the grid survives
+    gdf = api.vectorize(ds)                                 # GeoDataFrame of class polygons
 
 ``predict`` accepts a raster file, a STAC item (pystac Item, item JSON dict or path/URL, or
 a :class:`~geounet.search.Scene`), a list of scenes (composited onto ``grid`` or the first
@@ -41,7 +41,7 @@ def search(source: str, **query: Any) -> list[Scene]:
     """Search a STAC API, static catalog or preset; keyword arguments as :func:`geounet.search.scenes`.
 
     Example:
-        ``geounet.search("earth-search", bbox=[12.5, 52.4, 12.6, 52.5], datetime="2024-06", max_cloud=10)``
+        ``api.search("earth-search", bbox=[12.5, 52.4, 12.6, 52.5], datetime="2024-06", max_cloud=10)``
     """
     return search_mod.scenes(source, **query)
 

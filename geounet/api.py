@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from geounet import jobs, pipeline
+from geounet import executors, jobs, pipeline
 from geounet import model as model_mod
 from geounet import search as search_mod
 from geounet.errors import InputError
@@ -100,7 +100,7 @@ def predict(
         else:
             path = _raster_path(source, work)
             job = pipeline.plan(path, model=model, out_dir=work, options=options)
-        pipeline.write_rasters(job, _results(executor)(job))
+        pipeline.write_rasters(job, executors.results_fn(executor)(job))
         ds = _open(work, bundle.classes)
         if not keep:
             ds = ds.load()
@@ -110,16 +110,6 @@ def predict(
             import shutil
 
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _results(executor: str) -> pipeline.ResultsFn:
-    if executor == "local":
-        return pipeline.local_results
-    if executor == "ray":
-        from geounet import distributed
-
-        return distributed.RayExecutor()
-    raise InputError(f"executor={executor!r} is unknown; use 'local' or 'ray'")
 
 
 def _raster_path(source: Any, work: Path) -> Path:

@@ -82,7 +82,7 @@ def plan(source: str | Path, *, model: str | Path, out_dir: str | Path, options:
     tile = options.tile or bundle.tile
     halo = bundle.halo if options.halo is None else options.halo
     with read_mod.open_raster(source) as ds:
-        grid = read_mod.source_grid(ds)
+        grid = Grid.of_dataset(ds)
         bands = read_mod.band_indexes(ds, bundle.bands, explicit=options.bands)
     tiles = plan_tiles(grid.shape, tile=tile, halo=halo, align=bundle.spec.stride)
     if halo < bundle.receptive_field:

@@ -51,10 +51,11 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.vrt import WarpedVRT
 
 from geounet import vectorize
+from geounet.atomic import temp_path
+from geounet.atomic import write_text as replace_text
 from geounet.errors import ConfigError, GeounetError, InputError, WriteError
 from geounet.geo import Grid
 from geounet.model import NODATA_CLASS, ClassInfo
-from geounet.write import replace_text, temp_path
 
 #: Vector format → (GDAL driver or None for GeoParquet, file extension, media type).
 VECTOR_FORMATS: dict[str, tuple[str | None, str, str]] = {

@@ -36,7 +36,7 @@ from rasterio.windows import Window as RioWindow
 from shapely.geometry import Polygon, box
 
 from geounet import read, safety
-from geounet.errors import ConfigError, InputError, ReadError
+from geounet.errors import ConfigError, InputError, ReadError, first_line
 from geounet.geo import Grid, Window
 from geounet.read import Chip
 from geounet.search import Band, Scene
@@ -217,7 +217,7 @@ def _read_scene(
             arr, masks = _read_asset(href, [b.index for b in assets], target, method)
         except (RasterioError, CPLE_BaseError) as exc:
             raise ReadError(
-                f"scene {scene.id!r}: asset {href} cannot be read ({_first_line(exc)}); check that the URL "
+                f"scene {scene.id!r}: asset {href} cannot be read ({first_line(exc)}); check that the URL "
                 "is reachable and the file is a complete COG, or leave the scene out"
             ) from exc
         for k, (slot, band) in enumerate(zip(slots, assets, strict=True)):
@@ -358,10 +358,10 @@ def preflight(scenes: Sequence[Scene]) -> tuple[list[Scene], list[dict[str, str]
 def _asset_grid(scene: Scene, href: str) -> Grid:
     try:
         with rasterio.Env(**GDAL_ENV), rasterio.open(vsi_path(href)) as src:
-            return read.source_grid(src)
+            return Grid.of_dataset(src)
     except (RasterioError, CPLE_BaseError) as exc:
         raise ReadError(
-            f"scene {scene.id!r}: asset {href} cannot be opened ({_first_line(exc)}); check that the URL "
+            f"scene {scene.id!r}: asset {href} cannot be opened ({first_line(exc)}); check that the URL "
             "is reachable and the file is a complete COG, or leave the scene out"
         ) from exc
 
@@ -393,8 +393,3 @@ def _resampling(name: str) -> Resampling:
     return _RESAMPLING[name]
 
 
-def _first_line(exc: BaseException) -> str:
-    while "previous exception" in str(exc) and exc.__cause__ is not None:
-        exc = exc.__cause__  # rasterio's "Read failed. See previous exception": GDAL's reason is the cause
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from geounet import jobs, pipeline, safety, search
+from geounet import atomic, jobs, pipeline, safety, search
 from geounet import model as model_mod
 from geounet.config import MonitorConfig, load_monitor_config
 from geounet.errors import InputError, InputNotFoundError, ReadError, SearchError
@@ -417,10 +417,8 @@ def append_rows(rows: list[dict[str, Any]], parcels: Parcels, out_dir: Path) -> 
     if path.exists():
         pyogrio.write_dataframe(gdf, path, layer=LAYER, driver="GPKG", append=True)
     else:
-        tmp = path.with_name(f".tmp-{path.name}")
-        tmp.unlink(missing_ok=True)
-        pyogrio.write_dataframe(gdf, tmp, layer=LAYER, driver="GPKG")
-        tmp.replace(path)
+        with atomic.replacing(path, suffix=".gpkg") as tmp:
+            pyogrio.write_dataframe(gdf, tmp, layer=LAYER, driver="GPKG")
     return len(gdf)
 
 
@@ -440,9 +438,8 @@ def write_parquet(out_dir: Path) -> Path | None:
     if ts.empty:
         return None
     path = out_dir / "timeseries.parquet"
-    tmp = path.with_name(f".{path.name}.tmp")
-    ts.to_parquet(tmp)
-    tmp.replace(path)
+    with atomic.replacing(path, suffix=".parquet") as tmp:
+        ts.to_parquet(tmp)
     return path
 
 
@@ -504,15 +501,9 @@ def write_changes(found: list[dict[str, Any]], out_dir: Path, *, meta: dict[str,
     writer.writeheader()
     writer.writerows(found)
     paths = {"changes_csv": out_dir / "changes.csv", "changes_json": out_dir / "changes.json"}
-    _atomic(paths["changes_csv"], buf.getvalue())
-    _atomic(paths["changes_json"], json.dumps({**meta, "changes": found}, indent=2, default=str) + "\n")
+    atomic.write_text(paths["changes_csv"], buf.getvalue())
+    atomic.write_text(paths["changes_json"], json.dumps({**meta, "changes": found}, indent=2, default=str) + "\n")
     return paths
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------ a run

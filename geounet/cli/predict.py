@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from geounet import jobs, pipeline
+from geounet import executors, jobs, pipeline
 from geounet.cli.search import stac_job, stac_options
 from geounet.errors import ConfigError
 
@@ -149,15 +149,11 @@ def predict(
     if dry_run:
         click.echo(pipeline.describe(job))
         return
-    results: pipeline.ResultsFn = pipeline.local_results
-    if executor == "ray":
-        from geounet import distributed
-
-        results = distributed.RayExecutor(
-            distributed.RayOptions(address=address, actors=actors, gpus_per_actor=gpus_per_actor)
-        )
-    elif address or actors or gpus_per_actor:
+    if executor != "ray" and (address or actors or gpus_per_actor):
         raise ConfigError("--address/--actors/--gpus-per-actor need --executor ray; drop them or add it")
+    results = executors.results_fn(
+        executor, address=address, actors=actors, gpus_per_actor=gpus_per_actor, key="--executor"
+    )
     outputs = pipeline.run(job, results=results, resume=resume)
     for name, path in outputs.items():
         click.echo(f"{name:12s} {path}")

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from geounet.errors import ConfigError, InputNotFoundError
+from geounet.jobs import PredictOptions
 from geounet.tiling import tile_halo_problem
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +240,21 @@ class PredictSection(_Strict):
     device: str = "auto"
     amp: bool = True
     tta: bool = False
+
+    def options(self, **more: Any) -> PredictOptions:
+        """This section as the pipeline's :class:`~geounet.jobs.PredictOptions`; ``more`` sets the rest.
+
+        The one place a config's ``predict:`` becomes options (``more``: the outputs' vector
+        settings, ``grid.resampling``, a resolved tile/halo...).
+        """
+        fields: dict[str, Any] = {
+            "tile": self.tile,
+            "halo": self.halo,
+            "batch_size": self.batch_size,
+            "merge": self.merge,
+        }
+        fields |= {"device": self.device, "amp": self.amp, "tta": self.tta}
+        return PredictOptions(**(fields | more))
 
     @model_validator(mode="after")
     def _tile_halo(self) -> PredictSection:

@@ -395,6 +395,20 @@ def _markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _plots(results: dict[str, dict[str, Any]], history: list[dict[str, Any]] | None, out: Path) -> list[str]:
+    """One confusion PNG per method (the first is ``confusion.png``) and the training curves."""
+    out.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for i, (method, r) in enumerate(results.items()):
+        p = out / ("confusion.png" if i == 0 else f"confusion-{_slug(method)}.png")
+        _plot_confusion(r, f"{method}: confusion (row-normalised)", p)
+        plots.append(p.name)
+    if history:
+        _plot_curves(history, out / "curves.png")
+        plots.append("curves.png")
+    return plots
+
+
 def report(
     bundle_path: Path,
     cfg: TrainConfig,
@@ -425,15 +439,7 @@ def report(
         for name, pred in threshold_baselines(data, dark=dark, tolerance=cfg.evaluate.tolerance).items():
             results[f"threshold {name}"] = evaluate_items(pred, data.val, **kw)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        plots = []
-        for i, (method, r) in enumerate(results.items()):
-            p = out / ("confusion.png" if i == 0 else f"confusion-{_slug(method)}.png")
-            _plot_confusion(r, f"{method}: confusion (row-normalised)", p)
-            plots.append(p.name)
-        if history:
-            _plot_curves(history, out / "curves.png")
-            plots.append("curves.png")
+        plots = _plots(results, history, out)
         split = data.description.get("split", f"{len(data.val)} validation images")
         meta = {
             "model": str(bundle_path),

@@ -35,7 +35,7 @@ from geounet import atomic, executors, pipeline, search
 from geounet import model as model_mod
 from geounet.config import ExecutionSection, RunConfig, load_run_config
 from geounet.errors import ConfigError, SearchError
-from geounet.jobs import Job, PredictOptions, TileResult
+from geounet.jobs import Job, TileResult
 from geounet.scenes import order
 from geounet.search import Scene
 from geounet.tiling import tile_halo_problem
@@ -161,19 +161,11 @@ def plan(cfg: RunConfig) -> RegionPlan:
     problem = tile_halo_problem(tile, halo, align=bundle.stride, names=("predict.tile", "predict.halo"))
     if problem:  # before the search results are composited: fail fast, with the config's keys
         raise ConfigError(problem)
-    options = PredictOptions(
-        tile=tile,
-        halo=halo,
-        batch_size=p.batch_size,
-        merge=p.merge,
-        device=p.device,
-        amp=p.amp,
-        tta=p.tta,
-        vector_format=cfg.outputs.vector_format,
-        simplify=cfg.outputs.simplify,
-        min_area=cfg.outputs.min_area,
+    o = cfg.outputs
+    options = p.options(
+        tile=tile, halo=halo, vector_format=o.vector_format, simplify=o.simplify, min_area=o.min_area,
         resampling=cfg.grid.resampling,
-    )
+    )  # fmt: skip
     job = pipeline.plan_scenes(
         chosen,
         model=cfg.model,

@@ -23,6 +23,25 @@ def _parse_bands(value: str | None) -> tuple[int, ...] | None:
         ) from None
 
 
+def _job(
+    source: str | None,
+    model_path: str,
+    out_dir: str,
+    options: jobs.PredictOptions,
+    *,
+    resolution: float | None,
+    crs: str | None,
+    query: dict[str, Any],
+) -> jobs.Job:
+    """Plan SOURCE (a raster, or a STAC item JSON) or the scenes of a STAC query."""
+    if query.get("stac") or (source is not None and source.endswith(".json")):
+        return stac_job(source, model_path=model_path, out_dir=out_dir, options=options,
+                        resolution=resolution, crs=crs, **query)  # fmt: skip
+    if source is None:
+        raise ConfigError("give SOURCE (a raster file or STAC item JSON) or --stac URL|CATALOG with a query")
+    return pipeline.plan(source, model=model_path, out_dir=Path(out_dir), options=options)
+
+
 @click.command(
     epilog="""Example:
 
@@ -127,33 +146,16 @@ def predict(
     the tiles it had finished.
     """
     options = jobs.PredictOptions(
-        tile=tile,
-        halo=halo,
-        batch_size=batch_size,
-        merge=merge,
-        blend_window=blend_window,
-        device=device,
-        tta=tta,
-        bands=_parse_bands(bands),
-        vector_format=vector_format,
-        min_area=min_area,
-        simplify=simplify,
-    )
-    if query.get("stac") or (source is not None and source.endswith(".json")):
-        job = stac_job(source, model_path=model_path, out_dir=out_dir, options=options,
-                       resolution=resolution, crs=crs, **query)  # fmt: skip
-    elif source is None:
-        raise ConfigError("give SOURCE (a raster file or STAC item JSON) or --stac URL|CATALOG with a query")
-    else:
-        job = pipeline.plan(source, model=model_path, out_dir=Path(out_dir), options=options)
+        tile=tile, halo=halo, batch_size=batch_size, merge=merge, blend_window=blend_window, device=device,
+        tta=tta, bands=_parse_bands(bands), vector_format=vector_format, min_area=min_area, simplify=simplify,
+    )  # fmt: skip
+    job = _job(source, model_path, out_dir, options, resolution=resolution, crs=crs, query=query)
     if dry_run:
         click.echo(pipeline.describe(job))
         return
     if executor != "ray" and (address or actors or gpus_per_actor):
         raise ConfigError("--address/--actors/--gpus-per-actor need --executor ray; drop them or add it")
-    results = executors.results_fn(
-        executor, address=address, actors=actors, gpus_per_actor=gpus_per_actor, key="--executor"
-    )
+    results = executors.results_fn(executor, address=address, actors=actors, gpus_per_actor=gpus_per_actor)
     outputs = pipeline.run(job, results=results, resume=resume)
     for name, path in outputs.items():
         click.echo(f"{name:12s} {path}")

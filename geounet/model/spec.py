@@ -297,9 +297,7 @@ def _class_problems(spec: ModelSpec, classes: Sequence[ClassInfo]) -> list[str]:
             f"class ids={ids} must be distinct integers in 0..{NODATA_CLASS - 1} ({NODATA_CLASS} is nodata); "
             "renumber them"
         )
-    names = [c.name for c in classes]
-    if any(not isinstance(n, str) or not n.strip() for n in names) or len(set(names)) != len(names):
-        problems.append(f"class names={names} must be distinct and non-empty; rename the duplicates")
+    problems += _names_problems("class names", [c.name for c in classes])
     for c in classes:
         if not isinstance(c.color, str) or not _COLOR.match(c.color):
             problems.append(f"class {c.name!r} color={c.color!r} is not #rrggbb; write it like #1f78b4")
@@ -313,9 +311,13 @@ def _band_problems(spec: ModelSpec, bands: Sequence[str]) -> list[str]:
             f"bands={list(bands)} has {len(bands)} names but the model has {spec.in_channels} input channels; "
             "give one band name per input channel"
         )
-    if any(not isinstance(b, str) or not b.strip() for b in bands) or len(set(bands)) != len(bands):
-        problems.append(f"bands={list(bands)} must be distinct, non-empty names; rename the duplicates")
-    return problems
+    return problems + _names_problems("bands", list(bands))
+
+
+def _names_problems(what: str, names: list[str]) -> list[str]:
+    if any(not isinstance(n, str) or not n.strip() for n in names) or len(set(names)) != len(names):
+        return [f"{what}={names} must be distinct, non-empty names; rename the duplicates"]
+    return []
 
 
 def _normalization_problems(n: int, normalization: Normalization) -> list[str]:

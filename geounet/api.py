@@ -1,15 +1,15 @@
-"""The notebook API: ``geounet.search``, ``geounet.predict``, ``geounet.vectorize``.
+"""The notebook API: :func:`search`, :func:`predict`, :func:`vectorize` (``from geounet import api``).
 
 Thin wrappers over the same stages the CLI runs (search → plan → tiled read/predict by the
 local or Ray executor → COG writer), so a notebook gets the CLI's results::
 
-    import geounet
-    scenes = geounet.search("earth-search", bbox=[12.5, 52.4, 12.6, 52.5],
-                            datetime="2024-06-01/2024-06-30", max_cloud=10,
-                            bands=["blue", "green", "red", "nir"])
-    ds = geounet.predict(scenes[0], "landcover.safetensors")   # xarray.Dataset(classes, confidence)
-    ds.classes.rio.crs, ds.classes.rio.transform()              # the grid survives
-    gdf = geounet.vectorize(ds)                                 # GeoDataFrame of class polygons
+    from geounet import api
+    scenes = api.search("earth-search", bbox=[12.5, 52.4, 12.6, 52.5],
+                        datetime="2024-06-01/2024-06-30", max_cloud=10,
+                        bands=["blue", "green", "red", "nir"])
+    ds = api.predict(scenes[0], "landcover.safetensors")   # xarray.Dataset(classes, confidence)
+    ds.classes.rio.crs, ds.classes.rio.transform()          # the grid survives
+    gdf = api.vectorize(ds)                                 # GeoDataFrame of class polygons
 
 ``predict`` accepts a raster file, a STAC item (pystac Item, item JSON dict or path/URL, or
 a :class:`~geounet.search.Scene`), a list of scenes (composited onto ``grid`` or the first
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from geounet import harmonize, jobs, masks, pipeline
+from geounet import executors, harmonize, jobs, masks, pipeline
 from geounet import model as model_mod
 from geounet import search as search_mod
 from geounet.errors import ConfigError, InputError
@@ -42,7 +42,7 @@ def search(source: str, **query: Any) -> list[Scene]:
     """Search a STAC API, static catalog or preset; keyword arguments as :func:`geounet.search.scenes`.
 
     Example:
-        ``geounet.search("earth-search", bbox=[12.5, 52.4, 12.6, 52.5], datetime="2024-06", max_cloud=10)``
+        ``api.search("earth-search", bbox=[12.5, 52.4, 12.6, 52.5], datetime="2024-06", max_cloud=10)``
     """
     return search_mod.scenes(source, **query)
 
@@ -110,7 +110,7 @@ def predict(
         else:
             path = _raster_path(source, work)
             job = pipeline.plan(path, model=model, out_dir=work, options=options)
-        pipeline.write_rasters(job, _results(executor)(job))
+        pipeline.write_rasters(job, executors.results_fn(executor)(job))
         ds = _open(work, bundle.classes)
         if not keep:
             ds = ds.load()
@@ -125,21 +125,11 @@ def predict(
 def _check(*, tile: int | None, halo: int | None, composite: str) -> None:
     if tile is not None and tile < 16:
         raise ConfigError(
-            f"tile={tile} must be >= 16; leave it out (None) for the bundle's tile, or give e.g. 512"
+            f"tile={tile} must be >= 16; leave it out (None) for the planned tile, or give e.g. 512"
         )
     if halo is not None and halo < 0:
         raise ConfigError(f"halo={halo} must be >= 0; leave it out (None) for the bundle's halo")
     masks.check_method(composite)
-
-
-def _results(executor: str) -> pipeline.ResultsFn:
-    if executor == "local":
-        return pipeline.local_results
-    if executor == "ray":
-        from geounet import distributed
-
-        return distributed.RayExecutor()
-    raise InputError(f"executor={executor!r} is unknown; use 'local' or 'ray'")
 
 
 def _raster_path(source: Any, work: Path) -> Path:

@@ -51,7 +51,16 @@ STRIP_ROWS = 64
 STREAM_MIN = 1024
 #: Largest tile side the planner considers (GDAL reads and uint8 outputs stay small).
 MAX_TILE = 8192
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1 << 10,
+    "KB": 1 << 10,
+    "M": 1 << 20,
+    "MB": 1 << 20,
+    "G": 1 << 30,
+    "GB": 1 << 30,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +164,9 @@ def choose(
             final = core + 2 * halo
             plain_fits = tile_bytes(spec, final, streamed=False, amp=use_amp) <= memory
             streamed = not cuda and (final >= STREAM_MIN or not plain_fits)
-            best = _plan(shape, core=core, halo=halo, spec=spec, streamed=streamed, amp=use_amp, memory=memory)
+            best = _plan(
+                shape, core=core, halo=halo, spec=spec, streamed=streamed, amp=use_amp, memory=memory
+            )
             break
         tile -= align
     if best is None:

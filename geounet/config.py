@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from geounet.errors import ConfigError, InputNotFoundError
+from geounet.jobs import PredictOptions
+from geounet.tiling import tile_halo_problem
 
 # ---------------------------------------------------------------------------------------------
 # TrainConfig: `geounet train CONFIG` / `geounet evaluate` (owner: training/evaluation)
@@ -162,19 +164,8 @@ def load_train_config(path: Path, *, overrides: dict[str, Any] | None = None) ->
 
     Relative paths in the YAML are taken relative to the current directory (run from the repo).
     """
-    if not path.exists():
-        raise InputNotFoundError(f"training config {path} not found; see configs/train-*.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}; fix the file") from None
-    for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return train_config(_expand(raw), source=str(path))
+    raw = _read_yaml(Path(path), "training", hint="see configs/train-*.yaml")
+    return train_config(_expand(_apply(raw, overrides or {}, path)), source=str(path))
 
 
 def train_config(raw: dict[str, Any], *, source: str) -> TrainConfig:
@@ -182,9 +173,7 @@ def train_config(raw: dict[str, Any], *, source: str) -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{source}: {loc}: {err['msg']} (got {err.get('input')!r}); fix it") from None
+        raise ConfigError(_one_line(source, exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,18 +241,32 @@ class PredictSection(_Strict):
     amp: bool = True
     tta: bool = False
 
+    def options(self, **more: Any) -> PredictOptions:
+        """This section as the pipeline's :class:`~geounet.jobs.PredictOptions`; ``more`` sets the rest.
+
+        The one place a config's ``predict:`` becomes options (``more``: the outputs' vector
+        settings, ``grid.resampling``, a resolved tile/halo...).
+        """
+        fields: dict[str, Any] = {
+            "tile": self.tile,
+            "halo": self.halo,
+            "batch_size": self.batch_size,
+            "merge": self.merge,
+        }
+        fields |= {"device": self.device, "amp": self.amp, "tta": self.tta}
+        return PredictOptions(**(fields | more))
+
     @model_validator(mode="after")
     def _tile_halo(self) -> PredictSection:
-        if self.tile is not None and self.halo is not None and self.tile <= 2 * self.halo:
-            raise ValueError(
-                f"tile={self.tile} must be > 2*halo={2 * self.halo} (the core would be empty); "
-                "raise predict.tile or lower predict.halo"
-            )
+        if self.tile is not None and self.halo is not None:
+            problem = tile_halo_problem(self.tile, self.halo, names=("predict.tile", "predict.halo"))
+            if problem:
+                raise ValueError(problem)
         return self
 
 
 class ExecutionSection(_Strict):
-    """Which executor runs the stages: ``auto`` (see geounet.execution), ``ray`` (local or ``address``) or ``local``."""
+    """Which executor runs the stages: ``auto`` (see geounet.executors), ``ray`` (local or ``address``) or ``local``."""
 
     executor: Literal["auto", "ray", "local"] = "auto"
     address: str | None = Field(
@@ -382,6 +385,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _apply(raw: dict[str, Any], overrides: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Set each dotted ``--set`` key in the raw mapping (creating sections), before validation."""
     for dotted, value in overrides.items():
         node = raw
         *parents, leaf = dotted.split(".")
@@ -394,17 +398,24 @@ def _apply(raw: dict[str, Any], overrides: dict[str, Any], path: Path) -> dict[s
     return raw
 
 
-def _load(path: Path, model: type[_M], overrides: dict[str, Any] | None, kind: str) -> _M:
-    path = Path(path)
+def _read_yaml(path: Path, kind: str, *, hint: str = "see configs/ for examples") -> dict[str, Any]:
+    """The one YAML loader: a config file's top-level mapping, or a one-line error naming the file."""
     if not path.exists():
-        raise InputNotFoundError(f"{kind} config {str(path)!r} not found; see configs/ for examples")
+        raise InputNotFoundError(f"{kind} config {str(path)!r} not found; {hint}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}; fix the file") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping at the top level, got {type(raw).__name__}")
-    raw = _expand(_apply(raw, overrides or {}, path))
+        raise ConfigError(
+            f"{path} must hold a mapping at the top level, got {type(raw).__name__}; fix the file"
+        )
+    return raw
+
+
+def _load(path: Path, model: type[_M], overrides: dict[str, Any] | None, kind: str) -> _M:
+    path = Path(path)
+    raw = _expand(_apply(_read_yaml(path, kind), overrides or {}, path))
     try:
         cfg = model.model_validate(raw)
     except ValidationError as exc:
@@ -412,7 +423,7 @@ def _load(path: Path, model: type[_M], overrides: dict[str, Any] | None, kind: s
     return cfg
 
 
-def _one_line(path: Path, exc: ValidationError) -> str:
+def _one_line(path: Path | str, exc: ValidationError) -> str:
     """The first validation error as ``file: field.path=value: message; fix``."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"

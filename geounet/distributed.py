@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geounet.errors import ConfigError, ExecutionError, GeounetError
+from geounet.errors import ConfigError, ExecutionError, GeounetError, first_line
 
 if TYPE_CHECKING:
     from geounet.jobs import Job, TileResult
@@ -429,7 +429,7 @@ class RayExecutor:
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
             where = f"join the Ray cluster at {address!r}" if address else "start a local Ray"
             raise ExecutionError(
-                f"cannot {where} ({_first_line(exc)}); check --address/RAY_ADDRESS or use --executor local"
+                f"cannot {where} ({first_line(exc)}); check --address/RAY_ADDRESS or use --executor local"
             ) from exc
         return True
 
@@ -521,7 +521,7 @@ class RayExecutor:
                     if isinstance(cause, GeounetError):
                         raise cause from None  # a read or model error: its message says what to fix
                     raise ExecutionError(
-                        f"a Ray task failed: {_first_line(exc)}; rerun with --executor local -v"
+                        f"a Ray task failed: {first_line(exc)}; rerun with --executor local -v"
                     ) from exc
                 except (RayActorError, ObjectLostError, OwnerDiedError, WorkerCrashedError) as exc:
                     if isinstance(exc, ActorDiedError) and batch.actor in alive:
@@ -535,25 +535,20 @@ class RayExecutor:
                     if batch.attempt >= self.options.max_retries:
                         raise ExecutionError(
                             f"tiles {batch.tiles[0].index}..{batch.tiles[-1].index} failed "
-                            f"{batch.attempt + 1} times ({_first_line(exc)}); rerun to resume"
+                            f"{batch.attempt + 1} times ({first_line(exc)}); rerun to resume"
                         ) from exc
-                    log.warning("resubmitting %d tiles after: %s", len(batch.tiles), _first_line(exc))
+                    log.warning("resubmitting %d tiles after: %s", len(batch.tiles), first_line(exc))
                     self.stats.resubmitted += 1
                     todo.appendleft(_Batch(batch.tiles, attempt=batch.attempt + 1))
                     continue
                 except GetTimeoutError as exc:
                     raise ExecutionError(
                         f"a finished batch could not be fetched in {self.options.stall_timeout_s:g} s "
-                        f"({_first_line(exc)}); check the cluster (`ray status`)"
+                        f"({first_line(exc)}); check the cluster (`ray status`)"
                     ) from exc
                 self.stats.tiles_per_node[node] = self.stats.tiles_per_node.get(node, 0) + len(results)
                 self.stats.pids.add(pid)
                 yield from results
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _actor_cause(exc: BaseException) -> str:
@@ -562,4 +557,4 @@ def _actor_cause(exc: BaseException) -> str:
     for line in reversed(text.splitlines()):
         if "Error:" in line and "ray" not in line.split(":")[0].lower():
             return line.strip()
-    return _first_line(exc)
+    return first_line(exc)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from geounet import infer, merge, metrics, model, read
+from geounet import atomic, infer, merge, metrics, model, read
 from geounet.config import TrainConfig, train_config
 from geounet.datasets import Data, Labelled, load_data
 from geounet.errors import ConfigError, WriteError
@@ -253,18 +251,6 @@ def folder_config(
 # --------------------------------------------------------------------------- report
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _plot_confusion(res: dict[str, Any], title: str, path: Path) -> None:
     import matplotlib
 
@@ -304,7 +290,7 @@ def _save_fig(fig: Any, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    atomic.write_bytes(path, buf.getvalue(), what="report plot")
 
 
 def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
@@ -409,6 +395,20 @@ def _markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _plots(results: dict[str, dict[str, Any]], history: list[dict[str, Any]] | None, out: Path) -> list[str]:
+    """One confusion PNG per method (the first is ``confusion.png``) and the training curves."""
+    out.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for i, (method, r) in enumerate(results.items()):
+        p = out / ("confusion.png" if i == 0 else f"confusion-{_slug(method)}.png")
+        _plot_confusion(r, f"{method}: confusion (row-normalised)", p)
+        plots.append(p.name)
+    if history:
+        _plot_curves(history, out / "curves.png")
+        plots.append("curves.png")
+    return plots
+
+
 def report(
     bundle_path: Path,
     cfg: TrainConfig,
@@ -439,15 +439,7 @@ def report(
         for name, pred in threshold_baselines(data, dark=dark, tolerance=cfg.evaluate.tolerance).items():
             results[f"threshold {name}"] = evaluate_items(pred, data.val, **kw)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        plots = []
-        for i, (method, r) in enumerate(results.items()):
-            p = out / ("confusion.png" if i == 0 else f"confusion-{_slug(method)}.png")
-            _plot_confusion(r, f"{method}: confusion (row-normalised)", p)
-            plots.append(p.name)
-        if history:
-            _plot_curves(history, out / "curves.png")
-            plots.append("curves.png")
+        plots = _plots(results, history, out)
         split = data.description.get("split", f"{len(data.val)} validation images")
         meta = {
             "model": str(bundle_path),
@@ -465,8 +457,8 @@ def report(
             "train_seconds": train_seconds,
             "eval_seconds": timings,
         }
-        _atomic_write(out / "metrics.json", json.dumps(doc, indent=1).encode())
-        _atomic_write(out / "report.md", _markdown(results, meta).encode())
+        atomic.write_text(out / "metrics.json", json.dumps(doc, indent=1), what="report")
+        atomic.write_text(out / "report.md", _markdown(results, meta), what="report")
     except OSError as exc:
         raise WriteError(f"cannot write the report to {out}: {exc}; check the folder") from exc
     return doc

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from affine import Affine
 
@@ -149,6 +150,15 @@ class Grid:
     def is_georeferenced(self) -> bool:
         """False for photos: no CRS, identity transform."""
         return self.crs is not None
+
+    @classmethod
+    def of_dataset(cls, dataset: Any) -> Grid:
+        """The pixel grid of an open raster (a rasterio dataset: ``height``, ``width``, ``transform``, ``crs``).
+
+        No I/O here: the dataset is already open. Photos without a CRS get ``crs=None``.
+        """
+        crs = dataset.crs.to_string() if dataset.crs else None
+        return cls(shape=(int(dataset.height), int(dataset.width)), transform=dataset.transform, crs=crs)
 
     def window_grid(self, window: Window) -> Grid:
         """The grid of ``window`` (which may reach past this grid): same CRS, shifted transform."""

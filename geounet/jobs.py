@@ -42,7 +42,9 @@ def check_outputs(outputs: tuple[str, ...]) -> tuple[str, ...]:
     """
     unknown = [o for o in outputs if o not in OUTPUTS]
     if unknown:
-        raise ConfigError(f"--outputs {','.join(outputs)}: {unknown[0]!r} is unknown; use a subset of {','.join(OUTPUTS)}")
+        raise ConfigError(
+            f"--outputs {','.join(outputs)}: {unknown[0]!r} is unknown; use a subset of {','.join(OUTPUTS)}"
+        )
     if "classes" not in outputs:
         raise ConfigError(
             f"--outputs {','.join(outputs)} must include classes (every other product derives from it); "

@@ -80,7 +80,7 @@ def plan(source: str | Path, *, model: str | Path, out_dir: str | Path, options:
     """
     bundle = load_bundle(model)
     with read_mod.open_raster(source) as ds:
-        grid = read_mod.source_grid(ds)
+        grid = Grid.of_dataset(ds)
         bands = read_mod.band_indexes(ds, bundle.bands, explicit=options.bands)
     tiles, options = plan_grid(grid.shape, bundle=bundle, options=options)
     halo = tiles.halo
@@ -270,7 +270,10 @@ class TilePredictor:
         else:
             probs = self._probs(todo) if todo else np.empty((0,))
             done = iter([self._result(c, p) for c, p in zip(todo, probs, strict=True)])
-        return [TileResult(tile=t, skipped=True) if c is None else next(done) for t, c in zip(tiles, chips, strict=True)]
+        return [
+            TileResult(tile=t, skipped=True) if c is None else next(done)
+            for t, c in zip(tiles, chips, strict=True)
+        ]
 
     def _probs(self, chips: Sequence[Chip]) -> np.ndarray:
         batch = np.stack([c.data for c in chips])
@@ -301,7 +304,9 @@ class TilePredictor:
             if a < b:
                 rows = slice(a - core.row, b - core.row)
                 classes[rows], confidence[rows] = merge.decide(
-                    p[:, a - r0 : b - r0, core.col : core.col_stop], valid=valid[rows], class_ids=self.class_ids
+                    p[:, a - r0 : b - r0, core.col : core.col_stop],
+                    valid=valid[rows],
+                    class_ids=self.class_ids,
                 )
         return TileResult(tile=chip.tile, classes=classes, confidence=confidence)
 
@@ -471,14 +476,27 @@ def _raster_writers(job: Job, bundle: Bundle, stack: contextlib.ExitStack) -> di
 
     writers = {
         "classes": stack.enter_context(
-            CogWriter(job.out_dir / "classes.tif", job.grid, dtype="uint8", nodata=NODATA_CLASS,
-                      classes=bundle.classes, resampling="mode", description="class id")  # fmt: skip
+            CogWriter(
+                job.out_dir / "classes.tif",
+                job.grid,
+                dtype="uint8",
+                nodata=NODATA_CLASS,
+                classes=bundle.classes,
+                resampling="mode",
+                description="class id",
+            )
         )
     }
     if "confidence" in job.options.outputs:
         writers["confidence"] = stack.enter_context(
-            CogWriter(job.out_dir / "confidence.tif", job.grid, dtype="uint8", nodata=merge.NODATA_CONFIDENCE,
-                      resampling="average", description="confidence of the winning class (percent)")  # fmt: skip
+            CogWriter(
+                job.out_dir / "confidence.tif",
+                job.grid,
+                dtype="uint8",
+                nodata=merge.NODATA_CONFIDENCE,
+                resampling="average",
+                description="confidence of the winning class (percent)",
+            )
         )
     return writers
 
@@ -492,12 +510,20 @@ def _block_polygons(job: Job, bundle: Bundle, stack: contextlib.ExitStack) -> An
         return None
     path = job.out_dir / f"polygons{publish.vector_extension(opts.vector_format)}"
     return stack.enter_context(
-        blocks.BlockPolygons(path, grid=job.grid, classes=bundle.classes, fmt=opts.vector_format,
-                             simplify=opts.simplify, min_area=opts.min_area)  # fmt: skip
+        blocks.BlockPolygons(
+            path,
+            grid=job.grid,
+            classes=bundle.classes,
+            fmt=opts.vector_format,
+            simplify=opts.simplify,
+            min_area=opts.min_area,
+        )
     )
 
 
-def _write_block(writers: dict[str, Any], polygons: Any, window: Any, classes: np.ndarray, conf: np.ndarray) -> None:
+def _write_block(
+    writers: dict[str, Any], polygons: Any, window: Any, classes: np.ndarray, conf: np.ndarray
+) -> None:
     writers["classes"].write(window, classes)
     if "confidence" in writers:
         writers["confidence"].write(window, conf)
@@ -615,7 +641,8 @@ def describe(job: Job, *, probe: bool = False) -> str:
         "streamed": streamed,
         "batch_size": 1 if streamed else job.options.batch_size,
         "memory_estimate_mb": round(
-            budget.tile_bytes(bundle.spec, p.read_size, streamed=streamed) * (1 if streamed else job.options.batch_size)
+            budget.tile_bytes(bundle.spec, p.read_size, streamed=streamed)
+            * (1 if streamed else job.options.batch_size)
             / 2**20
         ),
         "bands": list(job.bands),

@@ -26,8 +26,8 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window as RioWindow
 from scipy import ndimage
 
-from geounet.errors import InputError, InputNotFoundError, ReadError
-from geounet.geo import Grid, Window
+from geounet.errors import InputError, InputNotFoundError, ReadError, first_line
+from geounet.geo import Window
 from geounet.tiling import Padding, Tile
 
 #: GDAL settings for cloud-hosted COGs: no directory listing, retries, a sane cache, and
@@ -75,24 +75,11 @@ def open_raster(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
             ds = rasterio.open(source)
         except RasterioIOError as exc:
             raise InputError(
-                f"input raster {source!r} cannot be read by GDAL ({_first_line(exc)}); "
+                f"input raster {source!r} cannot be read by GDAL ({first_line(exc)}); "
                 "check that it is a complete GeoTIFF/COG/JPEG2000/PNG/JPEG file"
             ) from exc
         with ds:
             yield ds
-
-
-def _first_line(exc: BaseException) -> str:
-    while "previous exception" in str(exc) and exc.__cause__ is not None:
-        exc = exc.__cause__  # rasterio's "Read failed. See previous exception": GDAL's reason is the cause
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def source_grid(ds: rasterio.io.DatasetReader) -> Grid:
-    """The pixel grid of an open dataset (CRS ``None`` and identity transform for photos)."""
-    crs = ds.crs.to_string() if ds.crs else None
-    return Grid(shape=(ds.height, ds.width), transform=ds.transform, crs=crs)
 
 
 def band_indexes(
@@ -140,7 +127,7 @@ def chip(ds: rasterio.io.DatasetReader, tile: Tile, *, bands: Sequence[int]) -> 
         valid = ds.dataset_mask(window=window) > 0
     except RasterioIOError as exc:
         raise ReadError(
-            f"reading window {inner} of {ds.name!r} failed ({_first_line(exc)}); "
+            f"reading window {inner} of {ds.name!r} failed ({first_line(exc)}); "
             "the file may be truncated or corrupt: re-download or re-export it"
         ) from exc
     if valid.any() and not valid.all():

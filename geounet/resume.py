@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from geounet import atomic
 from geounet.errors import WriteError
 from geounet.jobs import Job, TileResult
 from geounet.tiling import TileGrid
@@ -89,24 +90,6 @@ def _digest(doc: Mapping[str, Any]) -> str:
 def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new))
     return [k for k in keys if old.get(k) != new.get(k)]
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class TileStore:
@@ -167,7 +150,9 @@ class TileStore:
             (root / "parts").mkdir(parents=True, exist_ok=True)
             if not manifest.exists():
                 body = {"fingerprint": fp, "job": doc, "tiles": len(job.plan), "created": time.time()}
-                _fsync_write(manifest, json.dumps(body, indent=2, sort_keys=True).encode())
+                atomic.write_text(
+                    manifest, json.dumps(body, indent=2, sort_keys=True), what="run manifest", durable=True
+                )
         except OSError as exc:
             raise WriteError(
                 f"cannot use the run directory {root} ({exc}); check that --out is writable "
@@ -231,13 +216,10 @@ class TileStore:
             if tiles:
                 part = f"{self._next_part:08d}.npz"
                 self._next_part += 1
-                tmp = self.parts / f".{part}.tmp"
-                with open(tmp, "wb") as f:
+                with atomic.replacing(self.parts / part, durable=True) as tmp, open(tmp, "wb") as f:
                     np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp, self.parts / part)
-                _fsync_dir(self.parts)
             line = json.dumps({"part": part, "tiles": tiles, "skipped": sorted(skipped)}) + "\n"
             with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(line)

@@ -38,7 +38,7 @@ from rasterio.windows import Window as RioWindow
 from shapely.geometry import Polygon, box
 
 from geounet import masks, read, safety, signing
-from geounet.errors import ConfigError, InputError, ReadError
+from geounet.errors import ConfigError, InputError, ReadError, first_line
 from geounet.geo import Grid, Window
 from geounet.items import Band, Scene
 from geounet.masks import MaskRule
@@ -243,7 +243,7 @@ def _clear(scene: Scene, target: _Target, rule: MaskRule) -> np.ndarray:
             arr, valid = _signed(scene, band.href, _read_asset, [band.index], target, Resampling.nearest)
         except (RasterioError, CPLE_BaseError) as exc:
             raise ReadError(
-                f"scene {scene.id!r}: mask asset {band.href} cannot be read ({_first_line(exc)}); "
+                f"scene {scene.id!r}: mask asset {band.href} cannot be read ({first_line(exc)}); "
                 "check the URL, or predict without masks (mask_rule=None)"
             ) from exc
         values = arr[0] * np.float32(band.scale) + np.float32(band.offset)
@@ -295,7 +295,7 @@ def _read_scene(
             arr, masks = _signed(scene, href, _read_asset, [b.index for b in assets], target, method)
         except (RasterioError, CPLE_BaseError) as exc:
             raise ReadError(
-                f"scene {scene.id!r}: asset {href} cannot be read ({_first_line(exc)}); check that the URL "
+                f"scene {scene.id!r}: asset {href} cannot be read ({first_line(exc)}); check that the URL "
                 "is reachable and the file is a complete COG, or leave the scene out"
             ) from exc
         for k, (slot, band) in enumerate(zip(slots, assets, strict=True)):
@@ -320,14 +320,14 @@ def _signed(scene: Scene, href: str, read_at: Callable[..., T], *args: Any) -> T
         if scene.signer is None:
             raise
         log.info(
-            "scene %s: read failed (%s); re-signing %s", scene.id, _first_line(exc), signing.unsigned(href)
+            "scene %s: read failed (%s); re-signing %s", scene.id, first_line(exc), signing.unsigned(href)
         )
     return read_at(signing.resign(href, scene.signer), *args)
 
 
 def _grid_at(href: str) -> Grid:
     with rasterio.Env(**GDAL_ENV), rasterio.open(vsi_path(href)) as src:
-        return read.source_grid(src)
+        return Grid.of_dataset(src)
 
 
 def _read_asset(
@@ -461,7 +461,7 @@ def _asset_grid(scene: Scene, href: str) -> Grid:
         return _signed(scene, href, _grid_at)
     except (RasterioError, CPLE_BaseError) as exc:
         raise ReadError(
-            f"scene {scene.id!r}: asset {href} cannot be opened ({_first_line(exc)}); check that the URL "
+            f"scene {scene.id!r}: asset {href} cannot be opened ({first_line(exc)}); check that the URL "
             "is reachable and the file is a complete COG, or leave the scene out"
         ) from exc
 
@@ -493,8 +493,3 @@ def _resampling(name: str) -> Resampling:
     return _RESAMPLING[name]
 
 
-def _first_line(exc: BaseException) -> str:
-    while "previous exception" in str(exc) and exc.__cause__ is not None:
-        exc = exc.__cause__  # rasterio's "Read failed. See previous exception": GDAL's reason is the cause
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

@@ -43,7 +43,7 @@ from urllib3.util.retry import Retry
 
 from geounet import stac_filter, stac_presets
 from geounet.aoi import read_aoi, target_grid
-from geounet.errors import ConfigError, GeounetError, InputError, InputNotFoundError, SearchError
+from geounet.errors import ConfigError, GeounetError, InputError, InputNotFoundError, SearchError, first_line
 from geounet.items import Band, Scene, from_item
 from geounet.stac_filter import Query
 from geounet.stac_presets import Preset
@@ -211,7 +211,7 @@ def expand_datetime(text: str | None) -> str | None:
         expanded = ItemSearch(url="", datetime=value).get_parameters().get("datetime")
     except Exception as exc:  # pystac-client raises bare Exception/ValueError on bad components
         raise ConfigError(
-            f"datetime {value!r} is not RFC 3339 ({_first_line(exc)}); use an instant, a partial date "
+            f"datetime {value!r} is not RFC 3339 ({first_line(exc)}); use an instant, a partial date "
             "(2017, 2017-02, 2017-02-16) or an interval START/END with .. for an open end, "
             "e.g. --datetime 2017-02/2017-03"
         ) from exc
@@ -239,10 +239,10 @@ def item(href: str, *, bands: Sequence[str] | None = None, preset: str | Preset 
         obj = pystac.Item.from_file(href, stac_io=_io(Retries()))
     except (APIError, OSError) as exc:
         raise InputNotFoundError(
-            f"STAC item {href!r} cannot be fetched ({_first_line(exc)}); check the URL/path"
+            f"STAC item {href!r} cannot be fetched ({first_line(exc)}); check the URL/path"
         ) from exc
     except (KeyError, ValueError, pystac.STACError) as exc:
-        raise InputError(f"{href!r} is not a STAC item ({_first_line(exc)}); give an item JSON") from exc
+        raise InputError(f"{href!r} is not a STAC item ({first_line(exc)}); give an item JSON") from exc
     return from_item(obj, bands=bands, preset=chosen)
 
 
@@ -283,18 +283,18 @@ def _api_items(query: Query, *, page_size: int, retries: Retries, preset: Preset
         if isinstance(exc, GeounetError):
             raise
         raise SearchError(
-            f"STAC API {query.source} answered with malformed JSON or non-STAC content ({_first_line(exc)}) "
+            f"STAC API {query.source} answered with malformed JSON or non-STAC content ({first_line(exc)}) "
             f"for {query}; check that the URL is a STAC API root and the server is healthy"
         ) from exc
     except APIError as exc:
         status = getattr(exc, "status_code", None)
         if status is not None and 400 <= status < 500 and status != 429:
             raise SearchError(
-                f"STAC API {query.source} rejected the query (HTTP {status}: {_first_line(exc)}) for {query}; "
+                f"STAC API {query.source} rejected the query (HTTP {status}: {first_line(exc)}) for {query}; "
                 "fix the query (collections, filter, datetime)"
             ) from exc
         raise SearchError(
-            f"STAC API {query.source} failed after {retries.total} retries ({_first_line(exc)}) "
+            f"STAC API {query.source} failed after {retries.total} retries ({first_line(exc)}) "
             f"for {query}; check the URL and that the server is up, then retry"
         ) from exc
 
@@ -340,12 +340,12 @@ def _static_items(query: Query, retries: Retries) -> list[pystac.Item]:
             items = stac_filter.matching(stac_filter.select(_static_candidates(root), query), query.filter)
     except APIError as exc:
         raise SearchError(
-            f"static catalog {source} failed after {retries.total} retries ({_first_line(exc)}); "
+            f"static catalog {source} failed after {retries.total} retries ({first_line(exc)}); "
             "check the URL and that the server is up"
         ) from exc
     except (OSError, ValueError, pystac.STACError) as exc:
         raise SearchError(
-            f"{source!r} is not a readable STAC catalog ({_first_line(exc)}); check the file"
+            f"{source!r} is not a readable STAC catalog ({first_line(exc)}); check the file"
         ) from exc
     items.sort(key=stac_filter.sort_key(query.sortby))
     return items[: query.limit] if query.limit is not None else items
@@ -393,6 +393,8 @@ def _bbox(values: Sequence[float] | None) -> tuple[float, float, float, float] |
     return bbox[0], bbox[1], bbox[2], bbox[3]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+def _short_wkt(geom: BaseGeometry) -> str:
+    text = geom.wkt
+    return text if len(text) <= 80 else f"{geom.geom_type}(bounds={tuple(round(v, 5) for v in geom.bounds)})"
+
+

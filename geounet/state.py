@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from geounet.errors import ConfigError, ExecutionError
+from geounet.errors import ConfigError, ExecutionError, first_line
 
 _DDL = (
     """CREATE TABLE IF NOT EXISTS geounet_runs (
@@ -116,7 +116,7 @@ class StateStore:
                 pg = psycopg.connect(url, autocommit=False, connect_timeout=15)
             except psycopg.Error as exc:
                 raise ExecutionError(
-                    f"state store {_redact(url)} cannot be reached ({str(exc).strip().splitlines()[0]}); "
+                    f"state store {_redact(url)} cannot be reached ({first_line(exc)}); "
                     "check state.url and that the server is up"
                 ) from exc
             return cls(pg, kind="postgresql", where=_redact(url))

@@ -76,7 +76,12 @@ class _Conv3(_Node):
     """A 3x3 stride-1 'same' convolution: output row r needs input rows r-1..r+1 (zeros outside)."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
-        if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.dilation != (1, 1):
+        if (
+            conv.kernel_size != (3, 3)
+            or conv.stride != (1, 1)
+            or conv.padding != (1, 1)
+            or conv.dilation != (1, 1)
+        ):
             raise InputError(f"cannot stream {conv}: only 3x3 stride-1 convolutions with padding 1 stream")
         self.conv = conv
         self.tail: Rows = None
@@ -280,7 +285,7 @@ class StreamingUNet:
         enc = [_layer(b) if isinstance(b, _ResBlock) else _stream_seq(b) for b in net.encoder]
         pools: list[_Node] = [_MaxPool2() for _ in range(net.spec.depth)]
         ups = [_layer(u) for u in net.ups]
-        gates = list(net.gates)
+        gates = [g for g in net.gates if isinstance(g, _AttentionGate)]
         joins = [_Zip(_gate_fn(gates[lv]) if gates else _concat) for lv in range(net.spec.depth)]
         dec = [_layer(b) if isinstance(b, _ResBlock) else _stream_seq(b) for b in net.decoder]
         return _Layers(enc, pools, ups, joins, dec, _Pointwise(net.head))

@@ -126,6 +126,45 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+#: How users name the tile and halo of a prediction: the CLI flags and the config keys.
+PREDICT_NAMES = ("--tile / predict.tile", "--halo / predict.halo")
+
+
+def tile_halo_problem(
+    tile: int, halo: int, *, align: int = 1, names: tuple[str, str] = PREDICT_NAMES
+) -> str | None:
+    """Why ``tile``/``halo`` cannot plan tiles (``None`` when they can), naming them as ``names``.
+
+    The one check of a tile plan's size: the halo is >= 0, the tile is larger than twice
+    the halo (else the core is empty) and both are multiples of ``align``. ``names`` are
+    the user's names of the two values (a bundle's, a training recipe's, a prediction's).
+
+    Example:
+        >>> tile_halo_problem(256, 128, align=16, names=("model.tile", "model.halo"))
+        'tile=256 must be > 2*halo=256 (the core would be empty); raise model.tile to at least 272 or lower model.halo'
+        >>> tile_halo_problem(256, 64, align=16) is None
+        True
+    """
+    tile_name, halo_name = names
+    if align < 1:
+        return f"align={align} must be >= 1; pass the model's down-sampling factor (2**depth)"
+    if halo < 0:
+        return f"halo={halo} must be >= 0; set {halo_name} to the model's receptive-field radius or more"
+    if tile <= 2 * halo:
+        return (
+            f"tile={tile} must be > 2*halo={2 * halo} (the core would be empty); "
+            f"raise {tile_name} to at least {_round_up(2 * halo + align, align)} or lower {halo_name}"
+        )
+    for what, name, value in (("tile", tile_name, tile), ("halo", halo_name, halo)):
+        if value % align:
+            lower, upper = value // align * align, _round_up(value, align)
+            return (
+                f"{what}={value} must be a multiple of the model's down-sampling factor {align}; "
+                f"set {name} to {lower if lower else upper} or {upper}"
+            )
+    return None
+
+
 def grid(shape: tuple[int, int], *, tile: int, halo: int, align: int = 1, shrink: bool = True) -> TileGrid:
     """Plan the tiles of a (rows, cols) grid.
 
@@ -139,7 +178,8 @@ def grid(shape: tuple[int, int], *, tile: int, halo: int, align: int = 1, shrink
 
     Raises:
         ConfigError: on a tile not larger than twice the halo, a negative halo or a
-            misaligned value; the message names the value and a valid choice.
+            misaligned value (:func:`tile_halo_problem`); the message names the value,
+            the flag and config key, and a valid choice.
 
     Example:
         >>> grid((1000, 1000), tile=384, halo=64, align=16).size
@@ -147,22 +187,9 @@ def grid(shape: tuple[int, int], *, tile: int, halo: int, align: int = 1, shrink
         >>> grid((40, 30), tile=512, halo=16, align=16).read_size
         80
     """
-    if align < 1:
-        raise ConfigError(f"align={align} must be >= 1; pass the model's down-sampling factor (2**depth)")
-    if halo < 0:
-        raise ConfigError(f"tiling.halo={halo} must be >= 0; use the model's receptive-field radius")
-    if tile <= 2 * halo:
-        raise ConfigError(
-            f"tiling.tile={tile} must be > 2*tiling.halo={2 * halo} (the core would be empty); "
-            f"raise tiling.tile to at least {_round_up(2 * halo + align, align)} or lower tiling.halo"
-        )
-    for name, value in (("tile", tile), ("halo", halo)):
-        if value % align:
-            lower, upper = value // align * align, _round_up(value, align)
-            raise ConfigError(
-                f"tiling.{name}={value} must be a multiple of the model's down-sampling factor {align}; "
-                f"use {lower if lower else upper} or {upper}"
-            )
+    problem = tile_halo_problem(tile, halo, align=align)
+    if problem:
+        raise ConfigError(problem)
     if shape[0] < 1 or shape[1] < 1:
         raise ConfigError(f"grid shape={shape} must be positive in both axes; check the input raster")
     size = tile - 2 * halo

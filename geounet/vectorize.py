@@ -426,11 +426,7 @@ def _block_source(
             raise InputNotFoundError(f"class raster {classes_path} does not exist; check the path") from exc
         raise ReadError(f"cannot open class raster {classes_path}: {exc}") from exc
     with src:
-        grid = Grid(
-            shape=(src.height, src.width),
-            transform=src.transform,
-            crs=src.crs.to_string() if src.crs else None,
-        )
+        grid = Grid.of_dataset(src)
         nodata = NODATA_CLASS if src.nodata is None else int(src.nodata)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -41,7 +40,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window as RioWindow
 
 from geounet import styles
-from geounet.errors import ConfigError, InputError, WriteError
+from geounet.atomic import temp_path, write_text
+from geounet.errors import ConfigError, InputError, WriteError, first_line
 from geounet.geo import Grid, Window
 from geounet.model import NODATA_CLASS, ClassInfo
 from geounet.styles import gradient_qml, paletted_qml
@@ -50,22 +50,6 @@ from geounet.styles import gradient_qml, paletted_qml
 RESAMPLING = ("nearest", "mode", "average", "bilinear", "cubic", "cubicspline", "lanczos", "rms")
 
 #: Colors of the confidence gradient (low → high): red, yellow, green.
-
-
-def temp_path(path: Path, suffix: str = ".tmp") -> Path:
-    """A unique hidden name beside ``path`` (same folder, so the final rename is atomic)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{suffix}")
-
-
-def replace_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, then rename)."""
-    tmp = temp_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise WriteError(f"cannot write {path}: {exc}; check the folder exists and is writable") from exc
 
 
 class CogWriter:
@@ -258,11 +242,11 @@ class CogWriter:
                 _verify(tmp, self.path)
             # Sidecars first, the raster last: once `path` exists, everything is complete.
             if self.classes is not None:
-                replace_text(aux, category_aux_xml(self.classes))
-                replace_text(qml, paletted_qml(self.classes))
+                write_text(aux, category_aux_xml(self.classes))
+                write_text(qml, paletted_qml(self.classes))
             else:
                 aux.unlink(missing_ok=True)
-                replace_text(qml, gradient_qml(self._value_range()))
+                write_text(qml, gradient_qml(self._value_range()))
             os.replace(tmp, self.path)
         except WriteError:
             raise
@@ -294,11 +278,8 @@ def _verify(tmp: Path, path: Path) -> None:
                 for _, window in ds.block_windows(1):
                     ds.read(1, window=window)
     except rasterio.errors.RasterioError as exc:
-        cause: BaseException = exc
-        while "previous exception" in str(cause) and cause.__cause__ is not None:
-            cause = cause.__cause__
         raise WriteError(
-            f"COG {path} came out incomplete ({str(cause).splitlines()[0] if str(cause) else cause!r}); "
+            f"COG {path} came out incomplete ({first_line(exc)}); "
             "the disk is probably full: free space and rerun"
         ) from exc
 

@@ -1,4 +1,4 @@
-"""The notebook API: geounet.search / predict / vectorize give what the CLI's stages give."""
+"""The notebook API: geounet.api.search / predict / vectorize give what the CLI's stages give."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import rioxarray
 from fixtures_model import assert_real_output, read_bands, save_calibrated
 
 import geounet
-from geounet import jobs, pipeline
+from geounet import api, jobs, pipeline
 from geounet.model import ClassInfo, ModelSpec
 
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
@@ -64,7 +64,7 @@ def _same_grid(ds: Any, scene: Path) -> None:
 
 
 def test_predict_a_file(scene: Path, bundle: Path, cli_classes: np.ndarray) -> None:
-    ds = geounet.predict(scene, bundle)
+    ds = api.predict(scene, bundle)
     _same_grid(ds, scene)
     assert np.array_equal(ds.classes.values, cli_classes)
     assert ds.classes.dtype == np.uint8 and ds.confidence.max() <= 100
@@ -73,7 +73,7 @@ def test_predict_a_file(scene: Path, bundle: Path, cli_classes: np.ndarray) -> N
 
 def test_predict_a_dataarray(scene: Path, bundle: Path, cli_classes: np.ndarray) -> None:
     da = rioxarray.open_rasterio(scene)
-    ds = geounet.predict(da, bundle)
+    ds = api.predict(da, bundle)
     _same_grid(ds, scene)
     assert np.array_equal(ds.classes.values, cli_classes)
 
@@ -87,21 +87,21 @@ def test_predict_a_stac_item(scene: Path, bundle: Path, cli_classes: np.ndarray)
     item = pystac.Item("slovenia", mapping(box(*ll)), list(ll), datetime(2015, 8, 30, tzinfo=UTC), {})
     item.add_asset("data", pystac.Asset(str(scene), roles=["data"], media_type=pystac.MediaType.GEOTIFF,
                    extra_fields={"eo:bands": [{"name": b} for b in S2]}))  # fmt: skip
-    ds = geounet.predict(item, bundle)
+    ds = api.predict(item, bundle)
     _same_grid(ds, scene)
     assert np.array_equal(ds.classes.values, cli_classes)
 
 
 def test_predict_keeps_files_in_out_dir(scene: Path, bundle: Path, tmp_path: Path) -> None:
-    ds = geounet.predict(scene, bundle, out_dir=tmp_path)
+    ds = api.predict(scene, bundle, out_dir=tmp_path)
     assert (tmp_path / "classes.tif").exists() and (tmp_path / "confidence.tif").exists()
     with rasterio.open(tmp_path / "classes.tif") as src:
         assert np.array_equal(ds.classes.values, src.read(1))
 
 
 def test_vectorize_a_prediction(scene: Path, bundle: Path) -> None:
-    ds = geounet.predict(scene, bundle)
-    gdf = geounet.vectorize(ds)
+    ds = api.predict(scene, bundle)
+    gdf = api.vectorize(ds)
     assert gdf.crs == ds.rio.crs and gdf.is_valid.all()
     counts = np.bincount(ds.classes.values.ravel(), minlength=256)
     px = abs(ds.rio.transform().a * ds.rio.transform().e)
@@ -110,11 +110,14 @@ def test_vectorize_a_prediction(scene: Path, bundle: Path) -> None:
     assert set(gdf["class_name"]) <= {c.name for c in CLASSES}
 
 
-def test_search_is_the_module_and_the_function(tmp_path: Path, scene: Path) -> None:
+def test_the_notebook_api_is_plain_functions_of_geounet_api(tmp_path: Path, scene: Path) -> None:
+    import types
+
     from geounet import search as search_module
 
-    assert geounet.search is search_module and callable(geounet.search)
-    assert callable(geounet.vectorize) and hasattr(geounet.vectorize, "polygons")
+    assert isinstance(geounet.search, types.ModuleType) and not callable(geounet.search)
+    assert geounet.search is search_module and type(search_module) is types.ModuleType
+    assert all(isinstance(getattr(api, f), types.FunctionType) for f in api.__all__)
     cat = pystac.Catalog("c", "one item")
     with rasterio.open(scene) as src:
         from rasterio.warp import transform_bounds
@@ -128,5 +131,5 @@ def test_search_is_the_module_and_the_function(tmp_path: Path, scene: Path) -> N
     cat.add_item(item)
     cat.normalize_hrefs(str(tmp_path / "cat"))
     cat.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-    found = geounet.search(str(tmp_path / "cat" / "catalog.json"), bbox=list(ll), bands=["B04", "B08"])
+    found = api.search(str(tmp_path / "cat" / "catalog.json"), bbox=list(ll), bands=["B04", "B08"])
     assert [s.id for s in found] == ["s"] and found[0].band_names == ("B04", "B08")

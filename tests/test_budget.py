@@ -58,7 +58,9 @@ def test_more_memory_never_costs_more_pixels() -> None:
         last = p.overhead
 
 
-@pytest.mark.parametrize(("text", "value"), [("4GB", 4 << 30), ("512MB", 512 << 20), ("1.5G", 3 << 29), ("auto", None)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("4GB", 4 << 30), ("512MB", 512 << 20), ("1.5G", 3 << 29), ("auto", None)]
+)
 def test_parse_memory(text: str, value: int | None) -> None:
     assert budget.parse_memory(text) == value
 

@@ -90,7 +90,7 @@ def test_classes_without_color_get_palette(tmp_path: Path) -> None:
         (["--classes", ":#000000"], "ConfigError: --classes item ':#000000' has no class name"),
         (["--mean", "1,2"], "ConfigError: --mean '1,2' has 2 values for 3 bands"),
         (["--scale", "1/0"], "ConfigError: --scale '1/0' is not a number"),
-        (["--halo", "6"], "ConfigError: halo=6 must be a non-negative multiple of the stride 4"),
+        (["--halo", "6"], "ConfigError: halo=6 must be a multiple of the model's down-sampling factor 4"),
     ],
 )
 def test_init_errors_are_one_line(

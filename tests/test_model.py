@@ -227,8 +227,11 @@ def test_init_bundle_is_seeded_and_leaves_global_rng() -> None:
         ({"bands": ["red", "red", "blue"]}, "must be distinct"),
         ({"classes": (CLASSES[0], ClassInfo(1, "x", "red"))}, "color='red' is not #rrggbb"),
         ({"classes": (CLASSES[0], ClassInfo(255, "x", "#ffffff"))}, "0..254"),
-        ({"halo": 10}, "halo=10 must be a non-negative multiple of the stride 4"),
-        ({"tile": 40, "halo": 20}, "tile=40 must be a multiple of the stride 4 larger than 2\\*halo=40"),
+        (
+            {"halo": 10},
+            "halo=10 must be a multiple of the model's down-sampling factor 4; set --halo / model.halo",
+        ),
+        ({"tile": 40, "halo": 20}, "tile=40 must be > 2\\*halo=40 .*this model: halo 24.*tile 304"),
         ({"normalization": Normalization(mean=(0, 0, 0), std=(1, 0, 1))}, "must be > 0"),
     ],
 )

@@ -12,8 +12,8 @@ import pytest
 import rasterio
 import torch
 
-from geounet.errors import ConfigError
 from geounet import infer, jobs, merge, model, pipeline, read
+from geounet.errors import ConfigError
 from geounet.model import ClassInfo, ModelSpec, networks
 from geounet.tiling import grid
 
@@ -325,9 +325,14 @@ def test_polygons_made_while_predicting_equal_those_from_the_cog(
     )  # fmt: skip
     from_cog = gpd.read_file(again["polygons"])
     assert len(overlapped) == len(from_cog) > 100
+
     def ordered(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
         c = gdf.geometry.representative_point()
-        return gdf.assign(x=c.x.round(3), y=c.y.round(3)).sort_values(["class_id", "x", "y"]).reset_index(drop=True)
+        return (
+            gdf.assign(x=c.x.round(3), y=c.y.round(3))
+            .sort_values(["class_id", "x", "y"])
+            .reset_index(drop=True)
+        )
 
     a, b = ordered(overlapped), ordered(from_cog)
     np.testing.assert_array_equal(a.class_id, b.class_id)
@@ -354,8 +359,12 @@ def test_outputs_on_demand(s2_crop: tuple[Path, np.ndarray], small_bundle: Path,
 def test_dry_run_shows_cost_memory_and_time(s2_rgbn: Path, small_bundle: Path, tmp_path: Path) -> None:
     import json
 
-    job = pipeline.plan(s2_rgbn, model=small_bundle, out_dir=tmp_path, options=jobs.PredictOptions(device="cpu"))
+    job = pipeline.plan(
+        s2_rgbn, model=small_bundle, out_dir=tmp_path, options=jobs.PredictOptions(device="cpu")
+    )
     info = json.loads(pipeline.describe(job, probe=True))
     assert info["exact"] is True and info["streamed"] is True
-    assert info["network_px_per_output_px"] == pytest.approx(len(job.plan) * job.plan.read_size**2 / (1536 * 768), abs=1e-3)
+    assert info["network_px_per_output_px"] == pytest.approx(
+        len(job.plan) * job.plan.read_size**2 / (1536 * 768), abs=1e-3
+    )
     assert info["memory_estimate_mb"] > 0 and info["expected_s"] > 0 and info["model_mpx_per_s"] > 0

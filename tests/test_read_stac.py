@@ -26,7 +26,7 @@ def jp2(data_dir: Path, band: str) -> Path:
 
 def grid_of(path: Path) -> Grid:
     with rasterio.open(path) as ds:
-        return read.source_grid(ds)
+        return Grid.of_dataset(ds)
 
 
 def local_chip(path: Path, tile: tiling.Tile, bands: list[int]) -> read.Chip:

@@ -93,22 +93,32 @@ def test_intersecting_is_the_brute_force_set_for_any_window(rows, cols, core, ro
 @pytest.mark.parametrize(
     ("tile", "halo", "align", "fragment"),
     [
-        (256, 128, 16, "tiling.tile=256 must be > 2*tiling.halo=256"),
+        (
+            256,
+            128,
+            16,
+            "tile=256 must be > 2*halo=256 (the core would be empty); raise --tile / predict.tile",
+        ),
         (
             250,
             64,
             16,
-            "tiling.tile=250 must be a multiple of the model's down-sampling factor 16; use 240 or 256",
+            "tile=250 must be a multiple of the model's down-sampling factor 16; set --tile / predict.tile to 240 or 256",
         ),
-        (256, 60, 16, "tiling.halo=60 must be a multiple"),
-        (256, -16, 16, "tiling.halo=-16 must be >= 0"),
+        (
+            256,
+            60,
+            16,
+            "halo=60 must be a multiple of the model's down-sampling factor 16; set --halo / predict.halo",
+        ),
+        (256, -16, 16, "halo=-16 must be >= 0; set --halo / predict.halo"),
     ],
 )
 def test_bad_plans_name_the_value_and_the_fix(tile: int, halo: int, align: int, fragment: str) -> None:
     with pytest.raises(ConfigError, match=None) as err:
         grid((500, 500), tile=tile, halo=halo, align=align)
     assert fragment in str(err.value)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "tiling." not in str(err.value)  # no key that does not exist
 
 
 # --------------------------------------------------------------------------- seams: an impulse oracle

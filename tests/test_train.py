@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from geounet import datasets, evaluate, model, train
+from geounet import checkpoint, datasets, evaluate, model, train
 from geounet.cli import cli
 from geounet.config import TrainConfig, load_train_config
 from geounet.errors import ConfigError
@@ -100,7 +100,7 @@ def test_resume_continues_with_same_step_and_optimizer_state(
     # the restored optimizer holds exactly the saved tensors
     net = networks.build(model.ModelSpec(3, 3, depth=2, width=8))
     opt = torch.optim.AdamW(net.parameters())
-    train.load_checkpoint(tmp_path / "b", net=net, opt=opt)
+    checkpoint.load_checkpoint(tmp_path / "b", net=net, opt=opt)
     for pid, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             assert torch.equal(v, opt3[f"{pid}.{k}"])

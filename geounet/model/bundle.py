@@ -31,7 +31,7 @@ import safetensors.numpy
 from safetensors import SafetensorError, safe_open
 
 from geounet import atomic
-from geounet.errors import BundleError, ConfigError, InputNotFoundError
+from geounet.errors import BundleError, ConfigError, InputNotFoundError, first_line
 from geounet.model.spec import (
     NODATA_CLASS,
     ClassInfo,
@@ -326,7 +326,7 @@ def _open_error(path: Path, exc: Exception) -> BundleError:
     """A one-line BundleError for what safetensors' reader refused in ``path``."""
     if isinstance(exc, OSError):
         return BundleError(f"cannot read model bundle {path}: {exc.strerror or exc}; check permissions")
-    reason = str(exc).splitlines()[0].removeprefix("Error while deserializing header: ")
+    reason = first_line(exc).removeprefix("Error while deserializing header: ")
     if any(t in reason for t in _TRUNCATED):
         return BundleError(f"{path} is truncated or empty ({reason}); {FIX_EXPORT}")
     if "invalid JSON in header" in reason or "offset" in reason.lower():

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from geounet.errors import ConfigError, InputError
+from geounet.tiling import tile_halo_problem
 
 Arch = Literal["unet", "resunet", "attention-unet"]
 Norm = Literal["batch", "none"]
@@ -271,14 +272,15 @@ def spec_problems(spec: ModelSpec) -> list[str]:
         problems.append(f"model.norm={spec.norm!r} is unknown; use one of {', '.join(NORMS)}")
     if spec.upsample not in UPSAMPLES:
         problems.append(f"model.upsample={spec.upsample!r} is unknown; use one of {', '.join(UPSAMPLES)}")
+    # depth and width are recipe keys (model.depth); the channel counts follow the bands and classes
     for name, value, low, high in (
-        ("depth", spec.depth, 1, _MAX_DEPTH),
-        ("width", spec.width, 1, 1024),
-        ("in_channels", spec.in_channels, 1, 1024),
-        ("n_classes", spec.n_classes, 1, NODATA_CLASS),
+        ("model.depth", spec.depth, 1, _MAX_DEPTH),
+        ("model.width", spec.width, 1, 1024),
+        ("in_channels (one per band)", spec.in_channels, 1, 1024),
+        ("n_classes (one per class)", spec.n_classes, 1, NODATA_CLASS),
     ):
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            problems.append(f"model.{name}={value!r} must be an integer in {low}..{high}")
+            problems.append(f"{name}={value!r} must be an integer in {low}..{high}")
     return problems
 
 
@@ -295,9 +297,7 @@ def _class_problems(spec: ModelSpec, classes: Sequence[ClassInfo]) -> list[str]:
             f"class ids={ids} must be distinct integers in 0..{NODATA_CLASS - 1} ({NODATA_CLASS} is nodata); "
             "renumber them"
         )
-    names = [c.name for c in classes]
-    if any(not isinstance(n, str) or not n.strip() for n in names) or len(set(names)) != len(names):
-        problems.append(f"class names={names} must be distinct and non-empty; rename the duplicates")
+    problems += _names_problems("class names", [c.name for c in classes])
     for c in classes:
         if not isinstance(c.color, str) or not _COLOR.match(c.color):
             problems.append(f"class {c.name!r} color={c.color!r} is not #rrggbb; write it like #1f78b4")
@@ -311,9 +311,13 @@ def _band_problems(spec: ModelSpec, bands: Sequence[str]) -> list[str]:
             f"bands={list(bands)} has {len(bands)} names but the model has {spec.in_channels} input channels; "
             "give one band name per input channel"
         )
-    if any(not isinstance(b, str) or not b.strip() for b in bands) or len(set(bands)) != len(bands):
-        problems.append(f"bands={list(bands)} must be distinct, non-empty names; rename the duplicates")
-    return problems
+    return problems + _names_problems("bands", list(bands))
+
+
+def _names_problems(what: str, names: list[str]) -> list[str]:
+    if any(not isinstance(n, str) or not n.strip() for n in names) or len(set(names)) != len(names):
+        return [f"{what}={names} must be distinct, non-empty names; rename the duplicates"]
+    return []
 
 
 def _normalization_problems(n: int, normalization: Normalization) -> list[str]:
@@ -334,19 +338,27 @@ def _normalization_problems(n: int, normalization: Normalization) -> list[str]:
     return problems
 
 
+#: The user's names of a bundle's tile and halo: ``geounet model init`` flags, training recipe keys.
+BUNDLE_TILE_NAMES = ("--tile / model.tile", "--halo / model.halo")
+
+
 def _tiling_problems(spec: ModelSpec, tile: Any, halo: Any) -> list[str]:
-    stride = spec.stride
-    if not isinstance(halo, int) or halo < 0 or halo % stride:
-        return [
-            f"halo={halo} must be a non-negative multiple of the stride {stride}; "
-            f"use {recommended_halo(spec)} (the receptive field rounded up)"
-        ]
-    if not isinstance(tile, int) or tile % stride or tile <= 2 * halo:
-        return [
-            f"tile={tile} must be a multiple of the stride {stride} larger than 2*halo={2 * halo}; "
-            f"use {default_tile(spec, halo)}"
-        ]
-    return []
+    """The tile plan check of :func:`geounet.tiling.tile_halo_problem`, plus the spec's recommendation."""
+    if (
+        isinstance(halo, int)
+        and not isinstance(halo, bool)
+        and isinstance(tile, int)
+        and not isinstance(tile, bool)
+    ):
+        problem = tile_halo_problem(tile, halo, align=spec.stride, names=BUNDLE_TILE_NAMES)
+    else:
+        problem = f"tile={tile!r} and halo={halo!r} must be integers"
+    if problem is None:
+        return []
+    rec = recommended_halo(spec)
+    return [
+        f"{problem} (this model: halo {rec}, the receptive field rounded up; tile {default_tile(spec, rec)})"
+    ]
 
 
 def bundle_problems(

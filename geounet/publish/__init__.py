@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from geounet import vectorize
+from geounet.atomic import write_text as replace_text
 from geounet.model import ClassInfo
 from geounet.publish import vectors as _vectors
 from geounet.publish.areas import area_table, write_area_csv
@@ -32,7 +33,6 @@ from geounet.publish.vectors import (
     write_vectors,
 )
 from geounet.styles import categorized_qml, categorized_sld
-from geounet.write import replace_text
 
 __all__ = [
     "COG_MEDIA_TYPE",
@@ -93,9 +93,13 @@ def products(
         frames = (
             with_attributes(gdf, attributes or {})
             for gdf in vectorize.iter_polygons(
-                classes_path, classes=classes, confidence_path=confidence_path, block=block,
-                simplify=simplify, min_area=min_area,
-            )  # fmt: skip
+                classes_path,
+                classes=classes,
+                confidence_path=confidence_path,
+                block=block,
+                simplify=simplify,
+                min_area=min_area,
+            )
         )
         paths["polygons"] = write_vector_chunks(
             frames, out_dir / f"polygons{vector_extension(vector_format)}", classes=classes, fmt=vector_format

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from pyproj import CRS, Geod
 
+from geounet.atomic import write_text as replace_text
 from geounet.model import NODATA_CLASS, ClassInfo
 from geounet.publish.rasters import open_raster
-from geounet.write import replace_text
 
 
 def area_table(classes_path: Path, *, classes: Sequence[ClassInfo]) -> list[dict[str, Any]]:

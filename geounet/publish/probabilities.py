@@ -26,11 +26,11 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window as RioWindow
 
+from geounet.atomic import temp_path
 from geounet.errors import InputError, WriteError
 from geounet.geo import Grid, Window
 from geounet.model import NODATA_CLASS, ClassInfo
 from geounet.styles import class_tags
-from geounet.write import temp_path
 
 
 def to_percent(probs: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:

@@ -6,10 +6,10 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from geounet.atomic import write_text as replace_text
 from geounet.model import ClassInfo
 from geounet.publish.rasters import grid_of
 from geounet.styles import QGIS_VERSION, categorized_renderer, document, srs_element
-from geounet.write import replace_text
 
 
 def qgis_project(

@@ -13,10 +13,10 @@ from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
+from geounet.atomic import temp_path
 from geounet.errors import WriteError
 from geounet.model import NODATA_CLASS, ClassInfo
 from geounet.publish.rasters import open_raster
-from geounet.write import temp_path
 
 QUICKLOOK_SIZE = 1024
 

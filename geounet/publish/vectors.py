@@ -21,10 +21,10 @@ import geopandas as gpd
 import pandas as pd
 import pyogrio.errors
 
+from geounet.atomic import temp_path
 from geounet.errors import ConfigError, GeounetError, InputError, WriteError
 from geounet.model import ClassInfo
 from geounet.styles import categorized_qml, categorized_sld
-from geounet.write import temp_path
 
 #: Vector format → (GDAL driver or None for GeoParquet, file extension, media type).
 VECTOR_FORMATS: dict[str, tuple[str | None, str, str]] = {

@@ -1,4 +1,8 @@
-"""Which executor runs a job: in-process (:func:`geounet.pipeline.local_results`) or Ray.
+"""Executors by name: ``auto``, ``local`` (in-process, :func:`geounet.pipeline.local_results`) or ``ray``.
+
+The one place that turns an executor name (``--executor``, ``execution.executor``, the
+notebook's ``executor=``) into the function that yields a job's tile results; Ray is
+imported only when ``ray`` is chosen (:class:`geounet.distributed.RayExecutor`).
 
 ``auto`` (the default) follows the job. One process does a photo or a scene on one
 machine as well as Ray can: the in-process executor keeps every core busy (reader threads,
@@ -19,17 +23,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 
+from geounet import pipeline
 from geounet.errors import ConfigError
 
 EXECUTORS = ("auto", "local", "ray")
 
 
-def choose(name: str, *, address: str | None, environ: Mapping[str, str] | None = None, gpus: int | None = None) -> str:
-    """``local`` or ``ray`` for executor ``name`` (auto: Ray with a cluster address or 2+ GPUs)."""
+def choose(
+    name: str,
+    *,
+    address: str | None,
+    environ: Mapping[str, str] | None = None,
+    gpus: int | None = None,
+    key: str = "executor",
+) -> str:
+    """``local`` or ``ray`` for executor ``name`` (auto: Ray with a cluster address or 2+ GPUs).
+
+    Raises:
+        ConfigError: on an unknown name.
+    """
     if name not in EXECUTORS:
-        raise ConfigError(f"executor={name!r} is unknown; use one of {', '.join(EXECUTORS)}")
+        raise ConfigError(f"{key}={name!r} is unknown; use one of {', '.join(EXECUTORS)}")
     if name != "auto":
         return name
     env = os.environ if environ is None else environ
@@ -51,22 +66,28 @@ def results_fn(
     num_cpus: int | None = None,
     actors: int | None = None,
     gpus_per_actor: float | None = None,
-) -> Any:
-    """The executor callable for ``name`` (see :func:`choose`), configured with the Ray options.
+    key: str = "executor",
+) -> pipeline.ResultsFn:
+    """The executor called ``name``; the Ray settings size a :class:`~geounet.distributed.RayOptions`.
+
+    ``key`` is how the caller names the choice in messages (``--executor``,
+    ``execution.executor``...).
 
     Raises:
-        ConfigError: on an unknown name, or Ray options with the local executor.
+        ConfigError: on an unknown name, or Ray settings given to the local executor.
+
+    Example:
+        >>> results_fn("local") is pipeline.local_results
+        True
     """
-    kind = choose(name, address=address)
+    kind = choose(name, address=address, key=key)
     if kind == "local":
         if name == "local" and (address or actors or gpus_per_actor):
             raise ConfigError("--address/--actors/--gpus-per-actor need --executor ray; drop them or add it")
-        from geounet import pipeline
-
         return pipeline.local_results
     from geounet import distributed
 
-    options: dict[str, Any] = {"address": address, "actors": actors, "gpus_per_actor": gpus_per_actor}
-    if num_cpus is not None:
-        options["num_cpus"] = num_cpus
-    return distributed.RayExecutor(distributed.RayOptions(**options))
+    options = distributed.RayOptions(
+        address=address, num_cpus=num_cpus, actors=actors, gpus_per_actor=gpus_per_actor
+    )
+    return distributed.RayExecutor(options)

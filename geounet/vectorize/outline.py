@@ -121,20 +121,29 @@ def trace(labels: np.ndarray, n: int) -> Outlines:
     )
     flat = [np.flatnonzero(m) for m in out]  # corner indices (row-major) of each event kind
     first = _offsets(np.array([len(f) for f in flat]))
-    owner = np.concatenate([q.ravel()[f] for q, f in zip((d, c, a, b), flat, strict=True)])
+    row_of = [f // cols for f in flat]
+    pp, step = p.ravel(), cols + 1  # corner (i, j) has NW at p[i, j]: flat index f + i in p
+    owner = np.concatenate(
+        [pp[f + r + k] for f, r, k in zip(flat, row_of, (step + 1, step, 0, 1), strict=True)]
+    )
+    # Every ring's top-left vertex is a convex corner from N to E (shells) or a concave one
+    # from W to S (holes): those anchor the ring ranking (at least one per ring).
+    anchor = np.concatenate(
+        (~ad.ravel()[flat[E]], bc.ravel()[flat[S]], np.zeros(len(flat[W]) + len(flat[N]), dtype=bool))
+    )
     id_type = np.int32 if first[-1] < 2**31 else np.int64
     event = np.empty((4, a.size), dtype=id_type)  # event id by (leaving heading, corner); set at events
     for t, f in enumerate(flat):
         event[t, f] = np.arange(first[t], first[t + 1])
     succ = np.empty(int(first[-1]), dtype=np.int64)
     for heading in (E, S, W, N):
-        starts = _line_order(out[heading], heading)
+        starts = flat[heading] if heading in (E, W) else _line_order(out[heading], heading)
         mask, when, yes, no = arrive[heading]
         ends = _line_order(mask, heading)
         succ[event[heading, starts]] = event[np.where(when.ravel()[ends], yes, no), ends]
-    corner = np.concatenate(flat)
-    x, y = corner % cols, corner // cols
-    return assemble(x.astype(np.float64), y.astype(np.float64), succ, owner - 1, n)
+    corner, y = np.concatenate(flat), np.concatenate(row_of)
+    x = corner - y * cols
+    return assemble(x.astype(np.float64), y.astype(np.float64), succ, owner - 1, n, anchor)
 
 
 def merge(
@@ -166,21 +175,29 @@ def merge(
     x1 = np.concatenate((x1[keep], ux1[alone]))
     y1 = np.concatenate((y1[keep], uy1[alone]))
     g = np.concatenate((g[keep], ug[alone]))
-    succ, straight = _link(x0, y0, x1, y1, g)
-    return assemble(x0, y0, succ, g, n_groups, keep=~straight)
+    succ, heading_in, heading = _link(x0, y0, x1, y1, g)
+    anchor = ((heading_in == N) & (heading == E)) | ((heading_in == W) & (heading == S))
+    return assemble(x0, y0, succ, g, n_groups, anchor, keep=heading_in != heading)
 
 
 def assemble(
-    x: np.ndarray, y: np.ndarray, succ: np.ndarray, owner: np.ndarray, n: int, keep: np.ndarray | None = None
+    x: np.ndarray,
+    y: np.ndarray,
+    succ: np.ndarray,
+    owner: np.ndarray,
+    n: int,
+    anchor: np.ndarray,
+    keep: np.ndarray | None = None,
 ) -> Outlines:
     """Ring vertices linked by ``succ`` (a permutation) → ragged polygons, one per owner 0..n-1.
 
-    ``owner`` is each vertex's polygon; ``keep`` drops vertices (e.g. collinear ones)
-    after the rings are ordered. Rings with positive signed area are shells (one per owner).
+    ``owner`` is each vertex's polygon; ``anchor`` marks vertices of which every ring has
+    at least one (for the ranking); ``keep`` drops vertices (e.g. collinear ones) after
+    the rings are ordered. Rings with positive signed area are shells (one per owner).
     """
     if len(succ) == 0:
         return Outlines(np.zeros(0), np.zeros(0), np.zeros(1, np.int64), np.zeros(n + 1, np.int64))
-    ring, pos, length = _rank(succ)
+    ring, pos, length = _rank(succ, anchor)
     area2 = np.bincount(ring, weights=x * y[succ] - x[succ] * y)
     ring_owner = np.empty(len(length), dtype=np.int64)
     ring_owner[ring] = owner
@@ -224,22 +241,19 @@ def _line_order(mask: np.ndarray, heading: int) -> np.ndarray:
     return r.astype(np.int64) * cols + c
 
 
-def _rank(succ: np.ndarray, spacing: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cycle id, position in its cycle (0 at the cycle's lowest index) and cycle lengths.
+def _rank(
+    succ: np.ndarray, anchor: np.ndarray, spacing: int = 16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cycle id, position in its cycle (from an anchor) and the cycle lengths of a permutation.
 
-    List ranking with a ruling set: every ``spacing``-th element and each cycle's head
-    walk, all at once, to the next ruler (each element is visited once), then the short
-    list of rulers is ranked by pointer jumping (O(log length) rounds).
+    List ranking with a ruling set: the rulers (``anchor``, at least one per cycle, and
+    every ``spacing``-th element) all walk at once to the next ruler, so each element is
+    visited once; then only the rulers' cycles are found (scipy's connected components)
+    and ranked by pointer jumping (O(log length) rounds).
     """
     n = len(succ)
-    graph = csr_matrix((np.ones(n, dtype=np.int8), succ, np.arange(n + 1)), shape=(n, n))
-    n_rings, ring = connected_components(graph, directed=True, connection="weak")
-    length = np.bincount(ring, minlength=n_rings)
-    head = np.full(n_rings, n, dtype=np.int64)
-    np.minimum.at(head, ring, np.arange(n))
-    is_ruler = np.zeros(n, dtype=bool)
+    is_ruler = anchor.copy()
     is_ruler[::spacing] = True
-    is_ruler[head] = True
     rulers = np.flatnonzero(is_ruler)
     m = len(rulers)
     ruler_of = np.empty(n, dtype=np.int64)  # the ruler each element's walk came from
@@ -256,11 +270,15 @@ def _rank(succ: np.ndarray, spacing: int = 16) -> tuple[np.ndarray, np.ndarray, 
         cur, walker = nxt[~stop], walker[~stop]
         ruler_of[cur] = walker
         offset[cur] = step
+    graph = csr_matrix((np.ones(m, dtype=np.int8), next_ruler, np.arange(m + 1)), shape=(m, m))
+    n_rings, ruler_ring = connected_components(graph, directed=True, connection="weak")
+    length = np.bincount(ruler_ring, weights=gap, minlength=n_rings).astype(np.int64)
+    head = np.full(n_rings, m, dtype=np.int64)
+    np.minimum.at(head, ruler_ring, np.arange(m))
     # Weighted pointer jumping over the rulers: distance to the ruler before the head.
-    head_ruler = ruler_of[head]
     pred = np.empty(m, dtype=np.int64)
     pred[next_ruler] = np.arange(m)
-    tail = pred[head_ruler]
+    tail = pred[head]
     nxt_r, dist = next_ruler.copy(), gap.copy()
     nxt_r[tail], dist[tail] = tail, 0
     active = np.flatnonzero(nxt_r[nxt_r] != nxt_r)
@@ -269,8 +287,8 @@ def _rank(succ: np.ndarray, spacing: int = 16) -> tuple[np.ndarray, np.ndarray, 
         dist[active] += dist[hop]
         nxt_r[active] = nxt_r[hop]
         active = active[nxt_r[nxt_r[active]] != nxt_r[active]]
-    ruler_pos = dist[head_ruler[ring[rulers]]] - dist
-    return ring, ruler_pos[ruler_of] + offset, length
+    ruler_pos = dist[head[ruler_ring]] - dist
+    return ruler_ring[ruler_of], ruler_pos[ruler_of] + offset, length
 
 
 def _unit_segments(
@@ -305,9 +323,9 @@ def _point_key(g: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def _link(
     x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray, g: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each directed segment's successor (the one leaving its end, same group) and whether
-    its start is a straight-through vertex. Where two segments leave a corner (the group
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each directed segment's successor (the one leaving its end, same group), the heading
+    arriving at its start and its own heading. Where two segments leave a corner (the group
     touches itself diagonally), the ring turns around the pixel outside the group, as
     :func:`trace` does."""
     heading = np.select([x1 > x0, y1 > y0, x1 < x0], [E, S, W], N)
@@ -328,4 +346,4 @@ def _link(
         raise RuntimeError("merged outlines are not closed rings; the parts are not pixel-aligned")
     pred = np.empty_like(succ)
     pred[succ] = np.arange(len(succ))
-    return succ, heading[pred] == heading
+    return succ, heading[pred], heading

@@ -101,50 +101,47 @@ def trace(labels: np.ndarray, n: int) -> Outlines:
     """
     p = np.pad(labels, 1)
     a, b, c, d = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]  # NW, NE, SW, SE of each corner
-    cols = labels.shape[1] + 1
-    ab, ac, ad, bc, bd, cd = a == b, a == c, a == d, b == c, b == d, c == d
-    # Leaving a corner: east along the edge above SE (owned by SE), south along the edge
-    # right of SW, west along the edge below NW, north along the edge left of NE; minus
-    # the corners where the ring runs straight on.
-    out = (
-        ~bd & (d != 0) & ~(cd & ~ac),
-        ~cd & (c != 0) & ~(ac & ~ab),
-        ~ac & (a != 0) & ~(ab & ~bd),
-        ~ab & (b != 0) & ~(bd & ~cd),
-    )
-    # Arriving at a corner heading E/S/W/N, and the direction the ring turns to there
-    # (around the region's own pixel, or around the other one at a concave corner). In
-    # scan order a line's runs alternate start, end (E, S) or end, start (W, N): pairs zip.
-    arrive = (
-        (~ac & (c != 0) & ~(cd & ~bd), bc, N, S),
-        (~ab & (a != 0) & ~(ac & ~cd), ad, E, W),
-        (~bd & (b != 0) & ~(ab & ~ac), bc, S, N),
-        (~cd & (d != 0) & ~(bd & ~ab), ad, W, E),
-    )
-    flat = [np.flatnonzero(m) for m in out]  # corner indices (row-major) of each event kind
-    first = _offsets(np.array([len(f) for f in flat]))
-    row_of = [f // cols for f in flat]
-    pp, step = p.ravel(), cols + 1  # corner (i, j) has NW at p[i, j]: flat index f + i in p
-    owner = np.concatenate(
-        [pp[f + r + k] for f, r, k in zip(flat, row_of, (step + 1, step, 0, 1), strict=True)]
-    )
+    code = np.zeros(a.shape, dtype=np.uint8)  # which of the four pixels are equal, 6 bits
+    for bit, (u, v) in enumerate(((a, b), (a, c), (a, d), (b, c), (b, d), (c, d))):
+        code |= (u == v).view(np.uint8) << bit
+    events = _EVENTS[code]
+    corner = np.flatnonzero(events)  # corners where some ring turns, row-major
+    code, events = code.ravel()[corner], events.ravel()[corner]
+    cols, step = labels.shape[1] + 1, labels.shape[1] + 2
+    nw = corner + corner // cols  # index of the corner's NW pixel in the padded labels
+    pp = p.ravel()
+    quad = {k: pp[nw + off] for k, off in (("a", 0), ("b", 1), ("c", step), ("d", step + 1))}
+    by_column = _by_column(events, corner, cols, a.shape)
+    # Leaving east along the edge above SE (owned by SE), south along the edge right of SW,
+    # west along the edge below NW, north along the edge left of NE; a ring's arrival
+    # heading E/S/W/N is owned by SW, NW, NE, SE. Rings of label 0 (outside) are dropped.
+    leave = [np.flatnonzero(((events & (1 << h)) != 0) & (quad[q] != 0)) for h, q in enumerate("dcab")]
+    first = _offsets(np.array([len(ix) for ix in leave]))
+    event_id = np.empty((4, len(corner)), dtype=np.int64)
+    for h, ix in enumerate(leave):
+        event_id[h, ix] = np.arange(first[h], first[h + 1])
+    succ = np.empty(int(first[-1]), dtype=np.int64)
+    for h, (owner_q, turn_bit, yes, no) in enumerate(_ARRIVE):
+        # In scan order a line's runs alternate start, end (E, S) or end, start (W, N): pairs zip.
+        order = by_column if h in (S, N) else np.arange(len(corner))
+        ev = events[order]
+        starts = order[((ev & (1 << h)) != 0) & (quad["dcab"[h]][order] != 0)]
+        ends = order[((ev & (16 << h)) != 0) & (quad[owner_q][order] != 0)]
+        turn = np.where(code[ends] & (1 << turn_bit), yes, no)
+        succ[event_id[h, starts]] = event_id[turn, ends]
+    ix = np.concatenate(leave)
     # Every ring's top-left vertex is a convex corner from N to E (shells) or a concave one
     # from W to S (holes): those anchor the ring ranking (at least one per ring).
     anchor = np.concatenate(
-        (~ad.ravel()[flat[E]], bc.ravel()[flat[S]], np.zeros(len(flat[W]) + len(flat[N]), dtype=bool))
+        (
+            code[leave[E]] & (1 << _AD) == 0,
+            code[leave[S]] & (1 << _BC) != 0,
+            np.zeros(len(leave[W]) + len(leave[N]), dtype=bool),
+        )
     )
-    id_type = np.int32 if first[-1] < 2**31 else np.int64
-    event = np.empty((4, a.size), dtype=id_type)  # event id by (leaving heading, corner); set at events
-    for t, f in enumerate(flat):
-        event[t, f] = np.arange(first[t], first[t + 1])
-    succ = np.empty(int(first[-1]), dtype=np.int64)
-    for heading in (E, S, W, N):
-        starts = flat[heading] if heading in (E, W) else _line_order(out[heading], heading)
-        mask, when, yes, no = arrive[heading]
-        ends = _line_order(mask, heading)
-        succ[event[heading, starts]] = event[np.where(when.ravel()[ends], yes, no), ends]
-    corner, y = np.concatenate(flat), np.concatenate(row_of)
-    x = corner - y * cols
+    owner = np.concatenate([quad[q][leave[h]] for h, q in enumerate("dcab")])
+    y = corner[ix] // cols
+    x = corner[ix] - y * cols
     return assemble(x.astype(np.float64), y.astype(np.float64), succ, owner - 1, n, anchor)
 
 
@@ -227,6 +224,46 @@ def assemble(
 
 # -- internals ---------------------------------------------------------------------------
 
+_AB, _AC, _AD, _BC, _BD, _CD = range(6)  # bits of the corner code: which pixels are equal
+
+
+def _event_table() -> np.ndarray:
+    """Corner code (6 equality bits) → events: bits 0-3 leave E/S/W/N, bits 4-7 arrive E/S/W/N.
+
+    A ring leaves along an edge its owner borders unless it runs straight on; it arrives
+    along an edge likewise (see :func:`trace` for who owns which edge).
+    """
+    code = np.arange(64)
+    ab, ac, ad, bc, bd, cd = ((code >> k) & 1 == 1 for k in range(6))
+    del ad, bc  # (they only choose where a ring turns, see _ARRIVE)
+    bits = (
+        ~bd & ~(cd & ~ac),  # leave E (owner SE)
+        ~cd & ~(ac & ~ab),  # leave S (owner SW)
+        ~ac & ~(ab & ~bd),  # leave W (owner NW)
+        ~ab & ~(bd & ~cd),  # leave N (owner NE)
+        ~ac & ~(cd & ~bd),  # arrive E (owner SW)
+        ~ab & ~(ac & ~cd),  # arrive S (owner NW)
+        ~bd & ~(ab & ~ac),  # arrive W (owner NE)
+        ~cd & ~(bd & ~ab),  # arrive N (owner SE)
+    )
+    return sum((m.astype(np.uint8) << k for k, m in enumerate(bits)), np.zeros(64, np.uint8))
+
+
+_EVENTS = _event_table()
+#: Per arrival heading: its owner, and the turn there: to ``yes`` when the code bit is set
+#: (a concave corner, around the other pixel), else to ``no`` (around the owner's pixel).
+_ARRIVE = (("c", _BC, N, S), ("a", _AD, E, W), ("b", _BC, S, N), ("d", _AD, W, E))
+
+
+def _by_column(events: np.ndarray, corner: np.ndarray, cols: int, shape: tuple[int, int]) -> np.ndarray:
+    """The event corners' positions in ``corner`` (row-major), in column-major order."""
+    grid = np.zeros(shape, dtype=bool)
+    grid.ravel()[corner] = True
+    c, r = np.nonzero(grid.T)
+    position = np.empty(grid.size, dtype=np.int64)
+    position[corner] = np.arange(len(corner))
+    return position[r.astype(np.int64) * cols + c]
+
 
 @contextmanager
 def _no_cyclic_gc() -> Iterator[None]:
@@ -249,15 +286,6 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     out = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=out[1:])
     return out
-
-
-def _line_order(mask: np.ndarray, heading: int) -> np.ndarray:
-    """Row-major corner indices of ``mask``, scanned along rows (E/W) or columns (S/N)."""
-    if heading in (E, W):
-        return np.flatnonzero(mask)
-    cols = mask.shape[1]
-    c, r = np.nonzero(mask.T)
-    return r.astype(np.int64) * cols + c
 
 
 def _rank(

@@ -196,7 +196,10 @@ def assemble(
     """
     if len(succ) == 0:
         return Outlines(np.zeros(0), np.zeros(0), np.zeros(1, np.int64), np.zeros(n + 1, np.int64))
-    ring, pos, length = _rank(succ, anchor)
+    if keep is None:  # traced rings alternate horizontal and vertical moves: rank half of them
+        ring, pos, length = _rank_alternating(succ, anchor, y[succ] == y)
+    else:
+        ring, pos, length = _rank(succ, anchor)
     area2 = np.bincount(ring, weights=x * y[succ] - x[succ] * y)
     ring_owner = np.empty(len(length), dtype=np.int64)
     ring_owner[ring] = owner
@@ -336,6 +339,22 @@ def _rank(
         active = active[nxt_r[nxt_r[active]] != nxt_r[active]]
     ruler_pos = dist[head[ruler_ring]] - dist
     return ruler_ring[ruler_of], ruler_pos[ruler_of] + offset, length
+
+
+def _rank_alternating(
+    succ: np.ndarray, anchor: np.ndarray, horizontal: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_rank` for rings whose moves alternate horizontal and vertical: ranks only the
+    vertices that leave horizontally (every other one) and places the rest after them."""
+    h = np.flatnonzero(horizontal)
+    v = succ[h]
+    compact = np.empty(len(succ), dtype=np.int64)
+    compact[h] = np.arange(len(h))
+    ring_h, pos_h, length_h = _rank(compact[succ[v]], anchor[h] | anchor[v])
+    ring, pos = np.empty(len(succ), dtype=np.int64), np.empty(len(succ), dtype=np.int64)
+    ring[h], ring[v] = ring_h, ring_h
+    pos[h], pos[v] = 2 * pos_h, 2 * pos_h + 1
+    return ring, pos, 2 * length_h
 
 
 def _unit_segments(

@@ -112,29 +112,29 @@ class BlockPolygons:
             if item is _DONE:
                 break
             window, classes, confidence = item
-            piece = vectorize.block_polygons(
+            final, seam = vectorize.vectorize_block(
                 classes,
                 window=window,
+                grid=self.grid,
+                classes=self.classes,
                 confidence=confidence,
                 nodata=NODATA_CLASS,
                 confidence_nodata=NODATA_CONFIDENCE if confidence is not None else None,
+                simplify=self.simplify,
+                min_area=self.min_area,
             )
-            final, seam = vectorize.split_seams(piece, self.grid.shape)
             seams.append(seam)
             if len(final):
-                yield self._frame(final)
-        merged = vectorize.dissolve(seams)
-        seams.clear()
-        yield self._frame(merged)
-
-    def _frame(self, parts: vectorize.Parts) -> gpd.GeoDataFrame:
-        gdf = vectorize.to_frame(
-            parts,
+                self.polygons += len(final)
+                yield final
+        merged = vectorize.dissolve_seams(
+            seams,
             grid=self.grid,
             classes=self.classes,
             simplify=self.simplify,
             min_area=self.min_area,
             with_confidence=True,
         )
-        self.polygons += len(gdf)
-        return gdf
+        seams.clear()
+        self.polygons += len(merged)
+        yield merged

@@ -11,7 +11,7 @@ import rasterio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is beside the package, not in it
 
-from bench import baseline, common, efficiency, flops, gpu, scaling
+from bench import baseline, common, efficiency, flops, gpu, scaling, vectorize
 
 
 @pytest.fixture
@@ -80,6 +80,29 @@ def test_efficiency_smoke(results: Path, workdir: Path) -> None:
     assert out["settings"]["tiles"] >= 1
     row = _rows(results, "efficiency")[0]
     assert "ratio (b)/(a)" in row and "vectorize polygons" in row  # the stage profile made it in
+
+
+def test_vectorize_smoke(results: Path, workdir: Path) -> None:
+    args = vectorize.parser().parse_args(
+        [
+            "--size",
+            "300",
+            "--repeats",
+            "1",
+            "--block",
+            "128",
+            "--workers",
+            "1",
+            "2",
+            "--workdir",
+            str(workdir),
+        ]
+    )
+    out = vectorize.run(args)
+    assert out["settings"]["polygons"] > 100  # real structure, every variant gave exactly this many
+    assert [r["variant"] for r in out["rows"]] == ["gdal", "geounet w=1", "geounet w=2"]
+    row = _rows(results, "vectorize")[0]
+    assert "geounet w=2/gdal" in row and "polygons=" in row
 
 
 def test_flops_counts_a_conv(results: Path) -> None:

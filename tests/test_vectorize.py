@@ -5,13 +5,17 @@ Inputs are real-data stand-ins for a model output (see ``tests/fixtures_qgis.py`
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
+import rasterio.features
 import shapely
+from affine import Affine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -24,6 +28,12 @@ from geounet.model import NODATA_CLASS, ClassInfo
 from geounet.write import write_array
 
 FOUR = ndimage.generate_binary_structure(2, 1)
+UTM = Affine(10, 0, 330000.5, 0, -10, 5822040.0)  # not on whole metres: exercises the affine
+CLASSES = [
+    ClassInfo(0, "water", "#0000ff"),
+    ClassInfo(1, "field", "#ffff00"),
+    ClassInfo(2, "forest", "#00aa00"),
+]
 
 
 def components(array: np.ndarray) -> dict[int, int]:
@@ -219,7 +229,103 @@ def test_iter_polygons_chunks_hold_the_polygons_of_polygons(
     assert key(streamed) == key(whole.geometry.values)
     if one_chunk:  # simplified as one coverage: fewer vertices than the pixel outlines, no overlaps
         exact = vectorize.polygons(path, classes=landuse.classes, block=128, simplify=0)
-        assert shapely.get_num_coordinates(whole.geometry.values).sum() < 0.8 * shapely.get_num_coordinates(
-            exact.geometry.values
-        ).sum()
+        assert (
+            shapely.get_num_coordinates(whole.geometry.values).sum()
+            < 0.8 * shapely.get_num_coordinates(exact.geometry.values).sum()
+        )
         assert chunks[0].geometry.union_all().area == pytest.approx(chunks[0].area_m2.sum(), rel=1e-9)
+
+
+def canonical(geoms) -> list[bytes]:
+    """Polygons as sorted WKB of their normalized form: equal lists = same vertices, any ring start."""
+    return sorted(shapely.to_wkb(shapely.normalize(np.asarray(geoms, dtype=object))).tolist())
+
+
+def by_geometry(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table in a canonical row order (by normalized geometry), for comparing chunkings."""
+    key = shapely.to_wkb(shapely.normalize(frame.geometry.values))
+    return (
+        pd.DataFrame(frame.drop(columns="geometry")).assign(wkb=key).sort_values("wkb").reset_index(drop=True)
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(1, 24),
+    cols=st.integers(1, 24),
+    block=st.integers(1, 9),
+    n_classes=st.integers(1, 3),
+)
+def test_blocks_vectorized_apart_equal_the_whole_raster(
+    tmp_path: Path, seed: int, rows: int, cols: int, block: int, n_classes: int
+) -> None:
+    """vectorize_block per block (any order, seams pickled as a worker returns them) +
+    dissolve_seams = connected components, GDAL's polygonize vertices, iter_polygons."""
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, n_classes, (rows, cols)).astype(np.uint8)
+    array[rng.random((rows, cols)) < 0.15] = NODATA_CLASS
+    confidence = rng.integers(0, 101, (rows, cols)).astype(np.uint8)
+    grid = Grid(shape=(rows, cols), transform=UTM, crs="EPSG:32633")
+    windows = list(vectorize.blocks(grid.shape, block))
+    random.Random(seed).shuffle(windows)
+    frames, seams = [], []
+    for w in windows:
+        frame, seam = vectorize.vectorize_block(
+            array[w.to_slices()], window=w, grid=grid, classes=CLASSES, confidence=confidence[w.to_slices()]
+        )
+        frames.append(frame)
+        seams.append(pickle.loads(pickle.dumps(seam)))
+    frames.append(vectorize.dissolve_seams(seams, grid=grid, classes=CLASSES, with_confidence=True))
+    got = pd.concat(frames, ignore_index=True)
+
+    assert got.class_id.value_counts().to_dict() == components(array)
+    sizes = []
+    for v in np.unique(array[array != NODATA_CLASS]):
+        lab, _ = ndimage.label(array == v, structure=FOUR)
+        sizes += [(int(v), 100.0 * n) for n in np.bincount(lab.ravel())[1:]]
+    assert sorted(zip(got.class_id.tolist(), got.area_m2.tolist(), strict=True)) == sorted(sizes)
+    gdal = [
+        shapely.geometry.shape(g)
+        for g, _ in rasterio.features.shapes(
+            array, mask=array != NODATA_CLASS, connectivity=4, transform=grid.transform
+        )
+    ]
+    assert canonical(got.geometry.values) == canonical(gdal)
+    assert shapely.is_valid(got.geometry.values).all()
+
+    classes_tif = write_array(tmp_path / "classes.tif", array, grid, nodata=255, classes=CLASSES)
+    conf_tif = write_array(tmp_path / "confidence.tif", confidence, grid, nodata=255)
+    streamed = vectorize.iter_polygons(classes_tif, classes=CLASSES, confidence_path=conf_tif, block=block)
+    expected = by_geometry(pd.concat(list(streamed), ignore_index=True))
+    pd.testing.assert_frame_equal(by_geometry(got), expected, check_dtype=False)
+
+
+def test_threads_give_the_same_polygons(tmp_path: Path, landuse) -> None:
+    classes_tif = write_array(
+        tmp_path / "classes.tif", landuse.array, landuse.grid, nodata=255, classes=landuse.classes
+    )
+    args = {"classes": landuse.classes, "block": 128}
+    one = vectorize.polygons(classes_tif, workers=1, **args)
+    two = vectorize.polygons(classes_tif, workers=2, **args)
+    pd.testing.assert_frame_equal(by_geometry(one), by_geometry(two))
+    with pytest.raises(ConfigError, match="workers=0"):
+        vectorize.polygons(classes_tif, workers=0, **args)
+
+
+def test_block_api_with_coverage_simplification_defers_every_piece(landuse) -> None:
+    """A tolerance that needs the whole coverage: no final polygon per block, all at the seam step."""
+    array, grid = crop(landuse, slice(0, 200), slice(0, 300))
+    frames, seams = [], []
+    for w in vectorize.blocks(grid.shape, 100):
+        frame, seam = vectorize.vectorize_block(
+            array[w.to_slices()], window=w, grid=grid, classes=landuse.classes, simplify=15.0
+        )
+        frames.append(frame)
+        seams.append(seam)
+    assert sum(len(f) for f in frames) == 0
+    assert list(frames[0].columns) == [c for c in vectorize.COLUMNS if c != "mean_confidence"]
+    got = vectorize.dissolve_seams(seams, grid=grid, classes=landuse.classes, simplify=15.0)
+    whole = vectorize.from_array(array, grid=grid, classes=landuse.classes, simplify=15.0, block=100)
+    pd.testing.assert_frame_equal(by_geometry(got), by_geometry(whole))
+    assert len(got) == sum(components(array).values())

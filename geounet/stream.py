@@ -12,7 +12,7 @@ is then proportional to the tile *width* times the receptive field, not to its a
 the result equals the tile's ordinary forward pass (the same arithmetic, row by row;
 convolution kernels may round differently by shape, ~1e-6).
 
-Every layer of :class:`geounet.model.UNet` streams: 3x3 'same' convolutions (zero padding
+Every layer of :class:`geounet.model.networks.UNet` streams: 3x3 'same' convolutions (zero padding
 above the first and below the last row, as in the ordinary pass), 1x1 convolutions,
 ReLU/sigmoid/identity, 2x2 max-pooling, 2x2 transposed convolutions and bilinear x2
 up-sampling (align_corners=False, edge rows clamped as torch does), residual blocks,
@@ -269,7 +269,7 @@ class _Layers:
 
 
 class StreamingUNet:
-    """Streams a :class:`geounet.model.UNet` (in eval mode) over tiles in strips of rows.
+    """Streams a :class:`geounet.model.networks.UNet` (in eval mode) over tiles in strips of rows.
 
     One instance per tile pass: the layers keep state between strips. :meth:`strips` runs a
     whole tile; it builds fresh state each call, so the object can be reused tile after tile.
@@ -277,7 +277,7 @@ class StreamingUNet:
 
     def __init__(self, net: nn.Module) -> None:
         if not isinstance(net, UNet):
-            raise InputError(f"cannot stream {type(net).__name__}: only geounet.model.UNet networks stream")
+            raise InputError(f"cannot stream {type(net).__name__}: only geounet.networks.UNet networks stream")
         self.net = net
 
     def _build(self) -> _Layers:

@@ -31,7 +31,7 @@ import rasterio
 import torch
 
 from geounet import model
-from geounet.model import ClassInfo, ModelSpec
+from geounet.model import ClassInfo, ModelSpec, networks
 
 #: median top-1 minus top-2 logit margin after calibration
 MEDIAN_MARGIN = 3.0
@@ -97,7 +97,7 @@ def calibrated_bundle(
     mean = tuple(float(v) for v in np.nanmean(img[:, valid], axis=1))
     std = tuple(max(float(v), 1e-6) for v in np.nanstd(img[:, valid], axis=1))
     norm = model.Normalization(mean=mean, std=std)
-    base = model.init_bundle(
+    base = networks.init_bundle(
         bands=bands,
         classes=classes,
         spec=spec,
@@ -107,7 +107,7 @@ def calibrated_bundle(
         seed=seed,
         name=name,
     )
-    module = model.module_from_bundle(base)
+    module = networks.module_from_bundle(base)
     x = model.normalize(np.nan_to_num(img)[None].astype(np.float32), norm)
     feats = _features(module, x)  # (C, H, W)
     f = feats.reshape(feats.shape[0], -1)[:, valid.ravel()]
@@ -145,7 +145,7 @@ def calibrated_bundle(
 def _check(bundle: model.Bundle, x: np.ndarray, valid: np.ndarray) -> None:
     """The calibrated model on its own image: all classes, high entropy, almost no near-ties."""
     with torch.inference_mode():
-        logits = model.module_from_bundle(bundle)(torch.from_numpy(x))[0].double().numpy()
+        logits = networks.module_from_bundle(bundle)(torch.from_numpy(x))[0].double().numpy()
     top2 = np.sort(logits, axis=0)[-2:]
     margin = (top2[1] - top2[0])[valid]
     classes = np.where(valid, logits.argmax(0), model.NODATA_CLASS).astype(np.uint8)
@@ -178,7 +178,7 @@ def impulse_bundle(spec: ModelSpec, *, seed: int = 0, threshold: float = 1e-3) -
     receptive field holds it. ``spec`` must have ``in_channels=1, n_classes=2, norm="none"``.
     """
     assert spec.in_channels == 1 and spec.n_classes == 2 and spec.norm == "none", spec
-    base = model.init_bundle(
+    base = networks.init_bundle(
         bands=("x",),
         classes=(ClassInfo(0, "dark", "#000000"), ClassInfo(1, "lit", "#ffffff")),
         spec=spec,
@@ -207,5 +207,5 @@ def lit(bundle: model.Bundle, image: np.ndarray) -> np.ndarray:
     """Boolean (rows, cols): where the whole-image forward pass of an impulse bundle says class 1."""
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)[None, None])
     with torch.inference_mode():
-        logits = model.module_from_bundle(bundle)(x)[0].double().numpy()
+        logits = networks.module_from_bundle(bundle)(x)[0].double().numpy()
     return logits[1] > logits[0]

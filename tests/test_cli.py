@@ -71,9 +71,9 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
 def real_input(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A real raster and a real model, so an exit code 1 can only come from the flag under test."""
     from geounet import model
-    from geounet.model import ClassInfo, ModelSpec
+    from geounet.model import ClassInfo, ModelSpec, networks
 
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=("red", "green", "blue"),
         classes=(ClassInfo(0, "a", "#000000"), ClassInfo(1, "b", "#ffffff")),
         spec=ModelSpec(in_channels=3, n_classes=2, depth=2, width=4),

@@ -22,7 +22,7 @@ from fixtures_stac import BRANDENBURG_ID, StacAssets, write_cog
 from geounet import harmonize, model, pipeline, scenes, search
 from geounet.errors import ConfigError
 from geounet.geo import Window
-from geounet.model import ClassInfo, ModelSpec, Normalization
+from geounet.model import ClassInfo, ModelSpec, Normalization, networks
 
 BANDS = ["B02", "B03", "B04", "B08"]
 BRANDENBURG_BBOX = (12.55, 52.46, 12.65, 52.5)
@@ -82,7 +82,7 @@ def handed_to_model(found: list[search.Scene], bundle_path: Path, tmp_path: Path
 
 def bundle_file(tmp_path: Path, name: str, provenance: dict[str, Any], scale: float = 1.0) -> Path:
     norm = Normalization(mean=(1200.0,) * 4, std=(600.0,) * 4, scale=scale)
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=BANDS, classes=CLASSES, spec=ModelSpec(in_channels=4, n_classes=2, depth=2, width=4),
         normalization=norm, tile=128, halo=16, provenance=provenance,
     )  # fmt: skip

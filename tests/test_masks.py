@@ -20,7 +20,7 @@ from hypothesis.extra.numpy import arrays
 from geounet import api, masks, model, read, scenes, search, tiling
 from geounet.errors import ConfigError
 from geounet.geo import Grid
-from geounet.model import ClassInfo, ModelSpec
+from geounet.model import ClassInfo, ModelSpec, networks
 
 SLOVENIA_BBOX = (14.55, 45.86, 14.57, 45.88)
 GEOTIFF = "s2-slovenia-eolearn/geotiff"
@@ -55,7 +55,7 @@ def test_masked_pixels_never_contribute_and_clear_scene_prediction_is_kept(
     slovenia: dict[str, search.Scene], data_dir: Path, tmp_path: Path
 ) -> None:
     bundle = model.save(
-        model.init_bundle(
+        networks.init_bundle(
             bands=BANDS, classes=[ClassInfo(0, "a", "#000000"), ClassInfo(1, "b", "#ffffff"), ClassInfo(2, "c", "#ff0000")],
             spec=ModelSpec(in_channels=4, n_classes=3, depth=2, width=8), seed=5, tile=64, halo=16,
         ),

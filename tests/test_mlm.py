@@ -12,14 +12,14 @@ import pytest
 
 from geounet import mlm, model
 from geounet.errors import InputError
-from geounet.model import ClassInfo, ModelSpec
+from geounet.model import ClassInfo, ModelSpec, networks
 
 CONVENTION = {"input_convention": {"value_scaling": [{"type": "scale", "value": 0.0001}]}}
 
 
 @pytest.fixture
 def bundle_path(tmp_path: Path) -> Path:
-    bundle = model.init_bundle(
+    bundle = networks.init_bundle(
         bands=["B02", "B03", "B04", "B08"], classes=[ClassInfo(0, "water", "#1f78b4"), ClassInfo(1, "forest", "#33a02c")],
         spec=ModelSpec(in_channels=4, n_classes=2, depth=2, width=4), tile=128, halo=16, provenance=CONVENTION,
     )  # fmt: skip

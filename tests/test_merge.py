@@ -201,7 +201,9 @@ def test_blend_streams_rows_as_soon_as_their_neighbours_are_in_and_skips_stay_no
         if t.index in skipped:
             blender.skip(t)
         else:
-            blender.add(t, _field((20, 20), 2, t.index), np.ones((20, 20), bool))
+            chip_valid = np.ones((20, 20), bool)
+            chip_valid[4 + t.index % 12, 4:16] = False  # one invalid core row per tile
+            blender.add(t, _field((20, 20), 2, t.index), chip_valid)
         for block in blender.ready():
             emitted[block.window.row // plan.size] = t.index
             assert block.probs.dtype == np.float32 and block.valid.shape == block.window.shape
@@ -212,8 +214,12 @@ def test_blend_streams_rows_as_soon_as_their_neighbours_are_in_and_skips_stay_no
     assert emitted == {r: last_of_row[min(r + 1, plan.n_rows - 1)] for r in range(plan.n_rows)}
     assert seen.all() and not blender._strips
     expected = np.ones(plan.shape, bool)
-    for i in skipped:
-        expected[plan[i].core.to_slices()] = False
+    for t in plan:
+        rows, cols = t.core.to_slices()
+        if t.index in skipped:
+            expected[rows, cols] = False
+        elif t.core.row + t.index % 12 < plan.shape[0] and t.index % 12 < t.core.height:
+            expected[t.core.row + t.index % 12, cols] = False
     np.testing.assert_array_equal(valid, expected)
 
 

@@ -145,6 +145,26 @@ def test_ray_gives_the_same_outputs_as_in_process(
         assert np.mean(ref == got) > 0.995
 
 
+def test_blend_on_ray_equals_blend_in_process(
+    ray_cluster: Any, landsat_rgb: Path, rgb_bundle: Path, tmp_path: Path
+) -> None:
+    """merge=blend ships read-window probabilities from the actors: the same mosaic as in-process."""
+    local = _job(landsat_rgb, rgb_bundle, tmp_path / "local", merge="blend", halo=16, tile=96)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the actors
+    try:
+        pipeline.run(local, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    remote = _job(landsat_rgb, rgb_bundle, tmp_path / "ray", merge="blend", halo=16, tile=96)
+    executor = RayExecutor(RayOptions(actors=2, cpus_per_actor=0.5, ready_timeout_s=120))
+    pipeline.run(remote, results=executor, progress=False)
+    assert sum(executor.stats.tiles_per_node.values()) == len(remote.plan)
+    assert_same_outputs(tmp_path / "local", tmp_path / "ray")
+    crop = outputs_of(Path(tmp_path / "local"))[0]
+    assert len(np.unique(crop[crop != 255])) >= 2
+
+
 def test_killed_actor_is_restarted_and_the_job_completes(
     ray_cluster: Any, landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
 ) -> None:

@@ -90,6 +90,10 @@ def test_window_grid_matches_rasterio_window_transform() -> None:
         assert sub.transform.almost_equals(expected) and sub.shape == w.shape and sub.crs == g.crs
 
 
+def test_one_pixel_grids_are_valid() -> None:
+    assert Grid((1, 1)).shape == (1, 1) and Grid((1, 7)).cols == 7 and Grid((7, 1)).rows == 7
+
+
 def test_photo_grid_is_not_georeferenced() -> None:
     g = Grid((4, 5))
     assert not g.is_georeferenced and g.transform == Affine.identity() and g.pixel_area == 1.0
@@ -101,6 +105,7 @@ def test_photo_grid_is_not_georeferenced() -> None:
     [
         ((0, 5), NORTH_UP, "grid shape=(0, 5) must be positive"),
         ((5, -1), NORTH_UP, "grid shape=(5, -1) must be positive"),
+        ((5, 0), NORTH_UP, "grid shape=(5, 0) must be positive in both axes; check the input raster or the AOI/resolution"),
         ((5, 5), Affine(0, 0, 0, 0, 0, 0), "is degenerate; fix the georeferencing"),
     ],
 )
@@ -136,11 +141,13 @@ def test_from_bounds_snaps_outward_to_the_resolution_lattice() -> None:
     assert left <= bounds[0] and bottom <= bounds[1] and right >= bounds[2] and top >= bounds[3]
     assert all(v % 10 == 0 for v in g.bounds)
     assert g.shape == (round((top - bottom) / 10), round((right - left) / 10))
+    fine = from_bounds((0.0, 0.0, 2.0, 1.0), crs="EPSG:32633", resolution=0.5)
+    assert fine.shape == (2, 4) and fine.resolution == (0.5, 0.5)
 
 
 @pytest.mark.parametrize(
     ("bounds", "resolution"),
-    [((0, 0, 10, 10), 0), ((0, 0, 10, 10), -5), ((10, 0, 0, 10), 1), ((0, 10, 10, 10), 1)],
+    [((0, 0, 10, 10), 0), ((0, 0, 10, 10), -5), ((10, 0, 0, 10), 1), ((5, 0, 5, 10), 1), ((0, 10, 10, 10), 1)],
 )
 def test_from_bounds_rejects_empty_bounds_and_bad_resolution(bounds: tuple, resolution: float) -> None:
     with pytest.raises(InputError, match="are empty; give left<right, bottom<top and a positive resolution"):

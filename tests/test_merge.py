@@ -177,3 +177,63 @@ def test_blend_is_the_weighted_average_of_disagreeing_tiles(rows, cols, halo, co
             out[(slice(None), *block.window.to_slices())] = block.probs
     assert not np.isnan(out).any()
     np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
+def test_decide_dtypes_default_ids_and_valid_mask() -> None:
+    probs = np.array([[[0.2, 0.7]], [[0.8, 0.3]]], np.float32)  # (2 classes, 1, 2)
+    cls, conf = merge.decide(probs, valid=np.array([[True, True]]))
+    assert cls.dtype == np.uint8 and conf.dtype == np.uint8
+    assert cls.tolist() == [[1, 0]] and conf.tolist() == [[80, 70]]
+    cls, conf = merge.decide(probs, valid=np.array([[True, False]]), class_ids=np.array([4, 9]))
+    assert cls.tolist() == [[9, 255]] and conf.tolist() == [[80, 255]]
+
+
+def test_blend_streams_rows_as_soon_as_their_neighbours_are_in_and_skips_stay_nodata() -> None:
+    """Row-major arrival: tile row r is emitted right after tile row r + reach completes; skipped
+    tiles' cores come out invalid, added ones valid; nothing stays buffered at the end."""
+    plan = grid((50, 45), tile=20, halo=4)  # cores of 12: 5 tile rows, 4 tile cols; reach 1
+    skipped = {5, 6}
+    blender = merge.Blender(plan, n_classes=2, window="cosine")
+    emitted: dict[int, int] = {}
+    valid = np.zeros(plan.shape, bool)
+    seen = np.zeros(plan.shape, bool)
+    for t in plan:
+        if t.index in skipped:
+            blender.skip(t)
+        else:
+            chip_valid = np.ones((20, 20), bool)
+            chip_valid[4 + t.index % 12, 4:16] = False  # one invalid core row per tile
+            blender.add(t, _field((20, 20), 2, t.index), chip_valid)
+        for block in blender.ready():
+            emitted[block.window.row // plan.size] = t.index
+            assert block.probs.dtype == np.float32 and block.valid.shape == block.window.shape
+            valid[block.window.to_slices()] = block.valid
+            seen[block.window.to_slices()] = True
+        assert len(blender._strips) <= 3  # memory: the rows a halo reaches, not the raster
+    last_of_row = {r: (r + 1) * plan.n_cols - 1 for r in range(plan.n_rows)}
+    assert emitted == {r: last_of_row[min(r + 1, plan.n_rows - 1)] for r in range(plan.n_rows)}
+    assert seen.all() and not blender._strips
+    expected = np.ones(plan.shape, bool)
+    for t in plan:
+        rows, cols = t.core.to_slices()
+        if t.index in skipped:
+            expected[rows, cols] = False
+        elif t.core.row + t.index % 12 < plan.shape[0] and t.index % 12 < t.core.height:
+            expected[t.core.row + t.index % 12, cols] = False
+    np.testing.assert_array_equal(valid, expected)
+
+
+def test_weights_are_float32_and_a_callable_window_is_used_as_is() -> None:
+    assert merge.cosine_weight(12, 2).dtype == np.float32 and merge.gaussian_weight(12, 2).dtype == np.float32
+
+    def flat(size: int, halo: int) -> np.ndarray:
+        return np.full((size, size), 0.5, np.float32)
+
+    assert merge.weight_fn(flat) is flat and merge.weight_fn("gaussian") is merge.gaussian_weight
+
+
+def test_unknown_merge_names_the_value_and_the_choices() -> None:
+    assert merge.check_merge("blend") == "blend"
+    with pytest.raises(ConfigError) as err:
+        merge.check_merge("average")
+    assert str(err.value) == "merge='average' is unknown; use one of crop, blend"

@@ -25,6 +25,7 @@ from fixtures_ray import RGB_OPTIONS, assert_same_outputs, outputs_of
 from geounet import jobs, pipeline
 from geounet.distributed import PoolPlan, RayExecutor, RayOptions, plan_pool
 from geounet.errors import ConfigError, ExecutionError
+from geounet.parts import PARTS_DIR
 from geounet.resume import RUN_DIR
 from geounet.tiling import Tile
 
@@ -200,10 +201,14 @@ def _predict_cmd(source: Path, bundle: Path, out: Path, *extra: str) -> list[str
 
 
 def _done_tiles(out: Path) -> int:
+    """Tiles finished so far: complete parts (Ray's produce) plus tiles in the run cache's log."""
+    done = len(list((out / RUN_DIR / PARTS_DIR).glob("t*.npz")))
     log = out / RUN_DIR / "tiles.log"
     if not log.exists():
-        return 0
-    return sum(len(re.findall(r"\d+", line.split('"tiles"')[-1])) for line in log.read_text().splitlines())
+        return done
+    return done + sum(
+        len(re.findall(r"\d+", line.split('"tiles"')[-1])) for line in log.read_text().splitlines()
+    )
 
 
 def test_sigkilled_job_resumes_with_identical_outputs(

@@ -321,3 +321,30 @@ def test_worker_node_removed_mid_job(
     assert executor.stats.tiles_per_node[survivor] > 0
     assert sum(executor.stats.tiles_per_node.values()) == len(job.plan)
     assert_same_outputs(rgb_reference, tmp_path)
+
+
+def test_killed_actor_while_writing_parts_is_restarted_and_the_job_completes(
+    ray_cluster: Any, landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
+) -> None:
+    """The parts path (``produce``, what pipeline.run calls): an actor killed mid-job comes back."""
+    import threading
+
+    executor = RayExecutor(RayOptions(actors=1, cpus_per_actor=0.5, ready_timeout_s=120))
+    killed: list[int] = []
+
+    def kill_when_a_quarter_is_done() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and sum(executor.stats.tiles_per_node.values()) < 64:
+            time.sleep(0.02)
+        if executor.stats.actors:
+            killed.append(executor.stats.actors[0]["pid"])
+            os.kill(killed[0], signal.SIGKILL)
+
+    job = _job(landsat_rgb, rgb_bundle, tmp_path)
+    killer = threading.Thread(target=kill_when_a_quarter_is_done, daemon=True)
+    killer.start()
+    pipeline.run(job, results=executor, progress=False)
+    killer.join(timeout=5)
+    assert killed and killed[0] in executor.stats.pids and len(executor.stats.pids) >= 2  # a new process
+    assert sum(executor.stats.parts_per_node.values()) == len(job.plan)
+    assert_same_outputs(rgb_reference, tmp_path)

@@ -348,3 +348,23 @@ def test_killed_actor_while_writing_parts_is_restarted_and_the_job_completes(
     assert killed and killed[0] in executor.stats.pids and len(executor.stats.pids) >= 2  # a new process
     assert sum(executor.stats.parts_per_node.values()) == len(job.plan)
     assert_same_outputs(rgb_reference, tmp_path)
+
+
+def test_blend_keeps_the_driver_path_with_the_same_outputs(
+    ray_cluster: Any, landsat_rgb: Path, rgb_bundle: Path, tmp_path: Path
+) -> None:
+    """merge=blend crosses tiles: ``produce`` streams results to the driver's writer, no parts."""
+    local = _job(landsat_rgb, rgb_bundle, tmp_path / "local", merge="blend")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the actors
+    try:
+        pipeline.run(local, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    job = _job(landsat_rgb, rgb_bundle, tmp_path / "ray", merge="blend")
+    executor = RayExecutor(RayOptions(actors=1, cpus_per_actor=0.5, ready_timeout_s=120))
+    pipeline.run(job, results=executor, progress=False)
+    assert executor.stats.parts_per_node == {} and sum(executor.stats.tiles_per_node.values()) == len(
+        job.plan
+    )
+    assert_same_outputs(tmp_path / "local", tmp_path / "ray")

@@ -7,20 +7,25 @@ passed in, so nothing else depends on Ray.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geounet import parts
 from geounet.errors import ConfigError, ExecutionError, GeounetError, first_line
 
 if TYPE_CHECKING:
     from geounet.jobs import Job, TileResult
+    from geounet.model import ClassInfo
     from geounet.read import Chip
+    from geounet.resume import TileStore
     from geounet.tiling import Tile
 
 log = logging.getLogger(__name__)
@@ -303,11 +308,13 @@ def local_system_config(num_cpus: int) -> dict[str, Any]:
     return {"num_workers_soft_limit": max(8, 4 * num_cpus)}
 
 
-def _read_batch(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
-    """Ray task body: the read stage for one batch of tiles."""
+def _read_batch(job: Job, tiles: Sequence[Tile]) -> tuple[float, list[Chip | None]]:
+    """Ray task body: the read stage for one batch of tiles, with the CPU seconds it took."""
     from geounet.pipeline import read_chips
 
-    return read_chips(job, tiles)
+    t0 = time.process_time()
+    chips = read_chips(job, tiles)
+    return time.process_time() - t0, chips
 
 
 class _PredictActor:
@@ -328,11 +335,66 @@ class _PredictActor:
         return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "device": self.device}
 
     def predict(
-        self, tiles: Sequence[Tile], chips: Sequence[Chip | None]
-    ) -> tuple[str, int, list[TileResult]]:
+        self, tiles: Sequence[Tile], read: tuple[float, Sequence[Chip | None]]
+    ) -> tuple[str, int, float, list[TileResult]]:
+        """(node id, pid, CPU seconds of the read and the prediction, results) of one batch."""
         import ray
 
-        return ray.get_runtime_context().get_node_id(), os.getpid(), self.predictor(tiles, chips)
+        t0 = time.process_time()
+        results = self.predictor(tiles, read[1])
+        cpu = read[0] + time.process_time() - t0
+        return ray.get_runtime_context().get_node_id(), os.getpid(), cpu, results
+
+
+def _predict_parts(
+    job: Job, classes: Sequence[ClassInfo], vectors: bool, actor: Any, tiles: Sequence[Tile]
+) -> _Done:
+    """Ray task body: read a batch, have ``actor`` predict it, write its raster and vector parts.
+
+    One task per batch, placed on the actor's node: the driver submits one call and gets back
+    one small :class:`_Done`; the chips and predictions only travel between this task and the
+    actor. Ray releases this task's CPU while it waits for the actor.
+    """
+    import ray
+
+    t0 = time.process_time()
+    read = _read_batch(job, tiles)
+    predict_node, pid, cpu, results = ray.get(actor.predict.remote(tiles, read))
+    node = ray.get_runtime_context().get_node_id()
+    parts.write_tiles(job, results, classes=classes, node=node, vectors=vectors)
+    return _Done(predict_node, pid, node, cpu + time.process_time() - t0, len(results))
+
+
+def _adopt_cached(job: Job, store: TileStore, classes: Sequence[ClassInfo], vectors: bool) -> _Done:
+    """Ray task body: tiles a previous run cached in ``store`` (npz) → parts, without predicting."""
+    import ray
+
+    t0 = time.process_time()
+    node = ray.get_runtime_context().get_node_id()
+    todo = set(store.done) - parts.complete(parts.folder_of(job), store.done)
+    cached = (r for r in store.cached() if r.tile.index in todo)
+    infos = parts.write_tiles(job, cached, classes=classes, node=node, vectors=vectors)
+    return _Done(node, os.getpid(), node, time.process_time() - t0, len(infos))
+
+
+def _assemble(job: Job, classes: Sequence[ClassInfo], vectors: bool) -> tuple[dict[str, Any], str, float]:
+    """Ray task body: the final COGs and polygon layer from the parts (counts, node id, CPU seconds)."""
+    import ray
+
+    t0 = time.process_time()
+    counts = parts.assemble(job, classes=classes, vectors=vectors)
+    return counts, ray.get_runtime_context().get_node_id(), time.process_time() - t0
+
+
+@dataclass(frozen=True)
+class _Done:
+    """What a parts task reports: where the batch was predicted and written, its CPU time, its size."""
+
+    predict_node: str
+    pid: int
+    node: str
+    cpu_s: float
+    tiles: int
 
 
 @dataclass
@@ -345,6 +407,12 @@ class RayStats:
     pids: set[int] = field(default_factory=set)
     resubmitted: int = 0
     fell_back: bool = False
+    #: Tiles whose parts (raster + vectors) each node wrote (parts mode, :meth:`RayExecutor.produce`).
+    parts_per_node: dict[str, int] = field(default_factory=dict)
+    #: CPU seconds of the workers' processes in reads, predictions, parts and assembly.
+    worker_cpu_s: float = 0.0
+    #: The node that assembled the final products (parts mode).
+    assembled_on: str | None = None
 
 
 @dataclass
@@ -355,13 +423,18 @@ class _Batch:
 
 
 class RayExecutor:
-    """Execute a job's read and predict stages on Ray; use as ``pipeline.run(job, results=RayExecutor())``.
+    """Execute a job's stages on Ray; use as ``pipeline.run(job, results=RayExecutor())``.
 
     Reads are Ray tasks (one per batch of tiles, ``cpus_per_read`` each, retried); predictions run
     in a pool of actors that each load the bundle once (restarted when they crash, their tasks
-    retried). The driver keeps at most ``actors × queue_per_actor`` batches in flight and yields
-    results as they finish, so the writer streams and memory stays flat however large the raster.
-    Batches lost with a node or an actor are resubmitted by the driver.
+    retried). The driver keeps at most ``actors × queue_per_actor`` batches in flight, so memory
+    stays flat however large the raster. Batches lost with a node or an actor are resubmitted.
+
+    :meth:`produce` (what :func:`geounet.pipeline.run` calls) keeps the pixels on the workers:
+    a Ray task beside each actor writes the batch's raster and vector parts
+    (:mod:`geounet.parts`) and a final Ray task assembles the products, so the driver only
+    coordinates. Calling the executor instead yields :class:`TileResult` values to the driver
+    (``merge=blend`` needs that: its blending crosses tiles).
     """
 
     def __init__(self, options: RayOptions | None = None) -> None:
@@ -373,17 +446,157 @@ class RayExecutor:
         todo = list(job.plan if tiles is None else tiles)
         if not todo:
             return
+        with self._pool(job) as ray_pool:
+            if ray_pool is None:
+                from geounet.pipeline import local_results
+
+                yield from local_results(job, tiles=todo)
+                return
+            import ray
+
+            job_ref, actors, pool = ray_pool
+            read: Any = ray.remote(_read_batch).options(
+                num_cpus=pool.cpus_per_read, max_retries=self.options.max_retries
+            )
+
+            def submit(batch: list[Tile], actor: int) -> Any:
+                return actors[actor].predict.remote(batch, read.remote(job_ref, batch))
+
+            for node, pid, cpu, results in self._stream(
+                todo, actors, submit, batch_size=job.options.batch_size
+            ):
+                self._count(node, pid, cpu, len(results))
+                yield from results
+
+    def produce(
+        self, job: Job, *, tiles: Sequence[Tile], store: TileStore, progress: bool | None = None
+    ) -> dict[str, Any]:
+        """Predict ``tiles`` into parts on the workers and assemble the rasters and polygons there.
+
+        The parts executor of :func:`geounet.pipeline.run`. Tiles whose parts a previous run
+        completed are reused, tiles the run cache (``store``) holds from another executor are
+        turned into parts without predicting, and ``store.reused`` counts both. Returns the
+        counts of :func:`geounet.pipeline.write_rasters` plus ``vectors`` (the polygon layer's
+        path) when the polygons could be finished per tile (see :func:`parts.vectors_per_tile`).
+        ``merge=blend`` (and a local fallback) take the driver path: results stream to
+        :func:`geounet.pipeline.write_rasters`.
+        """
+        from geounet.pipeline import load_bundle, local_results, write_rasters
+
+        if job.options.merge != "crop":
+            return self._write_stream(job, self(job, tiles=tiles), store, write_rasters)
+        folder = parts.folder_of(job)
+        reused = parts.complete(folder, range(len(job.plan)))
+        todo = [t for t in tiles if t.index not in reused]
+        store.reused = len(reused | set(store.done))
+        if reused:
+            log.info("resuming: reusing %d of %d tiles from %s", store.reused, len(job.plan), folder)
+        classes = tuple(load_bundle(job.model_path).classes)
+        vectors = parts.vectors_per_tile(job.options.simplify, job.grid)
+        with self._pool(job) as ray_pool:
+            if ray_pool is None:
+                return self._write_stream(job, local_results(job, tiles=tiles), store, write_rasters)
+            import ray
+
+            job_ref, actors, pool = ray_pool
+            if set(store.done) - reused:
+                self._wait(ray.remote(_adopt_cached).options(num_cpus=pool.cpus_per_read).remote(
+                    job_ref, store, classes, vectors))  # fmt: skip
+            self._write_parts(
+                job_ref,
+                todo,
+                actors,
+                pool,
+                classes=classes,
+                vectors=vectors,
+                batch_size=job.options.batch_size,
+            )
+            for actor in actors:  # free their CPUs for the assembly
+                ray.kill(actor, no_restart=True)
+            task: Any = ray.remote(_assemble).options(
+                num_cpus=min(1.0, max(n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive"))),
+                max_retries=self.options.max_retries,
+            )
+            counts, node, cpu = self._wait(task.remote(job_ref, classes, vectors))
+            self.stats.assembled_on = node
+            self.stats.worker_cpu_s += cpu
+            return dict(counts)
+
+    def _write_parts(
+        self,
+        job_ref: Any,
+        todo: list[Tile],
+        actors: list[Any],
+        pool: PoolPlan,
+        *,
+        classes: Sequence[ClassInfo],
+        vectors: bool,
+        batch_size: int,
+    ) -> None:
+        """Read → predict → write parts for every batch of ``todo``; the driver sees only :class:`_Done`."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        task: Any = ray.remote(_predict_parts)
+        classes_ref = ray.put(tuple(classes))
+        # One task shape per actor, beside it (soft: a restarted actor may live elsewhere).
+        tasks = [
+            task.options(
+                num_cpus=pool.cpus_per_read,
+                max_retries=self.options.max_retries,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(info["node_id"], soft=True),
+            )
+            for info in self.stats.actors
+        ]
+
+        handles = [ray.put(a) for a in actors]  # a ref per handle: cheaper to pass than the handle
+
+        def submit(batch: list[Tile], actor: int) -> Any:
+            return tasks[actor].remote(job_ref, classes_ref, vectors, handles[actor], batch)
+
+        total, step, finished = len(todo), max(len(todo) // 10, 1), 0
+        for done in self._stream(todo, actors, submit, batch_size=batch_size):
+            self._count(done.predict_node, done.pid, done.cpu_s, done.tiles)
+            self.stats.parts_per_node[done.node] = self.stats.parts_per_node.get(done.node, 0) + done.tiles
+            finished += done.tiles
+            if finished // step != (finished - done.tiles) // step or finished == total:
+                log.info("predict: %d/%d tiles written as parts", finished, total)
+
+    def _count(self, node: str, pid: int, cpu: float, tiles: int) -> None:
+        self.stats.tiles_per_node[node] = self.stats.tiles_per_node.get(node, 0) + tiles
+        self.stats.pids.add(pid)
+        self.stats.worker_cpu_s += cpu
+
+    @staticmethod
+    def _write_stream(
+        job: Job, results: Iterator[TileResult], store: TileStore, write: Callable[..., dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The driver path: cached tiles, then ``results`` (recorded as they pass) into ``write``."""
+        recorded = store.record(results)
+        try:
+            return dict(write(job, itertools.chain(store.cached(), recorded)))
+        finally:
+            for stream in (recorded, results):  # stops the actors even when writing failed
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+
+    @contextlib.contextmanager
+    def _pool(self, job: Job) -> Iterator[tuple[Any, list[Any], PoolPlan] | None]:
+        """Connect, plan and start the actor pool: (job ref, actors, plan); None to run in-process.
+
+        None only when no address is given, a local Ray cannot start and ``fallback`` allows it.
+        The actors are killed and a Ray this call started is shut down on exit.
+        """
         self.stats = RayStats()
         try:
             started = self._connect()
         except ExecutionError as exc:
             if self.options.address or os.environ.get("RAY_ADDRESS") or not self.options.fallback:
                 raise
-            from geounet.pipeline import local_results
-
             log.warning("%s; running with --executor local instead", exc)
             self.stats.fell_back = True
-            yield from local_results(job, tiles=todo)
+            yield None
             return
         import ray
 
@@ -392,15 +605,34 @@ class RayExecutor:
             nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
             pool = plan_pool(nodes, device=job.options.device, options=self.options)
             self.stats.pool = pool
-            job_ref = ray.put(job)  # read tasks share one copy
+            job_ref = ray.put(job)  # tasks share one copy
             actors = self._start_actors(job, pool)
-            yield from self._stream(job_ref, todo, actors, pool, batch_size=job.options.batch_size)
+            yield job_ref, actors, pool
         finally:
             for actor in actors:
                 with contextlib.suppress(Exception):
                     ray.kill(actor, no_restart=True)
             if started:
                 ray.shutdown()
+
+    def _wait(self, ref: Any) -> Any:
+        """``ray.get`` of a one-off task; its GeounetError surfaces as itself."""
+        import ray
+        from ray.exceptions import RayError, RayTaskError
+
+        try:
+            return ray.get(ref)
+        except RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, GeounetError):
+                raise cause from None
+            raise ExecutionError(
+                f"a Ray task failed: {first_line(exc)}; rerun (finished tiles are reused)"
+            ) from exc
+        except RayError as exc:
+            raise ExecutionError(
+                f"a Ray task was lost: {first_line(exc)}; rerun (finished tiles are reused)"
+            ) from exc
 
     def _connect(self) -> bool:
         """Join ``address``/``$RAY_ADDRESS`` or start a local Ray; True when this call started it."""
@@ -450,7 +682,7 @@ class RayExecutor:
         infos = [a.info.remote() for a in actors]
         ready, pending = ray.wait(infos, num_returns=len(infos), timeout=self.options.ready_timeout_s)
         try:
-            self.stats.actors = ray.get(ready)
+            self.stats.actors = ray.get(ready if pending else infos)  # in actor order once all started
         except ray.exceptions.RayActorError as exc:
             for a in actors:
                 ray.kill(a, no_restart=True)
@@ -476,8 +708,18 @@ class RayExecutor:
         return actors
 
     def _stream(
-        self, job_ref: Any, tiles: list[Tile], actors: list[Any], pool: PoolPlan, *, batch_size: int
-    ) -> Iterator[TileResult]:
+        self,
+        tiles: list[Tile],
+        actors: list[Any],
+        submit: Callable[[list[Tile], Any], Any],
+        *,
+        batch_size: int,
+    ) -> Iterator[Any]:
+        """Submit the batches of ``tiles`` (``submit(batch, actor index)`` → ref) with backpressure; yield their values.
+
+        Batches lost with an actor, a worker or a node are resubmitted (``max_retries`` times);
+        a task's :class:`GeounetError` (a read or model error) surfaces as itself.
+        """
         import ray
         from ray.exceptions import (
             ActorDiedError,
@@ -489,9 +731,6 @@ class RayExecutor:
             WorkerCrashedError,
         )
 
-        read: Any = ray.remote(_read_batch).options(
-            num_cpus=pool.cpus_per_read, max_retries=self.options.max_retries
-        )
         todo = deque(_Batch(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size))
         alive = list(range(len(actors)))
         load = [0] * len(actors)
@@ -502,9 +741,11 @@ class RayExecutor:
                 batch = todo.popleft()
                 batch.actor = min(alive, key=lambda a: load[a])
                 load[batch.actor] += 1
-                chips = read.remote(job_ref, batch.tiles)
-                inflight[actors[batch.actor].predict.remote(batch.tiles, chips)] = batch
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.options.stall_timeout_s)
+                inflight[submit(batch.tiles, batch.actor)] = batch
+            # fetch_local=False: the driver waits for the (small) result, never pulls it early
+            ready, _ = ray.wait(
+                list(inflight), num_returns=1, timeout=self.options.stall_timeout_s, fetch_local=False
+            )
             if not ready:
                 raise ExecutionError(
                     f"no batch finished in {self.options.stall_timeout_s:g} s ({len(inflight)} in flight; "
@@ -515,15 +756,9 @@ class RayExecutor:
                 batch = inflight.pop(ref)
                 load[batch.actor] -= 1
                 try:
-                    node, pid, results = ray.get(ref, timeout=self.options.stall_timeout_s)
-                except RayTaskError as exc:
-                    cause = getattr(exc, "cause", None)
-                    if isinstance(cause, GeounetError):
-                        raise cause from None  # a read or model error: its message says what to fix
-                    raise ExecutionError(
-                        f"a Ray task failed: {first_line(exc)}; rerun with --executor local -v"
-                    ) from exc
+                    value = ray.get(ref, timeout=self.options.stall_timeout_s)
                 except (RayActorError, ObjectLostError, OwnerDiedError, WorkerCrashedError) as exc:
+                    # before RayTaskError: a task downstream of a dead actor raises both types
                     if isinstance(exc, ActorDiedError) and batch.actor in alive:
                         alive.remove(batch.actor)
                         log.warning("predict actor %d died for good: %s", batch.actor, _actor_cause(exc))
@@ -541,14 +776,19 @@ class RayExecutor:
                     self.stats.resubmitted += 1
                     todo.appendleft(_Batch(batch.tiles, attempt=batch.attempt + 1))
                     continue
+                except RayTaskError as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, GeounetError):
+                        raise cause from None  # a read or model error: its message says what to fix
+                    raise ExecutionError(
+                        f"a Ray task failed: {first_line(exc)}; rerun with --executor local -v"
+                    ) from exc
                 except GetTimeoutError as exc:
                     raise ExecutionError(
                         f"a finished batch could not be fetched in {self.options.stall_timeout_s:g} s "
                         f"({first_line(exc)}); check the cluster (`ray status`)"
                     ) from exc
-                self.stats.tiles_per_node[node] = self.stats.tiles_per_node.get(node, 0) + len(results)
-                self.stats.pids.add(pid)
-                yield from results
+                yield value
 
 
 def _actor_cause(exc: BaseException) -> str:

@@ -25,6 +25,7 @@ from fixtures_ray import RGB_OPTIONS, assert_same_outputs, outputs_of
 from geounet import jobs, pipeline
 from geounet.distributed import PoolPlan, RayExecutor, RayOptions, plan_pool
 from geounet.errors import ConfigError, ExecutionError
+from geounet.parts import PARTS_DIR
 from geounet.resume import RUN_DIR
 from geounet.tiling import Tile
 
@@ -220,10 +221,14 @@ def _predict_cmd(source: Path, bundle: Path, out: Path, *extra: str) -> list[str
 
 
 def _done_tiles(out: Path) -> int:
+    """Tiles finished so far: complete parts (Ray's produce) plus tiles in the run cache's log."""
+    done = len(list((out / RUN_DIR / PARTS_DIR).glob("t*.npz")))
     log = out / RUN_DIR / "tiles.log"
     if not log.exists():
-        return 0
-    return sum(len(re.findall(r"\d+", line.split('"tiles"')[-1])) for line in log.read_text().splitlines())
+        return done
+    return done + sum(
+        len(re.findall(r"\d+", line.split('"tiles"')[-1])) for line in log.read_text().splitlines()
+    )
 
 
 def test_sigkilled_job_resumes_with_identical_outputs(
@@ -426,3 +431,50 @@ def test_worker_node_removed_mid_job(
     assert executor.stats.tiles_per_node[survivor] > 0
     assert sum(executor.stats.tiles_per_node.values()) == len(job.plan)
     assert_same_outputs(rgb_reference, tmp_path)
+
+
+def test_killed_actor_while_writing_parts_is_restarted_and_the_job_completes(
+    ray_cluster: Any, landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
+) -> None:
+    """The parts path (``produce``, what pipeline.run calls): an actor killed mid-job comes back."""
+    import threading
+
+    executor = RayExecutor(RayOptions(actors=1, cpus_per_actor=0.5, ready_timeout_s=120))
+    killed: list[int] = []
+
+    def kill_when_a_quarter_is_done() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and sum(executor.stats.tiles_per_node.values()) < 64:
+            time.sleep(0.02)
+        if executor.stats.actors:
+            killed.append(executor.stats.actors[0]["pid"])
+            os.kill(killed[0], signal.SIGKILL)
+
+    job = _job(landsat_rgb, rgb_bundle, tmp_path)
+    killer = threading.Thread(target=kill_when_a_quarter_is_done, daemon=True)
+    killer.start()
+    pipeline.run(job, results=executor, progress=False)
+    killer.join(timeout=5)
+    assert killed and killed[0] in executor.stats.pids and len(executor.stats.pids) >= 2  # a new process
+    assert sum(executor.stats.parts_per_node.values()) == len(job.plan)
+    assert_same_outputs(rgb_reference, tmp_path)
+
+
+def test_blend_keeps_the_driver_path_with_the_same_outputs(
+    ray_cluster: Any, landsat_rgb: Path, rgb_bundle: Path, tmp_path: Path
+) -> None:
+    """merge=blend crosses tiles: ``produce`` streams results to the driver's writer, no parts."""
+    local = _job(landsat_rgb, rgb_bundle, tmp_path / "local", merge="blend")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the actors
+    try:
+        pipeline.run(local, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    job = _job(landsat_rgb, rgb_bundle, tmp_path / "ray", merge="blend")
+    executor = RayExecutor(RayOptions(actors=1, cpus_per_actor=0.5, ready_timeout_s=120))
+    pipeline.run(job, results=executor, progress=False)
+    assert executor.stats.parts_per_node == {} and sum(executor.stats.tiles_per_node.values()) == len(
+        job.plan
+    )
+    assert_same_outputs(tmp_path / "local", tmp_path / "ray")

@@ -95,7 +95,7 @@ def test_streamed_rejects_bad_input() -> None:
         list(StreamingUNet(net).strips(torch.zeros(1, 3, 20, 16), rows=8))
     with pytest.raises(InputError, match="rows=0"):
         list(StreamingUNet(net).strips(torch.zeros(1, 3, 16, 16), rows=0))
-    with pytest.raises(InputError, match=r"only geounet\.model\.UNet"):
+    with pytest.raises(InputError, match=r"only geounet\.model\.networks\.UNet"):
         StreamingUNet(torch.nn.Conv2d(3, 3, 3))
 
 

@@ -144,7 +144,7 @@ def from_item(
 
     With ``bands`` the scene's bands follow that order; without, every single-band data
     asset (or each band of multi-band ones) in the item's order. Quality assets
-    (:data:`MASK_KINDS`) become ``masks``, never bands.
+    (:data:`MASK_KINDS`) become ``masks``, and bands only when ``bands`` names them.
 
     Raises:
         InputError: when a band cannot be found; the message lists the item's bands.
@@ -170,11 +170,11 @@ def from_item(
     chosen = stac_presets.preset(preset) if isinstance(preset, str) else preset
     props = data.get("properties") or {}
     every = {k: _absolute(v, item) for k, v in (data.get("assets") or {}).items()}
-    masks = tuple(_band(_KIND_OF[k.lower()], k, 1, a) for k, a in every.items() if k.lower() in _KIND_OF)
     assets = {k: a for k, a in every.items() if k.lower() not in _KIND_OF}
     item_id = str(data.get("id", "?"))
+    # a quality asset named as a band (e.g. ``fmask`` for per-parcel screening) is read as one
     band_list = (
-        tuple(_find_band(name, assets, chosen, item_id) for name in bands) if bands else _all_bands(assets)
+        tuple(_find_band(name, every, chosen, item_id) for name in bands) if bands else _all_bands(assets)
     )
     proj = _projection(props, assets, band_list)
     cloud = props.get(chosen.cloud_property if chosen else "eo:cloud_cover")
@@ -190,11 +190,21 @@ def from_item(
         transform=proj[1],
         shape=proj[2],
         collection=data.get("collection"),
-        masks=masks,
+        masks=_masks(every, band_list),
         processing_baseline=_baseline(props, item_id),
         offset_applied=bool(applied) if isinstance(applied, bool) else None,
         href=_self_href(item, data),
         signer=chosen.sign if chosen else None,
+    )
+
+
+def _masks(assets: Mapping[str, Mapping[str, Any]], bands: Sequence[Band]) -> tuple[Band, ...]:
+    """The quality assets, except those read as bands (their caller screens with them itself)."""
+    read_as_bands = {b.asset for b in bands}
+    return tuple(
+        _band(_KIND_OF[k.lower()], k, 1, a)
+        for k, a in assets.items()
+        if k.lower() in _KIND_OF and k not in read_as_bands
     )
 
 

@@ -1,20 +1,19 @@
 """Read a tile's chip from STAC scenes over HTTP, onto a job's target grid.
 
-Each scene's bands are read with GDAL's ``/vsicurl/`` (range requests, no directory
-listing, HTTP retries, block cache: :data:`GDAL_ENV`) only for the window of the tile,
-and brought onto the target grid: a plain windowed read when the asset's pixels already
-lie on the grid (bit-identical to a local read), else a rasterio ``WarpedVRT`` that
-reprojects (another UTM zone) and resamples (Sentinel-2's 20 m and 60 m bands onto 10 m).
+Each scene's bands are read with GDAL's ``/vsicurl/`` (range requests, HTTP retries, block
+cache: :data:`GDAL_ENV`) only for the tile's window: a plain windowed read when the asset's
+pixels lie on the grid (bit-identical to a local read), else a rasterio ``WarpedVRT`` that
+reprojects and resamples (Sentinel-2's 20 m and 60 m bands onto 10 m).
 
-Several scenes are composited: least cloudy first, then newest (:func:`order`); the
-first scene with a valid pixel wins it, so nothing is counted twice and a pixel is a gap
-only where no scene has data. What stays invalid, and the part of the tile's read window
-beyond the grid, is mirror-padded like a local read (:func:`geounet.read.mirror_fill`,
-:func:`geounet.read.mirror_pad`), and the chip's ``valid`` mask says which pixels are real.
+Scenes are composited per pixel (:mod:`geounet.masks`): their quality assets (SCL, QA_PIXEL,
+Fmask, cloud mask or probability; read nearest) exclude clouds, shadows and fill, then the
+``first`` clear observation in :func:`order` (least cloudy, then newest) or the ``median``
+of the clear ones. What stays invalid, and the read window beyond the grid, is
+mirror-padded like a local read, and the chip's ``valid`` mask says which pixels are real.
+Signed hrefs are re-signed once when a read fails (:mod:`geounet.signing`).
 
-A failing asset (HTTP 404, truncated COG, ...) raises :class:`~geounet.errors.ReadError`
-naming the scene and href; a job over several scenes passes ``failures=[]`` to record the
-failing scenes and composite the others.
+A failing asset raises :class:`~geounet.errors.ReadError` naming the scene and href; a job
+over several scenes passes ``failures=[]`` to record the failing scenes and composite the others.
 """
 
 from __future__ import annotations

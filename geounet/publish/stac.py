@@ -109,21 +109,25 @@ def stac_item(
             ),
         )
     if grid.crs is not None:
-        proj = ProjectionExtension.ext(item, add_if_missing=True)
-        crs = CRS.from_user_input(grid.crs)
-        auth = crs.to_authority()
-        proj.apply(
-            code=f"{auth[0]}:{auth[1]}" if auth else None,
-            wkt2=None if auth else crs.to_wkt(),
-            shape=list(grid.shape),
-            transform=list(grid.transform)[:6],
-            bbox=list(grid.bounds),
-        )
+        _projection(item, grid)
     classification = ClassificationExtension.ext(item.assets["classes"], add_if_missing=True)
     classification.apply(classes=_stac_classes(classes))
     _raster_bands(item, assets, grid)
     _files(item, assets)
     return item
+
+
+def _projection(item: pystac.Item, grid: Grid) -> None:
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    crs = CRS.from_user_input(grid.crs)
+    auth = crs.to_authority()
+    proj.apply(
+        code=f"{auth[0]}:{auth[1]}" if auth else None,
+        wkt2=None if auth else crs.to_wkt(),
+        shape=list(grid.shape),
+        transform=list(grid.transform)[:6],
+        bbox=list(grid.bounds),
+    )
 
 
 def _time_span(

@@ -138,7 +138,7 @@ def geounet_rasters(src: Path, bundle_path: Path, out: Path, *, executor: str) -
     """Classes + confidence COGs through the library, no publishing (fallback for an older CLI)."""
     from geounet import pipeline
 
-    job = pipeline.plan(src, model=bundle_path, out_dir=out, options=pipeline.PredictOptions())
+    job = pipeline.plan(src, model=bundle_path, out_dir=out, options=pipeline.PredictOptions(outputs=("classes", "confidence")))
     results: pipeline.ResultsFn = pipeline.local_results
     if executor == "ray":
         from geounet import distributed

@@ -30,11 +30,8 @@ from geounet.errors import InputError, InputNotFoundError, ReadError, first_line
 from geounet.geo import Window
 from geounet.tiling import Padding, Tile
 
-#: GDAL settings for cloud-hosted COGs: no directory listing, retries, a sane cache, and
-#: multi-threaded decoding of the blocks of one read (GTiff/COG, GDAL >= 3.6): a large tile's
-#: window decompresses on every core instead of one.
+#: GDAL settings for cloud-hosted COGs: no directory listing, retries, a sane cache.
 GDAL_ENV: dict[str, str | int | float] = {
-    "GDAL_NUM_THREADS": "ALL_CPUS",
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MAX_RETRY": 5,
     "GDAL_HTTP_RETRY_DELAY": 0.5,
@@ -42,6 +39,11 @@ GDAL_ENV: dict[str, str | int | float] = {
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.jp2,.JP2,.png,.jpg,.jpeg,.vrt",
     "VSI_CACHE": "TRUE",
 }
+
+#: Added for local files: multi-threaded decoding of the blocks of one read (GTiff/COG, GDAL
+#: >= 3.6), so a large tile's window decompresses on every core. Not for HTTP: GDAL's worker
+#: threads log through GDAL's default handler, past the log redaction of signed URLs.
+LOCAL_ENV: dict[str, str | int | float] = {"GDAL_NUM_THREADS": "ALL_CPUS"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +71,8 @@ def open_raster(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
     is_remote = "://" in source or source.startswith("/vsi")
     if not is_remote and not Path(source).exists():
         raise InputNotFoundError(f"input raster {source!r} does not exist; check the path")
-    with rasterio.Env(**GDAL_ENV), warnings.catch_warnings():
+    env = GDAL_ENV if is_remote else {**GDAL_ENV, **LOCAL_ENV}
+    with rasterio.Env(**env), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
             ds = rasterio.open(source)

@@ -295,7 +295,7 @@ PREDICT_CASES = [
     Case("truncated-cog", lambda f, t, b: [str(f["truncated_cog"]), "--model", str(b["tiny"])],
          "ReadError", lambda f, t: (str(f["truncated_cog"]), "re-download or re-export it")),
     Case("corrupt-cog", lambda f, t, b: [str(f["corrupt_cog"]), "--model", str(b["tiny"])],
-         "ReadError", lambda f, t: (str(f["corrupt_cog"]), "TIFFReadEncodedTile", "re-download or re-export it")),
+         "ReadError", lambda f, t: (str(f["corrupt_cog"]), "Decoding error", "re-download or re-export it")),
     Case("jpeg2000-undecodable", lambda f, t, b: [str(f["truncated_jp2"]), "--model", str(b["tiny"]), "--bands", "1,1,1"],
          "ReadError", lambda f, t: (str(f["truncated_jp2"]), "opj_get_decoded_tile", "re-download or re-export it")),
     Case("band-count", lambda f, t, b: [str(f["rgb"]), "--model", str(b["tiny4"])],

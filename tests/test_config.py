@@ -69,7 +69,7 @@ def test_a_typo_fails_with_the_field_path(tmp_path: Path) -> None:
         ("stac.max_cloud=120", r"stac\.max_cloud=120: Input should be less than or equal to 100"),
         ("aoi.file=x.gpkg", r"aoi: give exactly one of bbox, file, wkt \(got \['bbox', 'file'\]\)"),
         ("aoi.bbox=[10, 50, 9, 51]", r"aoi: bbox \[10.0, 50.0, 9.0, 51.0\] must be west<east"),
-        ("execution.executor=dask", r"execution\.executor='dask': Input should be 'ray' or 'local'"),
+        ("execution.executor=dask", r"execution\.executor='dask': Input should be 'auto', 'ray' or 'local'"),
     ],
 )
 def test_bad_values_fail_in_one_line(tmp_path: Path, override: str, pattern: str) -> None:

@@ -43,7 +43,7 @@ def local(data_dir: Path, date: str) -> Path:
 
 def grid_of(path: Path) -> Grid:
     with rasterio.open(path) as ds:
-        return read.source_grid(ds)
+        return Grid.of_dataset(ds)
 
 
 def without_cloud_cover(scene: search.Scene) -> search.Scene:

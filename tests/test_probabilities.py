@@ -11,6 +11,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from geounet import read, tiling
 from geounet.errors import InputError
+from geounet.geo import Grid
 from geounet.model import ClassInfo
 from geounet.publish.probabilities import to_percent, write_probabilities
 
@@ -24,7 +25,7 @@ CLASSES = [
 def test_probability_cog_has_one_named_percent_band_per_class(data_dir: Path, tmp_path: Path) -> None:
     src = data_dir / "s2-brandenburg-20170216" / "IMG_DATA" / "T33UUU_20170216T102101_B02.jp2"
     with rasterio.open(src) as ds:
-        grid = read.source_grid(ds)
+        grid = Grid.of_dataset(ds)
     bands = [src.with_name(src.name.replace("B02", b)) for b in ("B02", "B03", "B04")]
     stack = np.stack([read.read_window(b, grid.full_window(), bands=[1])[0] for b in bands])
     probs = stack / np.maximum(stack.sum(axis=0, keepdims=True), 1)  # real imagery as class shares

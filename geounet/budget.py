@@ -16,7 +16,7 @@ Two ways to run a tile, with measured memory models (bytes, float32 on the CPU):
   ``48 * width * tile * (rows + receptive field)`` bytes (measured: 202 MB at 2048 px,
   width 16, 32-row strips), so tiles of a few thousand pixels fit in a few hundred MB.
 
-On the CPU the plan streams tiles of :data:`STREAM_MIN` px and more: on this project's 2-core machine, strips of a 2048-px tile run
+On the CPU the plan streams the tiles an ordinary pass cannot hold: on this project's 2-core machine, strips of a 2048-px tile run
 at the per-pixel speed of an ordinary 512-px tile (0.59-0.63 vs 0.61 Mpx/s, 1 thread), while
 an ordinary pass slows down as tiles grow (its feature maps leave the cache). On a GPU the
 plain pass of the largest tile that fits is fastest (bandwidth is plentiful, calls are not).
@@ -47,7 +47,7 @@ PLAIN_BYTES = 19.0
 STREAM_BYTES = 48.0
 #: Rows per streamed strip the memory model assumes (see :func:`geounet.infer.strip_rows`).
 STRIP_ROWS = 64
-#: On the CPU, tiles at least this large stream; smaller ones run as ordinary batched passes.
+#: A tile forced with ``--tile`` at least this large streams on the CPU.
 STREAM_MIN = 1024
 #: Largest tile side the planner considers (GDAL reads and uint8 outputs stay small).
 MAX_TILE = 8192
@@ -157,13 +157,13 @@ def choose(
     tile = min(MAX_TILE, -(-(longest + 2 * halo) // align) * align)
     while tile > 2 * halo:
         plain = tile_bytes(spec, tile, streamed=False, amp=use_amp)
-        streamed = not cuda and (tile >= STREAM_MIN or plain > memory)
+        streamed = not cuda and plain > memory
         need = tile_bytes(spec, tile, streamed=True) if streamed else plain
         if need <= memory:
             core = even_core(longest, tile - 2 * halo, align)
             final = core + 2 * halo
             plain_fits = tile_bytes(spec, final, streamed=False, amp=use_amp) <= memory
-            streamed = not cuda and (final >= STREAM_MIN or not plain_fits)
+            streamed = not cuda and not plain_fits
             best = _plan(
                 shape, core=core, halo=halo, spec=spec, streamed=streamed, amp=use_amp, memory=memory
             )

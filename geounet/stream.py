@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -55,11 +56,10 @@ def _cat(a: Rows, b: Rows) -> Rows:
     return torch.cat([a, b], dim=2)
 
 
-class _Node:
+class _Node(Protocol):
     """A streaming layer: ``push(rows, final)`` returns the output rows that are now determined."""
 
-    def push(self, x: Rows, final: bool) -> Rows:  # pragma: no cover - interface
-        raise NotImplementedError
+    def push(self, x: Rows, final: bool) -> Rows: ...
 
 
 class _Pointwise(_Node):
@@ -176,7 +176,7 @@ class _Seq(_Node):
         return x
 
 
-class _Zip(_Node):
+class _Zip:
     """Aligns two streams of the same rows that arrive with different lags; applies ``fn(a, b)``."""
 
     def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:

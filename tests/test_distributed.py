@@ -115,11 +115,6 @@ def _midway(executor: RayExecutor, after: int, action: Callable[[], None]) -> pi
     return results
 
 
-@pytest.mark.xfail(
-    reason="known, open in issue 13: the in-process run (streamed plan, block polygons) and the Ray parts "
-    "path differ at a rounding tie (one confidence pixel +-1 and its polygon's mean) since they were merged",
-    strict=False,
-)
 @pytest.mark.parametrize(
     "device",
     [
@@ -236,11 +231,6 @@ def _done_tiles(out: Path) -> int:
     )
 
 
-@pytest.mark.xfail(
-    reason="known, open in issue 13: the in-process run (streamed plan, block polygons) and the Ray parts "
-    "path differ at a rounding tie (one confidence pixel +-1 and its polygon's mean) since they were merged",
-    strict=False,
-)
 def test_sigkilled_job_resumes_with_identical_outputs(
     ray_cluster: Any, landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
 ) -> None:
@@ -382,11 +372,6 @@ def workers(ray_cluster: Any) -> list[Any]:
 SPREAD = RayOptions(actors=2, cpus_per_actor=0.25, resources={"predict": 1}, ready_timeout_s=120)
 
 
-@pytest.mark.xfail(
-    reason="known, open in issue 13: the in-process run (streamed plan, block polygons) and the Ray parts "
-    "path differ at a rounding tie (one confidence pixel +-1 and its polygon's mean) since they were merged",
-    strict=False,
-)
 def test_actors_spread_over_worker_nodes(
     workers: list[Any], landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
 ) -> None:
@@ -448,11 +433,6 @@ def test_worker_node_removed_mid_job(
     assert_same_outputs(rgb_reference, tmp_path)
 
 
-@pytest.mark.xfail(
-    reason="known, open in issue 13: the in-process run (streamed plan, block polygons) and the Ray parts "
-    "path differ at a rounding tie (one confidence pixel +-1 and its polygon's mean) since they were merged",
-    strict=False,
-)
 def test_killed_actor_while_writing_parts_is_restarted_and_the_job_completes(
     ray_cluster: Any, landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
 ) -> None:

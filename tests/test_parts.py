@@ -55,11 +55,6 @@ def _same_products(reference: Path, out: Path, polygons: Path) -> None:
     assert_same_polygons(polygon_rows(polygons), ref_p)
 
 
-@pytest.mark.xfail(
-    reason="known, open in issue 13: the in-process run (streamed plan, block polygons) and the Ray parts "
-    "path differ at a rounding tie (one confidence pixel +-1 and its polygon's mean) since they were merged",
-    strict=False,
-)
 def test_parts_assemble_to_the_in_process_products(
     landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
 ) -> None:
@@ -125,11 +120,6 @@ def _cpu_self() -> float:
     return r.ru_utime + r.ru_stime
 
 
-@pytest.mark.xfail(
-    reason="known, open in issue 13: the in-process run (streamed plan, block polygons) and the Ray parts "
-    "path differ at a rounding tie (one confidence pixel +-1 and its polygon's mean) since they were merged",
-    strict=False,
-)
 def test_ray_driver_coordinates_and_both_nodes_write_and_vectorize(
     two_node_cluster: Any, landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
 ) -> None:

@@ -111,8 +111,7 @@ def vectorize_block(
     seam = seam_mask(window, grid.shape, traced.edges, n)
     if not exact_outlines(tolerance, grid):
         seam[:] = True
-    shift = Affine.translation(window.col, window.row)
-    final = traced.parts(~seam, map_transform(grid) @ shift)
+    final = traced.parts(~seam, window, map_transform(grid))
     frame = _frame(
         final,
         final.geometry,
@@ -122,7 +121,7 @@ def vectorize_block(
         min_area=min_area,
         with_confidence=confidence is not None,
     )
-    return frame, seam_parts(window, traced.parts(seam, shift), seam, traced.edges)
+    return frame, seam_parts(window, traced.parts(seam, window), seam, traced.edges)
 
 
 def dissolve_seams(

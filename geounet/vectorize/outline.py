@@ -77,14 +77,20 @@ class Outlines:
             poly_offsets=_offsets(rings_per_poly[keep]),
         )
 
-    def polygons(self, transform: Affine | None = None) -> np.ndarray:
-        """The shapely polygons (object array), their vertices mapped by ``transform`` if given."""
+    def polygons(self, transform: Affine | None = None, *, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """The shapely polygons (object array): vertices moved by the integer ``offset``
+        (columns, rows; exact in floating point), then mapped by ``transform`` if given.
+
+        Offsetting first makes a vertex's map coordinate depend on its position in the whole
+        grid only, not on the block it was traced in: blocks of any size give bit-identical
+        coordinates (a composed ``transform @ translation`` would round differently per block).
+        """
         if len(self) == 0:
             return np.empty(0, dtype=object)
-        x, y = self.x, self.y
+        x, y = self.x + offset[0], self.y + offset[1]
         if transform is not None and transform != Affine.identity():
             a, b, c, d, e, f = transform[:6]
-            x, y = a * self.x + b * self.y + c, d * self.x + e * self.y + f
+            x, y = a * x + b * y + c, d * x + e * y + f
         with _no_cyclic_gc():
             geoms = shapely.from_ragged_array(
                 shapely.GeometryType.POLYGON,

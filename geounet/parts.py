@@ -55,7 +55,7 @@ from geounet.write import category_aux_xml, color_table
 #: Folder of the parts inside the run directory.
 PARTS_DIR = "tiles"
 
-#: Band descriptions, as :func:`geounet.pipeline.write_rasters` gives them.
+#: Band descriptions, as :func:`geounet.rasters.write_rasters` gives them.
 CLASSES_DESCRIPTION = "class id"
 CONFIDENCE_DESCRIPTION = "confidence of the winning class (percent)"
 
@@ -293,7 +293,7 @@ def read_seams(folder: Path, index: int) -> vectorize.BlockParts | None:
 def assemble(job: Job, *, classes: Sequence[ClassInfo], vectors: bool = True) -> dict[str, Any]:
     """Build ``classes.tif``, ``confidence.tif`` and (with ``vectors``) the polygon layer from the parts.
 
-    Returns the counts of :func:`geounet.pipeline.write_rasters` (``tiles``, ``predicted``,
+    Returns the counts of :func:`geounet.rasters.write_rasters` (``tiles``, ``predicted``,
     ``skipped``) plus ``vectors``: the polygon layer's path (as text), when ``vectors``.
 
     Raises:

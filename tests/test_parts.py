@@ -18,16 +18,17 @@ import rasterio
 from fixtures_ray import RGB_OPTIONS, assert_same_polygons, outputs_of, polygon_rows
 from rio_cogeo.cogeo import cog_validate
 
-from geounet import jobs, parts, pipeline
-from geounet.distributed import RayExecutor, RayOptions
+from geounet import jobs, parts, planning, predict
+from geounet.distributed import RayExecutor
 from geounet.errors import ExecutionError, InputError
 from geounet.geo import Grid, Window
+from geounet.pool import RayOptions
 from geounet.resume import TileStore
 
 
 def _job(source: Path, bundle: Path, out: Path, **changes: Any) -> jobs.Job:
     options = dataclasses.replace(RGB_OPTIONS, **changes)
-    return pipeline.plan(source, model=bundle, out_dir=out, options=options)
+    return planning.plan(source, model=bundle, out_dir=out, options=options)
 
 
 def _same_products(reference: Path, out: Path, polygons: Path) -> None:
@@ -59,8 +60,8 @@ def test_parts_assemble_to_the_in_process_products(
     landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
 ) -> None:
     job = _job(landsat_rgb, rgb_bundle, tmp_path)
-    classes = pipeline.load_bundle(job.model_path).classes
-    infos = parts.write_tiles(job, pipeline.local_results(job), classes=classes, node="here")
+    classes = planning.load_bundle(job.model_path).classes
+    infos = parts.write_tiles(job, predict.local_results(job), classes=classes, node="here")
     assert [i.index for i in infos] == list(range(len(job.plan)))
     assert parts.complete(parts.folder_of(job), range(len(job.plan))) == set(range(len(job.plan)))
     counts = parts.assemble(job, classes=classes)

@@ -66,9 +66,9 @@ def naive_loop(src: Path, model_path: Path, out: Path) -> None:
 
 def geounet_run(src: Path, model_path: Path, out_dir: Path) -> None:
     """``geounet predict`` in-process: plan + run with the local executor."""
-    from geounet import jobs, pipeline
+    from geounet import jobs, pipeline, planning
 
-    job = pipeline.plan(src, model=model_path, out_dir=out_dir, options=jobs.PredictOptions(device="cpu"))
+    job = planning.plan(src, model=model_path, out_dir=out_dir, options=jobs.PredictOptions(device="cpu"))
     pipeline.run(job, progress=False, resume=False)
 
 

@@ -64,10 +64,10 @@ def polygon_count(out_dir: Path) -> int:
 
 def end_to_end(src: Path, bundle_path: Path, out_dir: Path, **options: Any) -> tuple[float, dict[str, int]]:
     """Seconds for ``plan`` + ``run`` (what ``geounet predict`` does) and the run's tile counts."""
-    from geounet import jobs, pipeline
+    from geounet import jobs, pipeline, planning
 
     t0 = time.perf_counter()
-    job = pipeline.plan(src, model=bundle_path, out_dir=out_dir, options=jobs.PredictOptions(**options))
+    job = planning.plan(src, model=bundle_path, out_dir=out_dir, options=jobs.PredictOptions(**options))
     pipeline.run(job, progress=False, resume=False)
     secs = time.perf_counter() - t0
     import json
@@ -123,22 +123,22 @@ class StageTimer:
 
 #: (stage label, module, attribute) wrapped by --profile; labels say which thread runs them.
 STAGES: tuple[tuple[str, str, str], ...] = (
-    ("plan (load bundle, sha256, open)", "geounet.pipeline", "plan"),
+    ("plan (load bundle, sha256, open)", "geounet.planning", "plan"),
     ("bundle loads (model.load, all callers)", "geounet.model", "load"),
-    ("read chips [reader thread]", "geounet.pipeline", "read_chips"),
+    ("read chips [reader thread]", "geounet.predict", "read_chips"),
     ("  rasterio read + mask [reader thread]", "geounet.read", "chip"),
-    ("stack+normalize+forward (TilePredictor._probs)", "geounet.pipeline", "TilePredictor._probs"),
+    ("stack+normalize+forward (TilePredictor._probs)", "geounet.predict", "TilePredictor._probs"),
     ("  normalize", "geounet.model", "normalize"),
     ("  forward+softmax (Predictor.predict)", "geounet.infer", "Predictor.predict"),
-    ("crop+decide (TilePredictor._result)", "geounet.pipeline", "TilePredictor._result"),
-    ("streamed tile (TilePredictor._streamed)", "geounet.pipeline", "TilePredictor._streamed"),
+    ("crop+decide (TilePredictor._result)", "geounet.predict", "TilePredictor._result"),
+    ("streamed tile (TilePredictor._streamed)", "geounet.predict", "TilePredictor._streamed"),
     ("  forward strips (Predictor.predict_rows)", "geounet.infer", "Predictor.predict_rows"),
     ("vectorize polygons [block thread, overlapped]", "geounet.vectorize", "vectorize_block"),
     ("  dissolve seams [block thread]", "geounet.vectorize", "dissolve_seams"),
     ("COG window writes", "geounet.write", "CogWriter.write"),
     ("COG build (overviews + copy)", "geounet.write", "CogWriter.close"),
     ("resume log (savez + fsync)", "geounet.resume", "TileStore._flush"),
-    ("publish: everything", "geounet.pipeline", "publish_outputs"),
+    ("publish: everything", "geounet.publishing", "publish_outputs"),
     ("  vectorize polygons", "geounet.vectorize", "polygons"),
     ("  vectorize polygons (streamed blocks)", "geounet.vectorize", "iter_polygons"),
     ("  write vectors (gpkg + style)", "geounet.publish", "write_vectors"),
@@ -196,7 +196,7 @@ def profile_rows(timer: StageTimer, total: float) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure, print and (unless --no-record) log; returns the figures."""
-    from geounet import jobs, model, pipeline
+    from geounet import jobs, model, planning
 
     info, src = common.announce(args.size, workdir=args.workdir)
     with tempfile.TemporaryDirectory(prefix="geounet-bench-") as tmp_s:
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         b = model.load(bundle_path)
         opts = {"batch_size": args.batch, "device": args.device}
-        job = pipeline.plan(
+        job = planning.plan(
             src, model=bundle_path, out_dir=tmp / "plan", options=jobs.PredictOptions(**opts)
         )
         tile, n_plan = job.plan.read_size, len(job.plan)

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
             f"(CUDA build: {torch.version.cuda or 'no'}); run it on a machine with an NVIDIA GPU"
         )
         return None
-    from geounet import infer, jobs, model, pipeline
+    from geounet import infer, jobs, model, planning
 
     info, src = common.announce(args.size, workdir=args.workdir)
     with tempfile.TemporaryDirectory(prefix="geounet-bench-") as tmp_s:
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         m = common.make_bundle(tmp / "m.safetensors", width=args.width, depth=args.depth, tile=args.tile)
         b = model.load(m)
         opts = {"batch_size": args.batch, "device": args.device}
-        job = pipeline.plan(src, model=m, out_dir=tmp / "plan", options=jobs.PredictOptions(**opts))
+        job = planning.plan(src, model=m, out_dir=tmp / "plan", options=jobs.PredictOptions(**opts))
         tile, n_tiles = job.plan.read_size, len(job.plan)
         mpx = job.grid.rows * job.grid.cols / 1e6
         print(

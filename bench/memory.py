@@ -7,7 +7,7 @@ For each size it builds (once, cached under ``bench/_work/memory/``) a 3-band ui
 mirror-tiling (symmetric reflection) the real Landsat 7 scene ``landsat7-rgb/RGB.byte.tif``
 of the data folder (``$GEOUNET_DATA``, default ``../shared/data``; 791×718 px, so the large
 inputs repeat it, nodata border included). Each (size, executor) runs in a fresh child
-process: plan → read → predict → stream into the two COG writers (``pipeline.write_rasters``;
+process: plan → read → predict → stream into the two COG writers (``rasters.write_rasters``;
 with ``--publish`` also vectorizing and publishing, i.e. the whole ``geounet predict``). The parent samples the child's
 whole process tree every 0.2 s (for Ray: the driver, GCS, raylet, every worker and actor) and
 reports the peak of the summed RSS and the peak of the summed PSS (RSS double-counts shared
@@ -126,18 +126,19 @@ def bundle_path() -> Path:
 
 def child(args: argparse.Namespace) -> None:
     """Run one job's rasters and print a JSON line: tiles, seconds."""
-    from geounet import jobs, pipeline
+    from geounet import jobs, planning, predict, publishing, rasters
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     options = jobs.PredictOptions(tile=args.tile, halo=args.halo, batch_size=args.batch_size)
-    job = pipeline.plan(args.input, model=args.model, out_dir=out, options=options)
+    job = planning.plan(args.input, model=args.model, out_dir=out, options=options)
     if args.executor == "ray":
-        from geounet.distributed import RayExecutor, RayOptions
+        from geounet.distributed import RayExecutor
+        from geounet.pool import RayOptions
 
         results: Any = RayExecutor(RayOptions(object_store_mb=args.object_store_mb))
     else:
-        results = pipeline.local_results
+        results = predict.local_results
     start = time.perf_counter()
     first: list[float] = []
 
@@ -147,9 +148,9 @@ def child(args: argparse.Namespace) -> None:
                 first.append(time.perf_counter())
             yield res
 
-    counts = pipeline.write_rasters(job, timed())
+    counts = rasters.write_rasters(job, timed())
     if args.publish:  # polygons, styles, STAC Item, quicklook: the whole `geounet predict`
-        pipeline.publish_outputs(job, counts=counts, timings={}, started=start)
+        publishing.publish_outputs(job, counts=counts, timings={}, started=start)
     end = time.perf_counter()
     steady = (len(job.plan) - 1) / max(end - first[0], 1e-9) if len(job.plan) > 1 else float("nan")
     print(

@@ -97,7 +97,7 @@ class PredictCli:
             f"rasters only via `{' '.join(self.rasters_args())}`"
             if self.rasters_only
             else "rasters only: this CLI has no --outputs/--no-polygons, so FALLBACK to the library "
-            "(pipeline.plan + the CLI's default executor + pipeline.write_rasters, no publishing)"
+            "(planning.plan + the CLI's default executor + rasters.write_rasters, no publishing)"
         )
         return f"{self.flags_note}; {rasters}"
 

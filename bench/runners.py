@@ -12,7 +12,7 @@
 * ``whole``: the oracle (:func:`whole_image`): the whole raster mirror-padded by the halo
   in one forward pass of geounet's network (batch norm fused, as geounet predicts).
 * ``rasters``: classes + confidence COGs only through the library (plan, executor,
-  ``pipeline.write_rasters``): the fallback for a ``geounet predict`` without
+  ``rasters.write_rasters``): the fallback for a ``geounet predict`` without
   ``--outputs``/``--no-polygons``.
 
 Each prints one JSON line last: ``{"seconds": ...}`` (the work itself, imports excluded).
@@ -141,18 +141,18 @@ def whole_image(src: Path, bundle_path: Path, out: Path) -> None:
 
 def geounet_rasters(src: Path, bundle_path: Path, out: Path, *, executor: str) -> None:
     """Classes + confidence COGs through the library, no publishing (fallback for an older CLI)."""
-    from geounet import pipeline
+    from geounet import jobs, pipeline, planning, predict, rasters
 
-    job = pipeline.plan(src, model=bundle_path, out_dir=out, options=pipeline.PredictOptions(outputs=("classes", "confidence")))
-    results: pipeline.ResultsFn = pipeline.local_results
+    job = planning.plan(src, model=bundle_path, out_dir=out, options=jobs.PredictOptions(outputs=("classes", "confidence")))
+    results: predict.ResultsFn = predict.local_results
     if executor == "ray":
-        from geounet import distributed
+        from geounet import distributed, pool
 
-        results = distributed.RayExecutor(distributed.RayOptions())
+        results = distributed.RayExecutor(pool.RayOptions())
     with pipeline.output_lock(job.out_dir):
         computed = results(job, tiles=list(job.plan))
         try:
-            pipeline.write_rasters(job, computed)
+            rasters.write_rasters(job, computed)
         finally:
             close = getattr(computed, "close", None)
             if close is not None:

@@ -4,8 +4,8 @@ Run: ``python -m bench.scaling [--actors 1,2,4] [--size 1024] [--width 8] [--nod
 
 A local multi-node Ray cluster (``ray.cluster_utils.Cluster``: one raylet per node, all on
 this machine) runs the read and predict stages through :class:`geounet.distributed.RayExecutor`
-(when this checkout has it; otherwise plain Ray actors around :class:`geounet.pipeline.TilePredictor`
-and read tasks around :func:`geounet.pipeline.read_chips`, and the output says so). Actors ask
+(when this checkout has it; otherwise plain Ray actors around :class:`geounet.predict.TilePredictor`
+and read tasks around :func:`geounet.predict.read_chips`, and the output says so). Actors ask
 for fractional CPUs and ``--threads`` torch threads each, so the figures show how throughput
 scales with actors on the CPUs that really exist (on a 2-core machine: at most 2x).
 
@@ -59,7 +59,8 @@ def local_cluster(nodes: int, cpus_per_node: float) -> Iterator[Any]:
 def executor_for(actors: int, *, cpus_per_actor: float, threads: int) -> tuple[Any, str]:
     """geounet's RayExecutor when this checkout has it, else the plain-actor stand-in."""
     try:
-        from geounet.distributed import RayExecutor, RayOptions
+        from geounet.distributed import RayExecutor
+        from geounet.pool import RayOptions
     except ImportError:
         return PlainActors(actors, cpus_per_actor=cpus_per_actor, threads=threads), "plain Ray actors"
     options = RayOptions(actors=actors, cpus_per_actor=cpus_per_actor, threads=threads, fallback=False)
@@ -75,20 +76,20 @@ class PlainActors:
     def __call__(self, job: Any, *, tiles: Iterable[Any] | None = None) -> Iterator[Any]:
         import ray
 
-        from geounet import pipeline
+        from geounet import predict
 
         class _Actor:
             def __init__(self, job: Any, threads: int) -> None:
                 import torch
 
                 torch.set_num_threads(threads)
-                self.p = pipeline.TilePredictor(job, device="cpu")
+                self.p = predict.TilePredictor(job, device="cpu")
 
             def predict(self, tiles: Any, chips: Any) -> Any:
                 return self.p(tiles, chips)
 
         actor_cls: Any = ray.remote(num_cpus=self.cpus)(_Actor)
-        read: Any = ray.remote(num_cpus=0.25)(pipeline.read_chips)
+        read: Any = ray.remote(num_cpus=0.25)(predict.read_chips)
         pool = [actor_cls.remote(job, self.threads) for _ in range(self.actors)]
         todo = list(job.plan if tiles is None else tiles)
         size = job.options.batch_size
@@ -133,15 +134,15 @@ def per_tile(timing: tuple[float, float | None, int, int]) -> float:
 
 
 def plan_job(src: Path, bundle: Path, out: Path, *, batch: int) -> Any:
-    from geounet import jobs, pipeline
+    from geounet import jobs, planning
 
-    return pipeline.plan(
+    return planning.plan(
         src, model=bundle, out_dir=out, options=jobs.PredictOptions(batch_size=batch, device="cpu")
     )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from geounet import pipeline
+    from geounet import predict
 
     info, src = common.announce(args.size, workdir=args.workdir)
     print(
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{len(noop_job.plan)} tiles, batch 1"
         )
         local_noop = [
-            per_tile(timed_results(pipeline.local_results(noop_job)))
+            per_tile(timed_results(predict.local_results(noop_job)))
             for _ in range(args.repeats if args.overhead else 0)
         ]
         with local_cluster(args.nodes, args.cpus_per_node):

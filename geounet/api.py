@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from geounet import executors, harmonize, jobs, masks, pipeline
+from geounet import executors, harmonize, jobs, masks, planning, rasters
 from geounet import model as model_mod
 from geounet import search as search_mod
 from geounet.errors import ConfigError, InputError
@@ -104,13 +104,13 @@ def predict(
         work.mkdir(parents=True, exist_ok=True)
         scenes = _scenes_of(source, bundle.bands)
         if scenes is not None:
-            job = pipeline.plan_scenes(scenes, model=model, out_dir=work, options=options, grid=grid)
+            job = planning.plan_scenes(scenes, model=model, out_dir=work, options=options, grid=grid)
             extra = {"composite": composite, "resampling": harmonize.resampling(bundle.provenance)}
             job = dataclasses.replace(job, extra={**job.extra, **extra})
         else:
             path = _raster_path(source, work)
-            job = pipeline.plan(path, model=model, out_dir=work, options=options)
-        pipeline.write_rasters(job, executors.results_fn(executor)(job))
+            job = planning.plan(path, model=model, out_dir=work, options=options)
+        rasters.write_rasters(job, executors.results_fn(executor)(job))
         ds = _open(work, bundle.classes)
         if not keep:
             ds = ds.load()

@@ -1,4 +1,4 @@
-"""Executors by name: ``auto``, ``local`` (in-process, :func:`geounet.pipeline.local_results`) or ``ray``.
+"""Executors by name: ``auto``, ``local`` (in-process, :func:`geounet.predict.local_results`) or ``ray``.
 
 The one place that turns an executor name (``--executor``, ``execution.executor``, the
 notebook's ``executor=``) into the function that yields a job's tile results; Ray is
@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from geounet import pipeline
+from geounet import predict
 from geounet.errors import ConfigError
 
 EXECUTORS = ("auto", "local", "ray")
@@ -67,8 +67,8 @@ def results_fn(
     actors: int | None = None,
     gpus_per_actor: float | None = None,
     key: str = "executor",
-) -> pipeline.ResultsFn:
-    """The executor called ``name``; the Ray settings size a :class:`~geounet.distributed.RayOptions`.
+) -> predict.ResultsFn:
+    """The executor called ``name``; the Ray settings size a :class:`~geounet.pool.RayOptions`.
 
     ``key`` is how the caller names the choice in messages (``--executor``,
     ``execution.executor``...).
@@ -77,17 +77,17 @@ def results_fn(
         ConfigError: on an unknown name, or Ray settings given to the local executor.
 
     Example:
-        >>> results_fn("local") is pipeline.local_results
+        >>> results_fn("local") is predict.local_results
         True
     """
     kind = choose(name, address=address, key=key)
     if kind == "local":
         if name == "local" and (address or actors or gpus_per_actor):
             raise ConfigError("--address/--actors/--gpus-per-actor need --executor ray; drop them or add it")
-        return pipeline.local_results
-    from geounet import distributed
+        return predict.local_results
+    from geounet import distributed, pool
 
-    options = distributed.RayOptions(
+    options = pool.RayOptions(
         address=address, num_cpus=num_cpus, actors=actors, gpus_per_actor=gpus_per_actor
     )
     return distributed.RayExecutor(options)

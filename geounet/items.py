@@ -172,19 +172,15 @@ def from_item(
     every = {k: _absolute(v, item) for k, v in (data.get("assets") or {}).items()}
     assets = {k: a for k, a in every.items() if k.lower() not in _KIND_OF}
     item_id = str(data.get("id", "?"))
-    # a quality asset named as a band (e.g. ``fmask`` for per-parcel screening) is read as one
-    band_list = (
-        tuple(_find_band(name, every, chosen, item_id) for name in bands) if bands else _all_bands(assets)
-    )
+    band_list = _bands(bands, every, assets, chosen, item_id)
     proj = _projection(props, assets, band_list)
     cloud = props.get(chosen.cloud_property if chosen else "eo:cloud_cover")
-    geometry = data.get("geometry")
     applied = props.get("earthsearch:boa_offset_applied")
     return Scene(
         id=str(data["id"]),
         datetime=parse_instant(props.get("datetime") or props.get("start_datetime")),
         cloud_cover=float(cloud) if cloud is not None else None,
-        footprint=shape(geometry) if geometry else box(*data["bbox"]),
+        footprint=shape(data["geometry"]) if data.get("geometry") else box(*data["bbox"]),
         bands=band_list,
         crs=proj[0],
         transform=proj[1],
@@ -196,6 +192,22 @@ def from_item(
         href=_self_href(item, data),
         signer=chosen.sign if chosen else None,
     )
+
+
+def _bands(
+    names: Sequence[str] | None,
+    every: Mapping[str, Mapping[str, Any]],
+    data_assets: Mapping[str, Mapping[str, Any]],
+    preset: Preset | None,
+    item_id: str,
+) -> tuple[Band, ...]:
+    """The bands ``names`` asks for (from every asset), else every data asset's bands in order.
+
+    A quality asset named as a band (e.g. ``fmask`` for per-parcel screening) is read as one.
+    """
+    if names:
+        return tuple(_find_band(name, every, preset, item_id) for name in names)
+    return _all_bands(data_assets)
 
 
 def _masks(assets: Mapping[str, Mapping[str, Any]], bands: Sequence[Band]) -> tuple[Band, ...]:

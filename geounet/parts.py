@@ -42,20 +42,19 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from geounet import publish, vectorize
 from geounet.atomic import fsync_dir, replacing
-from geounet.atomic import write_text as replace_text
 from geounet.errors import ExecutionError, InputError, WriteError
 from geounet.geo import Grid, Window
 from geounet.jobs import Job, TileResult
 from geounet.merge import NODATA_CONFIDENCE
 from geounet.model import NODATA_CLASS, ClassInfo
 from geounet.resume import RUN_DIR
-from geounet.styles import gradient_qml, paletted_qml
-from geounet.write import category_aux_xml, color_table
+from geounet.styles import class_tags
+from geounet.write import cog_options, color_table, verify_cog, write_sidecars
 
 #: Folder of the parts inside the run directory.
 PARTS_DIR = "tiles"
 
-#: Band descriptions, as :func:`geounet.pipeline.write_rasters` gives them.
+#: Band descriptions, as :func:`geounet.rasters.write_rasters` gives them.
 CLASSES_DESCRIPTION = "class id"
 CONFIDENCE_DESCRIPTION = "confidence of the winning class (percent)"
 
@@ -293,7 +292,7 @@ def read_seams(folder: Path, index: int) -> vectorize.BlockParts | None:
 def assemble(job: Job, *, classes: Sequence[ClassInfo], vectors: bool = True) -> dict[str, Any]:
     """Build ``classes.tif``, ``confidence.tif`` and (with ``vectors``) the polygon layer from the parts.
 
-    Returns the counts of :func:`geounet.pipeline.write_rasters` (``tiles``, ``predicted``,
+    Returns the counts of :func:`geounet.rasters.write_rasters` (``tiles``, ``predicted``,
     ``skipped``) plus ``vectors``: the polygon layer's path (as text), when ``vectors``.
 
     Raises:
@@ -384,6 +383,9 @@ def vrt_xml(
         table = ET.SubElement(rb, "ColorTable")
         for _, rgba in sorted(color_table(classes).items()):
             ET.SubElement(table, "Entry", {f"c{k + 1}": str(v) for k, v in enumerate(rgba)})
+        metadata = ET.SubElement(rb, "Metadata")  # the class names inside the TIFF, as CogWriter writes them
+        for key, value in class_tags(classes).items():
+            ET.SubElement(metadata, "MDI", key=key).text = value
     for path, w in sources:
         src = ET.SubElement(rb, "SimpleSource")
         ET.SubElement(src, "SourceFilename", relativeToVRT="0").text = str(path)
@@ -413,28 +415,16 @@ def build_cog(
     tmp = path.with_name(f".{path.name}.assembling.tif")
     description = CLASSES_DESCRIPTION if classes is not None else CONFIDENCE_DESCRIPTION
     xml = vrt_xml(grid, sources, band=band, classes=classes, description=description)
-    options = {
-        "BLOCKSIZE": "512",
-        "COMPRESS": "DEFLATE",
-        "PREDICTOR": "2",
-        "OVERVIEW_RESAMPLING": "MODE" if classes is not None else "AVERAGE",
-        "BIGTIFF": "IF_SAFER",
-        "NUM_THREADS": "ALL_CPUS",
-    }
-    aux, qml = path.with_name(path.name + ".aux.xml"), path.with_suffix(".qml")
+    options = cog_options(dtype="uint8", resampling="mode" if classes is not None else "average")
     try:
         vrt.write_text(xml, encoding="utf-8")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             rasterio.shutil.copy(vrt, tmp, driver="COG", **options)
-            _read_back(tmp, path)
+            verify_cog(tmp, path)
         _fsync(tmp)
-        if classes is not None:  # sidecars first, the raster last, as CogWriter does
-            replace_text(aux, category_aux_xml(classes))
-            replace_text(qml, paletted_qml(classes))
-        else:
-            aux.unlink(missing_ok=True)
-            replace_text(qml, gradient_qml((0.0, 100.0)))
+        # sidecars first, the raster last, as CogWriter does
+        write_sidecars(path, classes=classes, value_range=(0.0, 100.0))
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except (rasterio.errors.RasterioError, OSError) as exc:
@@ -443,20 +433,3 @@ def build_cog(
         for p in (vrt, tmp, tmp.with_name(tmp.name + ".aux.xml")):
             p.unlink(missing_ok=True)
     return path
-
-
-def _read_back(tmp: Path, path: Path) -> None:
-    """Read every block of ``tmp``, overviews too: GDAL reports some write failures (a full disk)
-    only as log lines and leaves a truncated file behind."""
-    with rasterio.open(tmp) as ds:
-        levels: list[int | None] = [None, *range(len(ds.overviews(1)))]
-    try:
-        for level in levels:
-            with rasterio.open(tmp, **({} if level is None else {"overview_level": level})) as ds:
-                for _, window in ds.block_windows(1):
-                    ds.read(1, window=window)
-    except rasterio.errors.RasterioError as exc:
-        raise WriteError(
-            f"COG {path} came out incomplete ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
-            "the disk is probably full: free space and rerun"
-        ) from exc

@@ -138,16 +138,7 @@ def paletted_qml(classes: Sequence[ClassInfo]) -> str:
         True
     """
     root, pipe = _qml_root()
-    renderer = ET.SubElement(
-        pipe,
-        "rasterrenderer",
-        type="paletted",
-        band="1",
-        opacity="1",
-        alphaBand="-1",
-        nodataColor="",
-    )
-    ET.SubElement(renderer, "rasterTransparency")
+    renderer = _raster_renderer(pipe, "paletted")
     palette = ET.SubElement(renderer, "colorPalette")
     for c in classes:
         ET.SubElement(palette, "paletteEntry", value=str(c.id), color=c.color, alpha="255", label=c.name)
@@ -164,18 +155,9 @@ def gradient_qml(value_range: tuple[float, float]) -> str:
     """
     lo, hi = value_range
     root, pipe = _qml_root()
-    renderer = ET.SubElement(
-        pipe,
-        "rasterrenderer",
-        type="singlebandpseudocolor",
-        band="1",
-        opacity="1",
-        alphaBand="-1",
-        classificationMin=_num(lo),
-        classificationMax=_num(hi),
-        nodataColor="",
+    renderer = _raster_renderer(
+        pipe, "singlebandpseudocolor", classificationMin=_num(lo), classificationMax=_num(hi)
     )
-    ET.SubElement(renderer, "rasterTransparency")
     shader = ET.SubElement(ET.SubElement(renderer, "rastershader"), "colorrampshader")
     shader.attrib.update(
         colorRampType="INTERPOLATED",
@@ -190,6 +172,14 @@ def gradient_qml(value_range: tuple[float, float]) -> str:
         ET.SubElement(shader, "item", value=_num(value), color=color, alpha="255", label=_num(value))
     _qml_tail(pipe, root)
     return document(root)
+
+
+def _raster_renderer(pipe: ET.Element, kind: str, **attributes: str) -> ET.Element:
+    """The ``<rasterrenderer>`` of band 1 (QGIS's attribute order kept) with its empty transparency."""
+    attrib = {"type": kind, "band": "1", "opacity": "1", "alphaBand": "-1", **attributes, "nodataColor": ""}
+    renderer = ET.SubElement(pipe, "rasterrenderer", attrib)
+    ET.SubElement(renderer, "rasterTransparency")
+    return renderer
 
 
 def _qml_root() -> tuple[ET.Element, ET.Element]:

@@ -222,31 +222,22 @@ class CogWriter:
 
     def _build(self) -> None:
         tmp = temp_path(self.path, ".tif")
-        predictor = "3" if self.dtype.kind == "f" else "2"
-        options = {
-            "BLOCKSIZE": str(self.block),
-            "COMPRESS": self.compress,
-            "PREDICTOR": predictor,
-            "OVERVIEW_RESAMPLING": self.resampling.upper(),
-            "BIGTIFF": "IF_SAFER",
-            "NUM_THREADS": self.num_threads,
-        }
-        qml = self.path.with_suffix(".qml")
-        aux = _aux(self.path)
+        options = cog_options(
+            dtype=self.dtype.name,
+            resampling=self.resampling,
+            block=self.block,
+            compress=self.compress,
+            num_threads=self.num_threads,
+        )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 rasterio.shutil.copy(self._scratch, tmp, driver="COG", **options)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                _verify(tmp, self.path)
+                verify_cog(tmp, self.path)
             # Sidecars first, the raster last: once `path` exists, everything is complete.
-            if self.classes is not None:
-                write_text(aux, category_aux_xml(self.classes))
-                write_text(qml, paletted_qml(self.classes))
-            else:
-                aux.unlink(missing_ok=True)
-                write_text(qml, gradient_qml(self._value_range()))
+            write_sidecars(self.path, classes=self.classes, value_range=self._value_range())
             os.replace(tmp, self.path)
         except WriteError:
             raise
@@ -267,7 +258,46 @@ class CogWriter:
         return (0.0, 1.0) if self.dtype.kind == "f" else (0.0, 100.0)
 
 
-def _verify(tmp: Path, path: Path) -> None:
+def cog_options(
+    *,
+    dtype: str,
+    resampling: str,
+    block: int = 512,
+    compress: str = "deflate",
+    num_threads: int | str = "ALL_CPUS",
+) -> dict[str, str]:
+    """Creation options of GDAL's COG driver for every COG geounet writes (one place for both
+    :class:`CogWriter` and the Ray parts assembly, :func:`geounet.parts.build_cog`).
+
+    Example:
+        >>> cog_options(dtype="uint8", resampling="mode")["PREDICTOR"], cog_options(dtype="float32", resampling="average")["PREDICTOR"]
+        ('2', '3')
+    """
+    return {
+        "BLOCKSIZE": str(block),
+        "COMPRESS": compress.upper(),
+        "PREDICTOR": "3" if np.dtype(dtype).kind == "f" else "2",
+        "OVERVIEW_RESAMPLING": resampling.upper(),
+        "BIGTIFF": "IF_SAFER",
+        "NUM_THREADS": str(num_threads),
+    }
+
+
+def write_sidecars(
+    path: Path, *, classes: Sequence[ClassInfo] | None, value_range: tuple[float, float]
+) -> None:
+    """The sidecars of a COG at ``path``: category names (``.aux.xml``) and a paletted QGIS style
+    for classes; a gradient style over ``value_range`` (and no ``.aux.xml``) for a continuous raster."""
+    aux, qml = _aux(path), path.with_suffix(".qml")
+    if classes is not None:
+        write_text(aux, category_aux_xml(classes))
+        write_text(qml, paletted_qml(classes))
+    else:
+        aux.unlink(missing_ok=True)
+        write_text(qml, gradient_qml(value_range))
+
+
+def verify_cog(tmp: Path, path: Path) -> None:
     """Read every block of ``tmp`` back, overviews too: GDAL reports some write failures (a full
     disk while building the COG) only as log lines and leaves a truncated file behind."""
     with rasterio.open(tmp) as ds:

@@ -20,9 +20,9 @@ import rasterio
 import shapely
 import torch
 
-from geounet import jobs, model, pipeline
-from geounet.distributed import local_system_config
+from geounet import jobs, model, pipeline, planning
 from geounet.model import ClassInfo, ModelSpec, networks
+from geounet.pool import local_system_config
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -118,7 +118,7 @@ def assert_same_polygons(got: list[tuple[Any, ...]], want: list[tuple[Any, ...]]
 def rgb_reference(landsat_rgb: Path, rgb_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Outputs of the in-process executor (one torch thread) on the scene with :data:`RGB_OPTIONS`."""
     out = tmp_path_factory.mktemp("rgb-reference")
-    job = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=out, options=RGB_OPTIONS)
+    job = planning.plan(landsat_rgb, model=rgb_bundle, out_dir=out, options=RGB_OPTIONS)
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the Ray actors (one thread per CPU)
     try:

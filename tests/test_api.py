@@ -14,7 +14,7 @@ import rioxarray
 from fixtures_model import assert_real_output, read_bands, save_calibrated
 
 import geounet
-from geounet import api, jobs, pipeline
+from geounet import api, jobs, planning, predict, rasters
 from geounet.model import ClassInfo, ModelSpec
 
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
@@ -48,8 +48,8 @@ def bundle(scene: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cli_classes(scene: Path, bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     out = tmp_path_factory.mktemp("cli")
-    job = pipeline.plan(scene, model=bundle, out_dir=out, options=jobs.PredictOptions())
-    pipeline.write_rasters(job, pipeline.local_results(job))
+    job = planning.plan(scene, model=bundle, out_dir=out, options=jobs.PredictOptions())
+    rasters.write_rasters(job, predict.local_results(job))
     with rasterio.open(out / "classes.tif") as ds:
         classes = ds.read(1)
     assert_real_output(classes, len(CLASSES))

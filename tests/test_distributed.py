@@ -22,10 +22,11 @@ import pytest
 import torch
 from fixtures_ray import RGB_OPTIONS, assert_same_outputs, outputs_of
 
-from geounet import jobs, pipeline
-from geounet.distributed import PoolPlan, RayExecutor, RayOptions, plan_pool
+from geounet import jobs, pipeline, planning, predict
+from geounet.distributed import RayExecutor
 from geounet.errors import ConfigError, ExecutionError
 from geounet.parts import PARTS_DIR
+from geounet.pool import PoolPlan, RayOptions, plan_pool
 from geounet.resume import RUN_DIR
 from geounet.tiling import Tile
 
@@ -100,10 +101,10 @@ def _job(source: Path, bundle: Path, out: Path, **changes: Any) -> jobs.Job:
     import dataclasses
 
     options = dataclasses.replace(RGB_OPTIONS, **changes)
-    return pipeline.plan(source, model=bundle, out_dir=out, options=options)
+    return planning.plan(source, model=bundle, out_dir=out, options=options)
 
 
-def _midway(executor: RayExecutor, after: int, action: Callable[[], None]) -> pipeline.ResultsFn:
+def _midway(executor: RayExecutor, after: int, action: Callable[[], None]) -> predict.ResultsFn:
     """``executor``, calling ``action()`` once ``after`` tiles have come back."""
 
     def results(job: jobs.Job, *, tiles: Iterable[Tile] | None = None) -> Iterator[jobs.TileResult]:
@@ -315,14 +316,15 @@ def test_every_actor_dead_for_good_fails_the_job(
 _NO_RAY_SCRIPT = """
 import json, logging, sys, torch
 from pathlib import Path
-from geounet import pipeline
-from geounet.distributed import RayExecutor, RayOptions
+from geounet import pipeline, planning
+from geounet.distributed import RayExecutor
+from geounet.pool import RayOptions
 from geounet.errors import ExecutionError
 from fixtures_ray import RGB_OPTIONS
 torch.set_num_threads(1)
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 source, bundle, out = sys.argv[1:4]
-job = pipeline.plan(source, model=bundle, out_dir=out, options=RGB_OPTIONS)
+job = planning.plan(source, model=bundle, out_dir=out, options=RGB_OPTIONS)
 report = {}
 # a local Ray that cannot start (an object store below Ray's minimum): in-process instead
 executor = RayExecutor(RayOptions(num_cpus=1, object_store_mb=1))

@@ -10,7 +10,7 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from geounet import evaluate, infer, jobs, model, pipeline
+from geounet import evaluate, infer, jobs, model, planning, predict
 from geounet.model import ClassInfo, ModelSpec, networks
 
 CLASSES = [ClassInfo(0, "a", "#000000"), ClassInfo(1, "b", "#ff0000"), ClassInfo(2, "c", "#00ff00")]
@@ -67,14 +67,14 @@ def test_evaluation_gives_the_classes_of_the_production_predictor(tmp_path: Path
     path = model.save(bundle, tmp_path / "m.safetensors")
     image = _image((150, 173))
     core = 64  # several tiles, partial ones at the right and bottom edges
-    job = pipeline.plan(
+    job = planning.plan(
         _tif(tmp_path / "scene.tif", image),
         model=path,
         out_dir=tmp_path / "out",
         options=jobs.PredictOptions(tile=core + 2 * bundle.halo, device="cpu", batch_size=4),
     )
     production = np.full(image.shape[1:], 255, np.uint8)
-    for res in pipeline.local_results(job):
+    for res in predict.local_results(job):
         assert res.classes is not None
         production[res.tile.core.to_slices()] = res.classes
 

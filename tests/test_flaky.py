@@ -17,7 +17,7 @@ from fixtures_flaky import FlakyServer
 from fixtures_model import assert_real_output, read_bands, save_calibrated
 from rasterio.shutil import copy as rio_copy
 
-from geounet import jobs, pipeline, scenes, search
+from geounet import jobs, pipeline, planning, scenes, search
 from geounet.errors import InputError, ReadError, SearchError
 from geounet.model import ClassInfo, ModelSpec
 
@@ -83,7 +83,7 @@ def _job(served: FlakyServer, bundle: Path, namespace: str, out: Path) -> dict[s
     requests): many windowed reads, so the 20% failures hit a real number of requests.
     """
     found = search.scenes(served.href(namespace, served.root / "catalog" / "catalog.json"), bands=BANDS)
-    job = pipeline.plan_scenes(
+    job = planning.plan_scenes(
         found, model=bundle, out_dir=out, options=jobs.PredictOptions(batch_size=4, tile=128), source="flaky"
     )
     outputs = pipeline.run(job, progress=False)
@@ -142,7 +142,7 @@ def test_asset_server_down_fails_cleanly(
 ) -> None:
     served.set(fail=0.0)
     found = search.scenes(served.href("down2", served.root / "catalog" / "catalog.json"), bands=BANDS)
-    job = pipeline.plan_scenes(
+    job = planning.plan_scenes(
         found, model=tiny_bundle, out_dir=tmp_path / "out", options=jobs.PredictOptions()
     )
     # GDAL's own retries, shortened so the test is quick (production: 5 retries from 0.5 s).

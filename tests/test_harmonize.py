@@ -19,7 +19,7 @@ import pytest
 import rasterio
 from fixtures_stac import BRANDENBURG_ID, StacAssets, write_cog
 
-from geounet import harmonize, model, pipeline, scenes, search
+from geounet import harmonize, jobs, model, planning, predict, scenes, search
 from geounet.errors import ConfigError
 from geounet.geo import Window
 from geounet.model import ClassInfo, ModelSpec, Normalization, networks
@@ -64,9 +64,9 @@ def baseline_0400(stac_assets: StacAssets) -> dict[str, dict[str, Any]]:
 
 def handed_to_model(found: list[search.Scene], bundle_path: Path, tmp_path: Path) -> list[np.ndarray]:
     """The batches the production predictor passes to the network for every tile of ``found``."""
-    options = pipeline.PredictOptions(tile=128, halo=16, device="cpu")
-    job = pipeline.plan_scenes(found, model=bundle_path, out_dir=tmp_path, options=options)
-    predictor = pipeline.TilePredictor(job, device="cpu")
+    options = jobs.PredictOptions(tile=128, halo=16, device="cpu")
+    job = planning.plan_scenes(found, model=bundle_path, out_dir=tmp_path, options=options)
+    predictor = predict.TilePredictor(job, device="cpu")
     seen: list[np.ndarray] = []
     real = predictor.predictor.predict
 
@@ -76,7 +76,7 @@ def handed_to_model(found: list[search.Scene], bundle_path: Path, tmp_path: Path
 
     predictor.predictor.predict = recording  # type: ignore[method-assign]
     tiles = [job.plan[i] for i in (0, 5, len(job.plan) - 1)]
-    predictor(tiles, pipeline.read_chips(job, tiles))
+    predictor(tiles, predict.read_chips(job, tiles))
     return seen
 
 

@@ -15,19 +15,23 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from fixtures_ray import RGB_OPTIONS, assert_same_polygons, outputs_of, polygon_rows
 from rio_cogeo.cogeo import cog_validate
 
-from geounet import jobs, parts, pipeline
-from geounet.distributed import RayExecutor, RayOptions
+from geounet import jobs, parts, planning, predict, styles
+from geounet.distributed import RayExecutor
 from geounet.errors import ExecutionError, InputError
 from geounet.geo import Grid, Window
+from geounet.model import NODATA_CLASS, ClassInfo
+from geounet.pool import RayOptions
 from geounet.resume import TileStore
+from geounet.write import write_array
 
 
 def _job(source: Path, bundle: Path, out: Path, **changes: Any) -> jobs.Job:
     options = dataclasses.replace(RGB_OPTIONS, **changes)
-    return pipeline.plan(source, model=bundle, out_dir=out, options=options)
+    return planning.plan(source, model=bundle, out_dir=out, options=options)
 
 
 def _same_products(reference: Path, out: Path, polygons: Path) -> None:
@@ -42,11 +46,13 @@ def _same_products(reference: Path, out: Path, polygons: Path) -> None:
         ):
             for got, want in ((c, rc), (f, rf)):
                 assert got.profile == want.profile and got.descriptions == want.descriptions
+                assert got.tags() == want.tags() and got.tags(1) == want.tags(1)  # in-TIFF metadata
                 assert got.overviews(1) == want.overviews(1)
                 np.testing.assert_array_equal(
                     got.read(1, out_shape=(64, 64)), want.read(1, out_shape=(64, 64))
                 )
             assert c.colormap(1) == rc.colormap(1)
+            assert c.tags(1)["CLASSES"] == rc.tags(1)["CLASSES"]  # the class names inside the TIFF
     for name in ("classes.tif", "confidence.tif"):
         valid, errors, _ = cog_validate(out / name)
         assert valid, errors
@@ -59,8 +65,8 @@ def test_parts_assemble_to_the_in_process_products(
     landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
 ) -> None:
     job = _job(landsat_rgb, rgb_bundle, tmp_path)
-    classes = pipeline.load_bundle(job.model_path).classes
-    infos = parts.write_tiles(job, pipeline.local_results(job), classes=classes, node="here")
+    classes = planning.load_bundle(job.model_path).classes
+    infos = parts.write_tiles(job, predict.local_results(job), classes=classes, node="here")
     assert [i.index for i in infos] == list(range(len(job.plan)))
     assert parts.complete(parts.folder_of(job), range(len(job.plan))) == set(range(len(job.plan)))
     counts = parts.assemble(job, classes=classes)
@@ -113,6 +119,31 @@ def test_vrt_places_each_part_at_its_core(tmp_path: Path) -> None:
     want = np.full((4, 6), 255, np.uint8)
     want[1:3, 2:5] = 9
     np.testing.assert_array_equal(a, want)
+
+
+def test_assembled_cog_has_the_writers_metadata_and_sidecars(tmp_path: Path) -> None:
+    """build_cog (Ray parts) and CogWriter (in-process): same options, tags, colors, sidecars."""
+    grid = Grid(shape=(40, 48), transform=Affine(10, 0, 500000, 0, -10, 5800000), crs="EPSG:32633")
+    classes = (ClassInfo(0, "water", "#1f78b4"), ClassInfo(3, "forest", "#33a02c"))
+    labels = np.where(np.indices(grid.shape).sum(0) // 7 % 2 == 0, 0, 3).astype(np.uint8)
+    labels[:5, :5] = NODATA_CLASS
+    part = tmp_path / "part.tif"
+    with rasterio.open(part, "w", driver="GTiff", width=48, height=40, count=2, dtype="uint8") as ds:
+        ds.write(np.stack([labels, np.full(grid.shape, 80, np.uint8)]))
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+    got = parts.build_cog(
+        tmp_path / "a" / "classes.tif", grid, [(part, grid.full_window())], band=1, classes=classes
+    )
+    want = write_array(tmp_path / "b" / "classes.tif", labels, grid, nodata=NODATA_CLASS, classes=classes,
+                       resampling="mode", description=parts.CLASSES_DESCRIPTION)  # fmt: skip
+    with rasterio.open(got) as g, rasterio.open(want) as w:
+        np.testing.assert_array_equal(g.read(1), w.read(1))
+        assert g.profile == w.profile and g.descriptions == w.descriptions
+        assert g.tags(1) == w.tags(1) == styles.class_tags(classes)
+        assert g.tags() == w.tags() and g.colormap(1) == w.colormap(1)
+    for name in ("classes.tif.aux.xml", "classes.qml"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
 
 
 def _cpu_self() -> float:

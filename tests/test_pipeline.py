@@ -12,7 +12,7 @@ import pytest
 import rasterio
 import torch
 
-from geounet import infer, jobs, merge, model, pipeline, read
+from geounet import infer, jobs, merge, model, pipeline, planning, predict, read
 from geounet.errors import ConfigError
 from geounet.model import ClassInfo, ModelSpec, networks
 from geounet.tiling import grid
@@ -151,8 +151,8 @@ def test_corner_tile_handed_to_the_model_is_mirrored(
     monkeypatch.setattr(infer.Predictor, "predict_rows", spy_rows)
     # The bundle's own (small) tile, so the corner tile's far side lies inside the raster.
     opts = jobs.PredictOptions(batch_size=1, tile=model.load(small_bundle).tile)
-    job = pipeline.plan(s2_rgbn, model=small_bundle, out_dir=tmp_path / "o", options=opts)
-    first = next(pipeline.local_results(job))  # tile 0: top-left corner
+    job = planning.plan(s2_rgbn, model=small_bundle, out_dir=tmp_path / "o", options=opts)
+    first = next(predict.local_results(job))  # tile 0: top-left corner
     assert first.tile.index == 0 and first.tile.padding.top == job.plan.halo
     x = seen[0][0]
     b = model.load(small_bundle)
@@ -280,7 +280,7 @@ def test_photo_without_georeferencing(data_dir: Path, tmp_path: Path) -> None:
 
 def _job_classes(job: jobs.Job) -> np.ndarray:
     out = np.full(job.grid.shape, 254, np.uint8)
-    for res in pipeline.local_results(job):
+    for res in predict.local_results(job):
         assert res.classes is not None
         out[res.tile.core.to_slices()] = res.classes
     return out
@@ -292,7 +292,7 @@ def test_default_plan_streams_and_equals_whole_image(
 ) -> None:
     """The memory-budget plan (large streamed tiles) gives the whole-image pass's classes."""
     opts = jobs.PredictOptions(device="cpu", memory=memory_mb << 20)
-    job = pipeline.plan(s2_rgbn, model=small_bundle, out_dir=tmp_path / "o", options=opts)
+    job = planning.plan(s2_rgbn, model=small_bundle, out_dir=tmp_path / "o", options=opts)
     assert job.options.stream and job.plan.halo >= model.load(small_bundle).receptive_field
     assert (len(job.plan) > 1) == (memory_mb == 64)
     with rasterio.open(s2_rgbn) as src:
@@ -316,7 +316,7 @@ def test_polygons_made_while_predicting_equal_those_from_the_cog(
     from geounet import publish
 
     opts = jobs.PredictOptions(device="cpu", memory=64 << 20)
-    job = pipeline.plan(s2_rgbn, model=small_bundle, out_dir=tmp_path / "a", options=opts)
+    job = planning.plan(s2_rgbn, model=small_bundle, out_dir=tmp_path / "a", options=opts)
     outputs = pipeline.run(job, progress=False, resume=False)
     overlapped = gpd.read_file(outputs["polygons"])
     again = publish.products(
@@ -344,7 +344,7 @@ def test_polygons_made_while_predicting_equal_those_from_the_cog(
 def test_outputs_on_demand(s2_crop: tuple[Path, np.ndarray], small_bundle: Path, tmp_path: Path) -> None:
     path, _ = s2_crop
     opts = jobs.PredictOptions(device="cpu", outputs=("classes",))
-    outputs = pipeline.run(pipeline.plan(path, model=small_bundle, out_dir=tmp_path / "c", options=opts),
+    outputs = pipeline.run(planning.plan(path, model=small_bundle, out_dir=tmp_path / "c", options=opts),
                            progress=False, resume=False)  # fmt: skip
     assert "polygons" not in outputs and "confidence" not in outputs
     assert not (tmp_path / "c" / "confidence.tif").exists()
@@ -359,10 +359,10 @@ def test_outputs_on_demand(s2_crop: tuple[Path, np.ndarray], small_bundle: Path,
 def test_dry_run_shows_cost_memory_and_time(s2_rgbn: Path, small_bundle: Path, tmp_path: Path) -> None:
     import json
 
-    job = pipeline.plan(
+    job = planning.plan(
         s2_rgbn, model=small_bundle, out_dir=tmp_path, options=jobs.PredictOptions(device="cpu")
     )
-    info = json.loads(pipeline.describe(job, probe=True))
+    info = json.loads(planning.describe(job, probe=True))
     assert info["exact"] is True and info["streamed"] is True
     assert info["network_px_per_output_px"] == pytest.approx(
         len(job.plan) * job.plan.read_size**2 / (1536 * 768), abs=1e-3

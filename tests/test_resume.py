@@ -13,7 +13,7 @@ import pytest
 import torch
 from fixtures_ray import RGB_OPTIONS, assert_same_outputs
 
-from geounet import jobs, model, pipeline
+from geounet import jobs, model, pipeline, planning, predict
 from geounet.model import networks
 from geounet.resume import RUN_DIR, fingerprint_of
 from geounet.tiling import Tile
@@ -40,7 +40,7 @@ class Crashing:
     def __call__(self, job: jobs.Job, *, tiles: Iterable[Tile] | None = None) -> Iterator[Any]:
         todo = list(job.plan if tiles is None else tiles)
         self.asked = [t.index for t in todo]
-        for k, res in enumerate(pipeline.local_results(job, tiles=todo)):
+        for k, res in enumerate(predict.local_results(job, tiles=todo)):
             if self.after is not None and k == self.after:
                 raise RuntimeError("simulated crash")
             yield res
@@ -56,7 +56,7 @@ def _crash(job: jobs.Job, after: int) -> None:
 def test_crash_then_resume_reuses_tiles_and_gives_identical_outputs(
     landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
 ) -> None:
-    job = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path, options=OPTIONS)
+    job = planning.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path, options=OPTIONS)
     _crash(job, after=150)
     again = Crashing(None)
     pipeline.run(job, results=again, progress=False)
@@ -71,7 +71,7 @@ def test_crash_then_resume_reuses_tiles_and_gives_identical_outputs(
 def test_changed_bundle_discards_the_cache(
     landsat_rgb: Path, rgb_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    job = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path, options=OPTIONS)
+    job = planning.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path, options=OPTIONS)
     _crash(job, after=40)
     other = model.save(
         networks.init_bundle(
@@ -82,7 +82,7 @@ def test_changed_bundle_discards_the_cache(
         ),
         tmp_path / "other.safetensors",
     )
-    job2 = pipeline.plan(landsat_rgb, model=other, out_dir=tmp_path, options=OPTIONS)
+    job2 = planning.plan(landsat_rgb, model=other, out_dir=tmp_path, options=OPTIONS)
     spy = Crashing(after=0)
     with caplog.at_level(logging.WARNING, logger="geounet.resume"), pytest.raises(RuntimeError):
         pipeline.run(job2, results=spy, progress=False)
@@ -94,7 +94,7 @@ def test_fingerprint_covers_only_what_changes_pixels(
     landsat_rgb: Path, rgb_bundle: Path, tmp_path: Path
 ) -> None:
     """Execution settings and manifest extras (a workflow's config dump) keep the cache; resampling does not."""
-    job = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path, options=OPTIONS)
+    job = planning.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path, options=OPTIONS)
     same = replace(
         job,
         options=replace(job.options, batch_size=3, device="cpu", vector_format="fgb"),
@@ -108,7 +108,7 @@ def test_fingerprint_covers_only_what_changes_pixels(
 def test_torn_log_line_and_no_resume(
     landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
 ) -> None:
-    job = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path, options=OPTIONS)
+    job = planning.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path, options=OPTIONS)
     _crash(job, after=30)
     with open(tmp_path / RUN_DIR / "tiles.log", "a") as f:
         f.write('{"part": "00000099.np')  # a crash while appending
@@ -127,9 +127,9 @@ def test_blend_merge_resumes_identically(landsat_rgb: Path, rgb_bundle: Path, tm
     import dataclasses
 
     options = dataclasses.replace(OPTIONS, merge="blend")
-    whole = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path / "whole", options=options)
+    whole = planning.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path / "whole", options=options)
     pipeline.run(whole, progress=False)
-    job = pipeline.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path / "resumed", options=options)
+    job = planning.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path / "resumed", options=options)
     _crash(job, after=100)
     pipeline.run(job, results=Crashing(None), progress=False)
     assert json.loads((tmp_path / "resumed" / "run.json").read_text())["counts"]["reused"] >= 90

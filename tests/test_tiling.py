@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from rasterio.transform import from_origin
 
-from geounet import model, pipeline
+from geounet import jobs, model, planning, predict, rasters
 from geounet.errors import ConfigError
 from geounet.model import ModelSpec
 from geounet.tiling import grid
@@ -190,10 +190,10 @@ def impulse_scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
 def _pipeline_classes(path: Path, bundle: Path, out: Path, halo: int | None, core: int = 64) -> np.ndarray:
     b = model.load(bundle)
     halo_ = b.halo if halo is None else halo
-    opts = pipeline.PredictOptions(tile=core + 2 * halo_, halo=halo, device="cpu", batch_size=8)
-    job = pipeline.plan(path, model=bundle, out_dir=out, options=opts)
+    opts = jobs.PredictOptions(tile=core + 2 * halo_, halo=halo, device="cpu", batch_size=8)
+    job = planning.plan(path, model=bundle, out_dir=out, options=opts)
     assert (job.plan.size, job.plan.halo) == (core, halo_)
-    pipeline.write_rasters(job, pipeline.local_results(job))
+    rasters.write_rasters(job, predict.local_results(job))
     with rasterio.open(out / "classes.tif") as ds:
         return ds.read(1)
 
@@ -255,13 +255,13 @@ def test_a_halo_below_the_receptive_field_is_warned_about(
     impulse_scene: tuple[Path, Path, np.ndarray], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path, bundle, _ = impulse_scene
-    with caplog.at_level("WARNING", logger="geounet.pipeline"):
-        pipeline.plan(path, model=bundle, out_dir=tmp_path, options=pipeline.PredictOptions(tile=192, halo=48))
+    with caplog.at_level("WARNING", logger="geounet.planning"):
+        planning.plan(path, model=bundle, out_dir=tmp_path, options=jobs.PredictOptions(tile=192, halo=48))
     [record] = [r for r in caplog.records if "receptive-field" in r.getMessage()]
     message = record.getMessage()
     assert "halo=48 is below the model's receptive-field radius 51" in message
     assert "--merge blend or --halo 56" in message
     caplog.clear()
-    with caplog.at_level("WARNING", logger="geounet.pipeline"):
-        pipeline.plan(path, model=bundle, out_dir=tmp_path, options=pipeline.PredictOptions())
+    with caplog.at_level("WARNING", logger="geounet.planning"):
+        planning.plan(path, model=bundle, out_dir=tmp_path, options=jobs.PredictOptions())
     assert not [r for r in caplog.records if "receptive-field" in r.getMessage()]

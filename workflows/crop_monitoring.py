@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from geounet import atomic, pipeline, safety, search
+from geounet import atomic, planning, rasters, safety, search
 from geounet import model as model_mod
 from geounet.config import MonitorConfig, load_monitor_config
 from geounet.errors import ReadError, SearchError
@@ -133,7 +133,7 @@ def predict_scene(scene: Scene, parcels: Parcels, cfg: MonitorConfig, bundle_pat
     by_name = {b.name: b for b in scene.bands}
     model_scene = replace(scene, bands=tuple(by_name[b] for b in bundle.bands))
     options = cfg.predict.options(resampling=cfg.grid.resampling)
-    job = pipeline.plan_scenes(
+    job = planning.plan_scenes(
         [model_scene],
         model=bundle_path,
         out_dir=out,
@@ -143,7 +143,7 @@ def predict_scene(scene: Scene, parcels: Parcels, cfg: MonitorConfig, bundle_pat
         source=scene.id,
     )
     out.mkdir(parents=True, exist_ok=True)
-    pipeline.write_rasters(job, results_fn(cfg.execution)(job))
+    rasters.write_rasters(job, results_fn(cfg.execution)(job))
     return out / "classes.tif"
 
 

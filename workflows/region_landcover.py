@@ -31,7 +31,7 @@ from typing import Any
 from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
-from geounet import atomic, executors, pipeline, search
+from geounet import atomic, executors, pipeline, planning, search
 from geounet import model as model_mod
 from geounet.config import ExecutionSection, RunConfig, load_run_config
 from geounet.errors import ConfigError, SearchError
@@ -166,7 +166,7 @@ def plan(cfg: RunConfig) -> RegionPlan:
         tile=tile, halo=halo, vector_format=o.vector_format, simplify=o.simplify, min_area=o.min_area,
         resampling=cfg.grid.resampling,
     )  # fmt: skip
-    job = pipeline.plan_scenes(
+    job = planning.plan_scenes(
         chosen,
         model=cfg.model,
         out_dir=cfg.outputs.dir,

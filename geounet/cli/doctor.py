@@ -108,7 +108,7 @@ def check_torch() -> Check:
 
 #: What the Ray check runs in a child process (Ray's start/stop must not touch this process).
 _RAY_PROBE = (
-    "from geounet.distributed import RayExecutor, RayOptions\n"
+    "from geounet.distributed import RayExecutor\nfrom geounet.pool import RayOptions\n"
     "RayExecutor(RayOptions(num_cpus=1, fallback=False))._connect()\n"
     "print('ray-started')\n"
 )

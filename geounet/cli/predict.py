@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from geounet import budget, executors, jobs, pipeline
+from geounet import budget, executors, jobs, pipeline, planning
 from geounet.cli.search import at_least, stac_job, stac_options
 from geounet.errors import ConfigError
 
@@ -46,7 +46,7 @@ def _job(
                         resolution=resolution, crs=crs, **query)  # fmt: skip
     if source is None:
         raise ConfigError("give SOURCE (a raster file or STAC item JSON) or --stac URL|CATALOG with a query")
-    return pipeline.plan(source, model=model_path, out_dir=Path(out_dir), options=options)
+    return planning.plan(source, model=model_path, out_dir=Path(out_dir), options=options)
 
 
 @click.command(
@@ -226,7 +226,7 @@ def predict(
     )  # fmt: skip
     job = _job(source, model_path, out_dir, options, resolution=resolution, crs=crs, query=query)
     if dry_run:
-        click.echo(pipeline.describe(job, probe=True))
+        click.echo(planning.describe(job, probe=True))
         return
     results = executors.results_fn(executor, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
                                    key="--executor")  # fmt: skip

@@ -183,7 +183,7 @@ def stac_job(
     from shapely import ops, union_all
     from shapely.geometry import box
 
-    from geounet import harmonize, model, pipeline
+    from geounet import harmonize, model, planning
 
     bundle = model.load(model_path)
     bands = bundle.bands
@@ -207,7 +207,7 @@ def stac_job(
         aoi = ops.transform(to_grid, area)
     elif crs is not None:
         raise ConfigError(f"--crs {crs} needs --resolution (the target grid's pixel size in CRS units)")
-    job = pipeline.plan_scenes(
+    job = planning.plan_scenes(
         found, model=model_path, out_dir=out_dir, options=options, grid=grid, aoi=aoi, source=label
     )
     # one resampling default everywhere: what the bundle's training data was read with

@@ -90,19 +90,13 @@ def products(
     if isinstance(polygons, Path):
         paths["polygons"] = polygons
     elif polygons:
-        frames = (
-            with_attributes(gdf, attributes or {})
-            for gdf in vectorize.iter_polygons(
-                classes_path,
-                classes=classes,
-                confidence_path=confidence_path,
-                block=block,
-                simplify=simplify,
-                min_area=min_area,
-            )
-        )
+        frames = vectorize.iter_polygons(classes_path, classes=classes, confidence_path=confidence_path,
+                                         block=block, simplify=simplify, min_area=min_area)  # fmt: skip
         paths["polygons"] = write_vector_chunks(
-            frames, out_dir / f"polygons{vector_extension(vector_format)}", classes=classes, fmt=vector_format
+            (with_attributes(gdf, attributes or {}) for gdf in frames),
+            out_dir / f"polygons{vector_extension(vector_format)}",
+            classes=classes,
+            fmt=vector_format,
         )
     table = area_table(classes_path, classes=classes)
     paths["areas"] = write_area_csv(table, out_dir / "areas.csv")
@@ -118,17 +112,35 @@ def products(
     if manifest is not None:
         paths["manifest"] = out_dir / "run.json"
         replace_text(paths["manifest"], json.dumps(manifest, indent=2, default=str) + "\n")
+    paths["item"] = _write_item(
+        out_dir / "item.json", classes_path, classes=classes, assets={**rasters, **paths}, areas=table,
+        manifest=manifest or {}, default_id=out_dir.name,
+    )  # fmt: skip
+    return paths
+
+
+def _write_item(
+    path: Path,
+    classes_path: Path,
+    *,
+    classes: Sequence[ClassInfo],
+    assets: Mapping[str, Path],
+    areas: list[dict[str, Any]],
+    manifest: Mapping[str, Any],
+    default_id: str,
+) -> Path:
+    """The STAC Item of a run's products (written last: it describes the others), from its manifest."""
+    model = manifest.get("model")
     item = stac_item(
         classes_path,
         classes=classes,
-        assets={**rasters, **paths},
-        areas=table,
-        item_id=str((manifest or {}).get("id") or out_dir.name),
-        when=(manifest or {}).get("datetime"),
-        sources=(manifest or {}).get("scenes") or (),
-        model=model if isinstance(model := (manifest or {}).get("model"), Mapping) else None,
-        source=(manifest or {}).get("source"),
+        assets=assets,
+        areas=areas,
+        item_id=str(manifest.get("id") or default_id),
+        when=manifest.get("datetime"),
+        sources=manifest.get("scenes") or (),
+        model=model if isinstance(model, Mapping) else None,
+        source=manifest.get("source"),
     )
-    paths["item"] = out_dir / "item.json"
-    replace_text(paths["item"], json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")
-    return paths
+    replace_text(path, json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")
+    return path

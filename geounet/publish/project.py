@@ -36,23 +36,7 @@ def qgis_project(
     ET.SubElement(tree, "customproperties")
     layers = ET.SubElement(root, "projectlayers")
     order = ET.SubElement(root, "layerorder")
-    entries: list[tuple[str, str, str, str, ET.Element]] = []
-    if vectors is not None:
-        source = f"./{vectors.name}|layername={vectors.stem}"
-        layer = _maplayer("vector", f"{vectors.stem}_layer", vectors.stem, source, "ogr", grid.crs)
-        layer.set("geometry", "Polygon")
-        layer.set("wkbType", "Polygon")
-        layer.append(categorized_renderer(classes, "class_id"))
-        entries.append((f"{vectors.stem}_layer", vectors.stem, source, "ogr", layer))
-    for name, raster in rasters.items():
-        source = f"./{raster.name}"
-        layer = _maplayer("raster", f"{name}_layer", name, source, "gdal", grid.crs)
-        style = raster.with_suffix(".qml")
-        if style.exists():
-            pipe = ET.parse(style).getroot().find("pipe")
-            if pipe is not None:
-                layer.append(pipe)
-        entries.append((f"{name}_layer", name, source, "gdal", layer))
+    entries = _layers(rasters=rasters, vectors=vectors, classes=classes, crs=grid.crs)
     for i, (layer_id, name, source, provider, layer) in enumerate(entries):
         visible = "Qt::Checked" if i < 2 else "Qt::Unchecked"
         ET.SubElement(
@@ -75,6 +59,30 @@ def qgis_project(
         ET.SubElement(refsys, "ProjectionsEnabled", type="int").text = "1"
     replace_text(path, document(root))
     return path
+
+
+def _layers(
+    *, rasters: Mapping[str, Path], vectors: Path | None, classes: Sequence[ClassInfo], crs: str | None
+) -> list[tuple[str, str, str, str, ET.Element]]:
+    """(layer id, name, source, provider, <maplayer>) of the vectors (first: drawn on top) and the rasters."""
+    entries: list[tuple[str, str, str, str, ET.Element]] = []
+    if vectors is not None:
+        source = f"./{vectors.name}|layername={vectors.stem}"
+        layer = _maplayer("vector", f"{vectors.stem}_layer", vectors.stem, source, "ogr", crs)
+        layer.set("geometry", "Polygon")
+        layer.set("wkbType", "Polygon")
+        layer.append(categorized_renderer(classes, "class_id"))
+        entries.append((f"{vectors.stem}_layer", vectors.stem, source, "ogr", layer))
+    for name, raster in rasters.items():
+        source = f"./{raster.name}"
+        layer = _maplayer("raster", f"{name}_layer", name, source, "gdal", crs)
+        style = raster.with_suffix(".qml")
+        if style.exists():
+            pipe = ET.parse(style).getroot().find("pipe")
+            if pipe is not None:
+                layer.append(pipe)
+        entries.append((f"{name}_layer", name, source, "gdal", layer))
+    return entries
 
 
 def _maplayer(kind: str, layer_id: str, name: str, source: str, provider: str, crs: str | None) -> ET.Element:

@@ -32,10 +32,9 @@ from geounet.vectorize.frame import (
     combine,
     dissolve_seams,
     exact_outlines,
-    to_frame,
     vectorize_block,
 )
-from geounet.vectorize.parts import BlockParts, block_polygons, blocks, dissolve
+from geounet.vectorize.parts import BlockParts, block_polygons, blocks
 
 #: A block as read: its window, class ids, confidence (or None).
 Block = tuple[Window, np.ndarray, np.ndarray | None]
@@ -171,8 +170,8 @@ def _chunks(
             source,
             workers,
         )
-        yield to_frame(
-            dissolve(pieces),
+        yield dissolve_seams(
+            pieces,
             grid=grid,
             classes=classes,
             simplify=simplify,

@@ -24,7 +24,7 @@ import numpy as np
 from geounet import harmonize
 from geounet import model as model_mod
 from geounet import read as read_mod
-from geounet.errors import ReadError
+from geounet.errors import ConfigError, ReadError
 from geounet.geo import Grid
 from geounet.jobs import Job, PredictOptions
 from geounet.model import Bundle
@@ -94,25 +94,37 @@ def plan(source: str | Path, *, model: str | Path, out_dir: str | Path, options:
 
 
 def plan_grid(
-    shape: tuple[int, int], *, bundle: Bundle, options: PredictOptions
+    shape: tuple[int, int], *, bundle: Bundle, options: PredictOptions, device_type: str | None = None
 ) -> tuple[TileGrid, PredictOptions]:
     """The tiles of a grid, and the options with the planned tile, halo and streaming filled in.
 
     Without ``options.tile`` the tile comes from the memory budget (:func:`geounet.budget.choose`:
     the largest exact tile that fits, scene spread evenly); ``options.tile`` forces a size.
+    ``device_type`` (``cpu`` | ``cuda``) plans for that kind of device instead of the one
+    ``options.device`` resolves to here, so a GPU plan can be made on a machine without one
+    (``options.memory`` is then the budget: there is no device to ask).
     """
     from geounet import budget
     from geounet.infer import default_memory, resolve_device
 
     halo = bundle.halo if options.halo is None else options.halo
-    device = resolve_device(options.device)
+    device = resolve_device(options.device) if device_type is None else None
+    kind = device.type if device is not None else str(device_type)
     tile = options.tile
     streamed = options.stream
     if streamed is None:
-        streamed = device.type != "cuda" and (tile or 0) >= budget.STREAM_MIN
+        streamed = kind != "cuda" and (tile or 0) >= budget.STREAM_MIN
     if tile is None:
-        memory = options.memory or default_memory(device)
-        chosen = budget.choose(shape, spec=bundle.spec, halo=halo, memory=memory, device=device.type,
+        if options.memory is not None:
+            memory = options.memory
+        elif device is not None:
+            memory = default_memory(device)
+        else:
+            raise ConfigError(
+                f"planning for a {kind} device that is not here needs its memory budget; pass --memory, "
+                "e.g. --memory 48GB for an 80 GB GPU at the default 60% share"
+            )
+        chosen = budget.choose(shape, spec=bundle.spec, halo=halo, memory=memory, device=kind,
                                amp=options.amp)  # fmt: skip
         tile, streamed = chosen.tile, chosen.streamed
         if not chosen.streamed:

@@ -13,6 +13,12 @@ from click.testing import CliRunner
 from geounet.cli import cli
 
 
+def torch_cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def _all_commands(
     group: click.Group, ctx: click.Context, prefix: tuple[str, ...] = ()
 ) -> list[tuple[str, ...]]:
@@ -91,7 +97,11 @@ def real_input(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     ],
 )
 def test_bad_bands_name_the_value(
-    real_input: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], bands: str, message: str
+    real_input: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    bands: str,
+    message: str,
 ) -> None:
     from geounet.cli import main
 
@@ -132,3 +142,48 @@ def test_predict_dry_run_prints_the_tile_plan_and_writes_nothing(
     assert (plan["tile"], plan["core"], plan["halo"], plan["bands"]) == (96, 64, 16, [3, 2, 1])
     assert plan["grid"]["crs"] == "EPSG:32618" and plan["merge"] == "crop" and plan["source"] == str(scene)
     assert not out.exists()
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="plans a GPU where there is none")
+def test_dry_run_plans_a_gpu_without_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 13, acceptance 2: network px per output px of the default plans of a 6000² scene."""
+    import json
+
+    import rasterio
+    from affine import Affine
+
+    from geounet import model
+    from geounet.cli import main
+    from geounet.model import ClassInfo, ModelSpec, networks
+
+    scene = tmp_path / "scene.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=6000, height=6000, count=1, dtype="uint16",
+                       tiled=True, sparse_ok=True, crs="EPSG:32633",
+                       transform=Affine(10, 0, 300000, 0, -10, 5900000)):  # fmt: skip
+        pass  # a sparse file: the plan needs the grid only
+    spec = ModelSpec(in_channels=1, n_classes=2, depth=4, width=16)
+    bundle = networks.init_bundle(bands=["nir"], classes=(ClassInfo(0, "a", "#000000"), ClassInfo(1, "b", "#ffffff")),
+                                  spec=spec, seed=0)  # fmt: skip
+    path = model.save(bundle, tmp_path / "m.safetensors")
+    args = [
+        "predict",
+        str(scene),
+        "--model",
+        str(path),
+        "--out",
+        str(tmp_path / "o"),
+        "--bands",
+        "1",
+        "--dry-run",
+    ]
+    main([*args, "--device", "cuda", "--memory", "48GB"])  # 60% of an 80 GB GPU
+    gpu = json.loads(capsys.readouterr().out)
+    assert gpu["planned_for"].startswith("cuda") and gpu["exact"] and not gpu["streamed"]
+    assert gpu["network_px_per_output_px"] <= 1.15 and gpu["memory_estimate_mb"] <= 48 * 1024
+    main([*args, "--device", "cpu"])
+    cpu = json.loads(capsys.readouterr().out)
+    assert cpu["exact"] and cpu["streamed"] and cpu["network_px_per_output_px"] <= 1.35
+    with pytest.raises(SystemExit):
+        main([*args, "--device", "cuda"])
+    assert "ConfigError" in (err := capsys.readouterr().err) and "pass --memory, e.g. --memory 48GB" in err
+    assert not (tmp_path / "o").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,26 @@ def _job(
     if source is None:
         raise ConfigError("give SOURCE (a raster file or STAC item JSON) or --stac URL|CATALOG with a query")
     return planning.plan(source, model=model_path, out_dir=Path(out_dir), options=options)
+
+
+def _absent_gpu(device: str) -> bool:
+    """``--device cuda[:N]`` on a machine whose torch sees no CUDA device."""
+    import torch
+
+    return device.startswith("cuda") and not torch.cuda.is_available()
+
+
+def _gpu_plan(source: str | None, model_path: str, out_dir: str, options: jobs.PredictOptions,
+              **where: Any) -> str:  # fmt: skip
+    """``--dry-run --device cuda`` without a GPU: the plan a GPU with ``--memory`` would run, no probe."""
+    import json
+
+    job = _job(source, model_path, out_dir, dataclasses.replace(options, device="cpu"), **where)
+    tiles, planned = planning.plan_grid(
+        job.grid.shape, bundle=planning.load_bundle(model_path), options=options, device_type="cuda"
+    )
+    info = json.loads(planning.describe(dataclasses.replace(job, plan=tiles, options=planned)))
+    return json.dumps({**info, "planned_for": f"{options.device} (no GPU here: not probed)"}, indent=2)
 
 
 @click.command(
@@ -224,6 +245,11 @@ def predict(
         tta=tta, bands=_parse_bands(bands), vector_format=vector_format, min_area=min_area, simplify=simplify,
         memory=budget.parse_memory(memory), outputs=_parse_outputs(outputs, no_polygons=no_polygons),
     )  # fmt: skip
+    if dry_run and _absent_gpu(device):
+        click.echo(
+            _gpu_plan(source, model_path, out_dir, options, resolution=resolution, crs=crs, query=query)
+        )
+        return
     job = _job(source, model_path, out_dir, options, resolution=resolution, crs=crs, query=query)
     if dry_run:
         click.echo(planning.describe(job, probe=True))

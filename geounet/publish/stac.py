@@ -28,6 +28,7 @@ from pystac.extensions.classification import Classification, ClassificationExten
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterBand, RasterExtension
 
+from geounet import stac_validate
 from geounet.errors import ConfigError
 from geounet.geo import Grid
 from geounet.model import NODATA_CLASS, ClassInfo
@@ -198,27 +199,26 @@ def _files(item: pystac.Item, assets: Mapping[str, Path]) -> None:
 
 
 def validate_item(
-    item: pystac.Item | Path, *, schemas: Mapping[str, dict[str, Any]] | None = None, offline: bool = False
+    item: pystac.Item | Path, *, schemas: Mapping[str, Mapping[str, Any]] | None = None, offline: bool = False
 ) -> list[str]:
     """Validate a STAC Item against the STAC JSON schemas; returns the schema URIs used.
 
-    pystac ships the core schemas; extension schemas are fetched from their URI unless
-    given in ``schemas`` (URI → schema). ``offline`` validates only against the core and
-    the given schemas (no fetching: the other extensions are not checked, and not listed).
-    Raises :class:`pystac.errors.STACValidationError` when invalid.
+    pystac ships the core schemas; online, the extension schemas are fetched from their
+    URI (or taken from ``schemas``, URI → schema). ``offline`` validates against the core
+    and ``schemas`` only, never fetching, and every extension the Item declares must be
+    in ``schemas`` (:func:`geounet.stac_validate.validate`). Raises
+    :class:`pystac.errors.STACValidationError` (online) or
+    :class:`~geounet.errors.InputError` (offline) when invalid.
     """
-    import pystac.validation
     from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
     if isinstance(item, Path):
         item = pystac.Item.from_dict(json.loads(item.read_text()))
+    if offline:
+        return stac_validate.validate(item.to_dict(transform_hrefs=False), schemas or {})
     validator = JsonSchemaSTACValidator()
-    validator.schema_cache.update(schemas or {})
-    if not offline:
-        return list(item.validate(validator=validator))
-    known = [uri for uri in item.stac_extensions if uri in (schemas or {})]
-    data = item.to_dict(transform_hrefs=False)
-    return list(pystac.validation.validate_dict(data, extensions=known, validator=validator))
+    validator.schema_cache.update({uri: dict(s) for uri, s in (schemas or {}).items()})
+    return list(item.validate(validator=validator))
 
 
 def _stac_classes(classes: Sequence[ClassInfo]) -> list[Classification]:

@@ -144,6 +144,11 @@ def _job(
 )
 @click.option("--no-polygons", is_flag=True, help="Rasters only (same as --outputs classes,confidence).")
 @click.option(
+    "--probabilities",
+    is_flag=True,
+    help="Also write probabilities.tif: one uint8 band per class, 0-100 %%, described by class name.",
+)
+@click.option(
     "--memory",
     type=str,
     default="auto",
@@ -198,6 +203,7 @@ def predict(
     dry_run: bool,
     outputs: str,
     no_polygons: bool,
+    probabilities: bool,
     memory: str,
     resolution: float | None,
     crs: str | None,
@@ -223,6 +229,7 @@ def predict(
         tile=tile, halo=halo, batch_size=batch_size, merge=merge, blend_window=blend_window, device=device,
         tta=tta, bands=_parse_bands(bands), vector_format=vector_format, min_area=min_area, simplify=simplify,
         memory=budget.parse_memory(memory), outputs=_parse_outputs(outputs, no_polygons=no_polygons),
+        probabilities=probabilities,
     )  # fmt: skip
     job = _job(source, model_path, out_dir, options, resolution=resolution, crs=crs, query=query)
     if dry_run:
@@ -231,5 +238,7 @@ def predict(
     results = executors.results_fn(executor, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
                                    key="--executor")  # fmt: skip
     written = pipeline.run(job, results=results, resume=resume)
+    if probabilities and "probabilities" not in written:  # never a silently ignored flag
+        raise click.ClickException("--probabilities: this pipeline did not write probabilities.tif; run without it")
     for name, path in written.items():
         click.echo(f"{name:12s} {path}")

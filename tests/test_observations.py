@@ -32,7 +32,10 @@ def test_counts_are_written_per_block_with_zero_elsewhere(data_dir: Path, tmp_pa
     expected = counts.copy()
     expected[plan[-1].core.to_slices()] = 0
     np.testing.assert_array_equal(got, expected)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["observations.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "observations.qml",
+        "observations.tif",
+    ]  # + QGIS style
 
 
 def test_a_count_block_that_does_not_fit_is_an_input_error(tmp_path: Path) -> None:

@@ -67,3 +67,22 @@ def test_probabilities_is_a_predict_option_that_keys_the_tile_cache() -> None:
     assert jobs.PredictOptions().pixel_options()["probabilities"] is False
     help_text = CliRunner().invoke(cli, ["predict", "--help"]).output
     assert "--probabilities" in help_text and "probabilities.tif" in help_text
+
+
+def test_the_incremental_writer_leaves_nothing_when_the_loop_fails(tmp_path: Path) -> None:
+    """``ProbabilityWriter`` (the pipeline's form): the COG appears only when the loop finished."""
+    from geounet.geo import Window
+    from geounet.publish.probabilities import ProbabilityWriter
+
+    grid = Grid(shape=(32, 32))
+    probs = np.stack([np.full((16, 32), 0.25), np.full((16, 32), 0.5), np.full((16, 32), 0.25)])
+    with pytest.raises(RuntimeError, match="reader died"), ProbabilityWriter(tmp_path / "p.tif", grid, classes=CLASSES) as w:
+        w.write(Window(0, 0, 16, 32), probs)
+        raise RuntimeError("reader died")
+    assert list(tmp_path.iterdir()) == []
+    with ProbabilityWriter(tmp_path / "p.tif", grid, classes=CLASSES) as w:
+        w.write(Window(0, 0, 16, 32), probs)
+    with rasterio.open(tmp_path / "p.tif") as ds:
+        got = ds.read()
+    assert (got[:, :16] == np.array([25, 50, 25])[:, None, None]).all() and (got[:, 16:] == 255).all()
+    assert [p.name for p in tmp_path.iterdir()] == ["p.tif"]

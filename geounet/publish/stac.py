@@ -52,6 +52,8 @@ _MEDIA = {
 _ROLES = {
     "classes": ["data"],
     "confidence": ["data", "quality"],
+    "probabilities": ["data"],
+    "observations": ["data", "quality"],
     "polygons": ["data"],
     "areas": ["metadata"],
     "quicklook": ["overview", "visual"],
@@ -172,16 +174,26 @@ def _lineage(
         item.add_link(link)
 
 
+#: Raster assets described with the raster extension, and the unit of their values.
+_RASTER_UNITS = {"classes": None, "confidence": "%", "probabilities": "%", "observations": None}
+
+
 def _raster_bands(item: pystac.Item, assets: Mapping[str, Path], grid: Grid) -> None:
+    """raster:bands of each raster asset: one band per file band (a probability COG: one per class)."""
     resolution = abs(grid.transform.a) if grid.crs is not None else None
-    for name, unit in (("classes", None), ("confidence", "%")):
+    for name, unit in _RASTER_UNITS.items():
         if name not in assets or name not in item.assets:
             continue
         with rasterio.open(assets[name]) as ds:
-            dtype, nodata = ds.dtypes[0], ds.nodata
-        band = RasterBand.create(data_type=dtype, nodata=nodata, spatial_resolution=resolution, unit=unit)
-        band.properties["sampling"] = "area"
-        RasterExtension.ext(item.assets[name], add_if_missing=True).bands = [band]
+            described = list(zip(ds.dtypes, ds.nodatavals, ds.descriptions, strict=True))
+        bands = []
+        for dtype, nodata, description in described:
+            band = RasterBand.create(data_type=dtype, nodata=nodata, spatial_resolution=resolution, unit=unit)
+            band.properties["sampling"] = "area"
+            if len(described) > 1 and description:
+                band.properties["name"] = description  # the class of a probability band
+            bands.append(band)
+        RasterExtension.ext(item.assets[name], add_if_missing=True).bands = bands
 
 
 def _files(item: pystac.Item, assets: Mapping[str, Path]) -> None:

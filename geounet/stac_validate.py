@@ -48,33 +48,15 @@ def validate(
         )
     try:
         import jsonschema
-        import pystac.validation
-        import referencing
         import referencing.exceptions
     except ImportError as exc:
         raise ConfigError("validating STAC objects needs jsonschema: pip install 'geounet[mlm]'") from exc
-    core = dict(data)
-    try:
-        used = list(pystac.validation.validate_dict(core, extensions=[]))
-    except pystac.errors.STACValidationError as exc:
-        kind = {"Feature": "Item", "Collection": "Collection", "Catalog": "Catalog"}.get(
-            str(data.get("type")), "object"
-        )
-        raise InputError(f"{data.get('id')!r} is not a valid STAC {kind}: {first_line(exc)}") from exc
-
-    def refuse(uri: str) -> referencing.Resource[Any]:
-        raise LookupError(f"offline: {uri} is not fetched")  # referencing reports it as Unresolvable
-
-    from pystac.validation.local_validator import get_local_schema_cache
-
-    known = {**get_local_schema_cache(), **schemas}  # pystac's core and GeoJSON schemas, then the given ones
-    registry: referencing.Registry[Any] = referencing.Registry(retrieve=refuse).with_resources(  # type: ignore[call-arg]
-        (uri, referencing.Resource.from_contents(dict(schema))) for uri, schema in known.items()
-    )
+    used = _core(data)
+    registry = _registry(schemas)
     for uri in extensions:
         validator = jsonschema.Draft7Validator(dict(schemas[uri]), registry=registry)
         try:
-            error = jsonschema.exceptions.best_match(validator.iter_errors(core))
+            error = jsonschema.exceptions.best_match(validator.iter_errors(dict(data)))
         except referencing.exceptions.Unresolvable as exc:
             ref = getattr(exc, "ref", str(exc))
             raise ConfigError(
@@ -86,6 +68,33 @@ def validate(
             raise InputError(f"{data.get('id')!r} breaks {uri} at {where}: {error.message[:300]}")
         used.append(uri)
     return used
+
+
+def _core(data: Mapping[str, Any]) -> list[str]:
+    """Validate against the core STAC schema pystac ships (never fetched); the URIs used."""
+    import pystac.validation
+
+    try:
+        return list(pystac.validation.validate_dict(dict(data), extensions=[]))
+    except pystac.errors.STACValidationError as exc:
+        kind = {"Feature": "Item", "Collection": "Collection", "Catalog": "Catalog"}.get(
+            str(data.get("type")), "object"
+        )
+        raise InputError(f"{data.get('id')!r} is not a valid STAC {kind}: {first_line(exc)}") from exc
+
+
+def _registry(schemas: Mapping[str, Mapping[str, Any]]) -> Any:
+    """A ``referencing`` registry of pystac's core/GeoJSON schemas and ``schemas`` that never fetches."""
+    import referencing
+    from pystac.validation.local_validator import get_local_schema_cache
+
+    def refuse(uri: str) -> referencing.Resource[Any]:
+        raise LookupError(f"offline: {uri} is not fetched")  # referencing reports it as Unresolvable
+
+    known = {**get_local_schema_cache(), **schemas}
+    return referencing.Registry(retrieve=refuse).with_resources(  # type: ignore[call-arg]
+        (uri, referencing.Resource.from_contents(dict(schema))) for uri, schema in known.items()
+    )
 
 
 def _deepest(error: Any) -> Any:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from geounet.errors import ConfigError, InputNotFoundError
 from geounet.jobs import PredictOptions
+from geounet.masks import FMASK_NOT_CLEAR, QA_PIXEL_NOT_CLEAR, SCL_NOT_CLEAR, MaskRule
 from geounet.tiling import tile_halo_problem
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +231,49 @@ class GridSection(_Strict):
     )
 
 
+class MaskSection(_Strict):
+    """Which values of a scene's quality assets exclude a pixel (:class:`geounet.masks.MaskRule`).
+
+    Defaults: ESA's, USGS's and Fmask's not-clear classes and cloud probability above 40 %.
+    ``enabled: false`` ignores the quality assets (only nodata is excluded).
+    """
+
+    enabled: bool = True
+    scl: tuple[Annotated[int, Field(ge=0, le=255)], ...] = SCL_NOT_CLEAR
+    qa_pixel_bits: tuple[Annotated[int, Field(ge=0, le=15)], ...] = QA_PIXEL_NOT_CLEAR
+    fmask: tuple[Annotated[int, Field(ge=0, le=255)], ...] = FMASK_NOT_CLEAR
+    max_cloud_probability: float = Field(default=40.0, ge=0, le=100, description="percent")
+
+    def rule(self) -> MaskRule | None:
+        """The :class:`~geounet.masks.MaskRule` of this section; ``None`` when disabled.
+
+        Example:
+            >>> MaskSection(scl=(8, 9, 10)).rule().scl
+            (8, 9, 10)
+        """
+        if not self.enabled:
+            return None
+        return MaskRule(
+            scl=self.scl,
+            qa_pixel_bits=self.qa_pixel_bits,
+            fmask=self.fmask,
+            max_cloud_probability=self.max_cloud_probability,
+        )
+
+
+class MosaicSection(_Strict):
+    """How the scenes of a region become one mosaic: the per-pixel composite rule and the masks."""
+
+    composite: Literal["first", "median"] = Field(
+        default="first",
+        description="first: clear pixel of the least cloudy, then newest scene; median: of all clear observations",
+    )
+    masks: MaskSection = MaskSection()
+    observations: bool = Field(
+        default=True, description="write observations.tif: per-pixel count of clear valid observations"
+    )
+
+
 class PredictSection(_Strict):
     """How to predict; ``tile``/``halo`` default to the bundle's recommendation."""
 
@@ -291,6 +335,7 @@ class RunConfig(_Strict):
     aoi: AoiSection
     stac: StacSection = StacSection()
     grid: GridSection = GridSection()
+    mosaic: MosaicSection = MosaicSection()
     model: Path
     predict: PredictSection = PredictSection()
     execution: ExecutionSection = ExecutionSection()

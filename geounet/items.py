@@ -28,6 +28,7 @@ from shapely.geometry.base import BaseGeometry
 
 from geounet import stac_presets
 from geounet.errors import ConfigError, InputError
+from geounet.masks import MaskRule
 from geounet.stac_presets import Preset
 
 #: Asset roles that are not pixel data of the scene.
@@ -80,6 +81,8 @@ class Scene:
     which records the convention it converted to in ``harmonized``). ``href`` is the item's own
     URL/path where known (``derived_from`` links of the outputs). ``signer`` names the
     :mod:`geounet.signing` signer that re-signs the hrefs when storage refuses them.
+    ``mask_rule`` (set from a run config's ``mosaic.masks``) overrides the reader's default
+    rule for the quality values of ``masks``.
     """
 
     id: str
@@ -98,6 +101,7 @@ class Scene:
     harmonized: str | None = None
     href: str | None = None
     signer: str | None = None
+    mask_rule: MaskRule | None = None
 
     @property
     def hrefs(self) -> dict[str, str]:

@@ -8,7 +8,8 @@ classes (classification extension fields), architecture, hyperparameters and the
 file (file extension: size and multihash sha256 checksum).
 
 The MLM properties are validated by ``stac-model``'s models (the MLM extension's own
-package; the ``mlm`` extra), the Item by the core STAC schema pystac ships. Neither schema
+package; the ``mlm`` extra), the Item by the core STAC schema pystac ships and, given the
+published file extension schema, by that too (:mod:`geounet.stac_validate`). No schema
 is copied into geounet.
 """
 
@@ -22,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pystac
-import pystac.validation
 from pystac.extensions.mlm import MLMExtension
 
-from geounet import harmonize
+from geounet import harmonize, stac_validate
 from geounet.errors import ConfigError, InputError
 from geounet.model import Bundle, to_metadata
 
@@ -77,17 +77,19 @@ def item(bundle: Bundle, path: Path, *, bbox: list[float] | None = None) -> pyst
     return out
 
 
-def validate(obj: pystac.Item | Mapping[str, Any]) -> list[str]:
-    """Validate an MLM Item: core schema (pystac's) and MLM properties (``stac-model``'s models).
+def validate(
+    obj: pystac.Item | Mapping[str, Any], *, schemas: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[str]:
+    """Validate an MLM Item: core schema (pystac's), MLM properties (``stac-model``'s models).
 
-    Returns what was validated against. Raises :class:`~geounet.errors.InputError` naming the
-    first problem.
+    With ``schemas`` (URI → published extension schema) the file extension is validated
+    offline too (:func:`geounet.stac_validate.validate`). The MLM JSON schema itself is
+    left to ``stac-model``: MLM v1.4.0's schema ``$ref``s the classification v1.1.0
+    schema, which no package ships, so it cannot be resolved offline. Returns what was
+    validated against; raises :class:`~geounet.errors.InputError` naming the first problem.
     """
     data = obj.to_dict(transform_hrefs=False) if isinstance(obj, pystac.Item) else dict(obj)
-    try:
-        used = list(pystac.validation.validate_dict(data, extensions=[]))
-    except pystac.errors.STACValidationError as exc:
-        raise InputError(f"MLM item {data.get('id')!r} is not a valid STAC Item: {_first_line(exc)}") from exc
+    used = stac_validate.validate(data, schemas or {}, extensions=[FILE_SCHEMA] if schemas else [])
     try:
         from stac_model.schema import MLModelProperties
     except ImportError as exc:

@@ -216,8 +216,9 @@ def mosaic(
             continue
         try:
             values, ok = _read_scene(scene, names, target, how, apply_scale)
-            if mask_rule is not None:
-                ok &= _clear(scene, target, mask_rule)
+            rule = scene.mask_rule if scene.mask_rule is not None else mask_rule  # a config's mosaic.masks
+            if rule is not None:
+                ok &= _clear(scene, target, rule)
         except ReadError as exc:
             if failures is None:
                 raise
@@ -490,5 +491,3 @@ def _resampling(name: str) -> Resampling:
     if name not in _RESAMPLING:
         raise ConfigError(f"resampling={name!r} is unknown; use one of {', '.join(sorted(_RESAMPLING))}")
     return _RESAMPLING[name]
-
-

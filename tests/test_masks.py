@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from geounet import api, masks, model, read, scenes, search, tiling
+from geounet import api, config, masks, model, read, scenes, search, tiling
 from geounet.errors import ConfigError
 from geounet.geo import Grid
 from geounet.model import ClassInfo, ModelSpec, networks
@@ -114,6 +115,42 @@ def test_cloud_probability_masks_per_pixel_and_counts_valid_observations(
     strict = masks.MaskRule(max_cloud_probability=0.0)
     _, _, none_seen = scenes.mosaic([patchy], window, grid=grid, mask_rule=strict, counts=True)
     assert none_seen is not None and not none_seen.any()
+
+
+def test_the_run_configs_mosaic_masks_ride_on_the_scenes(
+    slovenia: dict[str, search.Scene], data_dir: Path, tmp_path: Path
+) -> None:
+    """``mosaic.masks`` of a region config reaches the reader through the scenes (no pipeline argument)."""
+    from workflows.region_landcover import with_masks
+
+    def cfg(**masks_section: object) -> config.RunConfig:
+        return config.RunConfig.model_validate(
+            {"name": "t", "aoi": {"bbox": list(SLOVENIA_BBOX)}, "model": "m.safetensors",
+             "outputs": {"dir": "out"}, "mosaic": {"masks": masks_section}}
+        )  # fmt: skip
+
+    grid = grid_of(local(data_dir, "20150731"))
+    window = grid.full_window()
+    patchy = slovenia["20150731"]
+    only_probability = dataclasses.replace(
+        patchy, masks=tuple(m for m in patchy.masks if m.name == "cloud_probability")
+    )
+    strict = with_masks([only_probability], cfg(max_cloud_probability=0))
+    assert strict[0].mask_rule == masks.MaskRule(max_cloud_probability=0.0)
+    _, _, seen = scenes.mosaic(strict, window, grid=grid, counts=True)  # the call's default rule says 40 %
+    assert seen is not None and not seen.any()
+    ignored = with_masks([patchy], cfg(enabled=False))
+    assert ignored[0].masks == () and ignored[0].mask_rule is None
+    _, valid, count = scenes.mosaic(ignored, window, grid=grid, counts=True)
+    assert valid.all() and count is not None and (count == 1).all()  # the cloudy date counts everywhere
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg().model_dump(mode="json")))
+    with pytest.raises(
+        ConfigError, match=r"mosaic\.masks\.qa_pixel_bits\.0=16: Input should be less than or equal to 15"
+    ):
+        config.load_run_config(path, overrides={"mosaic.masks.qa_pixel_bits": [16]})
+    with pytest.raises(ConfigError, match=r"mosaic\.composite='mean'"):
+        config.load_run_config(path, overrides={"mosaic.composite": "mean"})
 
 
 def test_bad_rules_are_config_errors() -> None:

@@ -53,3 +53,70 @@ def test_a_block_that_does_not_fit_is_an_input_error(tmp_path: Path) -> None:
         write_probabilities(tmp_path / "p.tif", [(Window(0, 0, 8, 8), np.zeros((2, 8, 8)), None)], grid=grid,
                             classes=CLASSES)  # fmt: skip
     assert not (tmp_path / "p.tif").exists()
+
+
+def test_probabilities_is_a_predict_option_that_keys_the_tile_cache() -> None:
+    """``--probabilities`` reaches :class:`~geounet.jobs.PredictOptions`; cached tiles without
+    probabilities are not reused for a run that asks for them (a pixel option)."""
+    from click.testing import CliRunner
+
+    from geounet import jobs
+    from geounet.cli import cli
+
+    assert jobs.PredictOptions(probabilities=True).pixel_options()["probabilities"] is True
+    assert jobs.PredictOptions().pixel_options()["probabilities"] is False
+    help_text = CliRunner().invoke(cli, ["predict", "--help"]).output
+    assert "--probabilities" in help_text and "probabilities.tif" in help_text
+
+
+def test_the_incremental_writer_leaves_nothing_when_the_loop_fails(tmp_path: Path) -> None:
+    """``ProbabilityWriter`` (the pipeline's form): the COG appears only when the loop finished."""
+    from geounet.geo import Window
+    from geounet.publish.probabilities import ProbabilityWriter
+
+    grid = Grid(shape=(32, 32))
+    probs = np.stack([np.full((16, 32), 0.25), np.full((16, 32), 0.5), np.full((16, 32), 0.25)])
+    with pytest.raises(RuntimeError, match="reader died"), ProbabilityWriter(tmp_path / "p.tif", grid, classes=CLASSES) as w:
+        w.write(Window(0, 0, 16, 32), probs)
+        raise RuntimeError("reader died")
+    assert list(tmp_path.iterdir()) == []
+    with ProbabilityWriter(tmp_path / "p.tif", grid, classes=CLASSES) as w:
+        w.write(Window(0, 0, 16, 32), probs)
+    with rasterio.open(tmp_path / "p.tif") as ds:
+        got = ds.read()
+    assert (got[:, :16] == np.array([25, 50, 25])[:, None, None]).all() and (got[:, 16:] == 255).all()
+    assert [p.name for p in tmp_path.iterdir()] == ["p.tif"]
+
+
+def test_probability_and_observation_assets_validate_against_the_published_schemas(
+    data_dir: Path, tmp_path: Path, stac_schemas: dict[str, dict]
+) -> None:
+    """The output Item lists probabilities.tif (one raster band per class) and observations.tif;
+    it validates offline against every extension it declares (the schemas pystac's packages ship)."""
+    from geounet import publish
+    from geounet.geo import Window
+    from geounet.publish.observations import write_observations
+    from geounet.write import CogWriter
+
+    src = data_dir / "s2-brandenburg-20170216" / "IMG_DATA" / "T33UUU_20170216T102101_B02.jp2"
+    with rasterio.open(src) as ds:
+        grid = Grid.of_dataset(ds).window_grid(Window(0, 0, 64, 64))
+    core = Window(0, 0, 64, 64)
+    with CogWriter(tmp_path / "classes.tif", grid, dtype="uint8", nodata=255, classes=CLASSES) as w:
+        w.write(core, np.arange(64 * 64, dtype=np.uint8).reshape(64, 64) % 3)
+    probs = np.full((3, 64, 64), 1 / 3)
+    write_probabilities(tmp_path / "probabilities.tif", [(core, probs, None)], grid=grid, classes=CLASSES)
+    write_observations(tmp_path / "observations.tif", [(core, np.full((64, 64), 2))], grid=grid)
+    assets = {name: tmp_path / f"{name}.tif" for name in ("classes", "probabilities", "observations")}
+    item = publish.stac_item(
+        assets["classes"], classes=CLASSES, assets=assets, item_id="t", when="2017-02-16T10:21:01Z"
+    )
+    used = publish.validate_item(item, schemas=stac_schemas, offline=True)
+    assert set(item.stac_extensions) <= set(used)
+    bands = item.assets["probabilities"].extra_fields["raster:bands"]
+    assert [b["name"] for b in bands] == [c.name for c in CLASSES]
+    assert {(b["data_type"], b["nodata"], b["unit"]) for b in bands} == {("uint8", 255, "%")}
+    [count] = item.assets["observations"].extra_fields["raster:bands"]
+    assert count["data_type"] == "uint16" and "nodata" not in count
+    assert item.assets["observations"].roles == ["data", "quality"]
+    assert item.assets["probabilities"].extra_fields["file:size"] == assets["probabilities"].stat().st_size

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sqlite3
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -20,17 +21,8 @@ import pytest
 from fixtures_qgis import PROVENANCE
 from PIL import Image
 
-from geounet import publish, vectorize
-from geounet.errors import ConfigError, WriteError
-
-SCHEMAS = Path(__file__).with_name("data") / "stac-schemas"
-
-
-@pytest.fixture(scope="module")
-def stac_schemas() -> dict[str, dict]:
-    """Offline extension schemas (see tests/data/stac-schemas/README.md), keyed by their URI."""
-    schemas = [json.loads(p.read_text()) for p in sorted(SCHEMAS.glob("*.json"))]
-    return {s["$id"]: s for s in schemas}
+from geounet import publish, stac_validate, vectorize
+from geounet.errors import ConfigError, InputError, WriteError
 
 
 def canonical(gdf: gpd.GeoDataFrame) -> pd.DataFrame:
@@ -98,9 +90,11 @@ def test_area_table_matches_raster(run_outputs, landuse) -> None:
 
 
 def test_stac_item_validates_offline_and_describes_the_outputs(run_outputs, landuse, stac_schemas) -> None:
+    """Valid against the published projection, classification, raster and file schemas (shipped by pystac's extension packages)."""
     used = publish.validate_item(run_outputs["item"], schemas=stac_schemas, offline=True)
-    assert any("projection" in uri for uri in used) and any("classification" in uri for uri in used)
     item = pystac.Item.from_file(str(run_outputs["item"]))
+    assert {u.split("/")[3] for u in item.stac_extensions} == {"projection", "classification", "raster", "file"}
+    assert set(item.stac_extensions) <= set(used) and any(u.endswith("item.json") for u in used)
     root = run_outputs["item"].parent
     for key in ("classes", "confidence", "polygons", "areas", "quicklook", "project", "manifest"):
         assert (root / item.assets[key].href).is_file(), key
@@ -121,10 +115,29 @@ def test_stac_item_validates_offline_and_describes_the_outputs(run_outputs, land
 
 
 def test_stac_validation_catches_a_broken_item(run_outputs, stac_schemas) -> None:
-    item = json.loads(run_outputs["item"].read_text())
-    item["assets"]["classes"]["classification:classes"][0]["color_hint"] = "#zz0000"
-    with pytest.raises(pystac.errors.STACValidationError):
-        publish.validate_item(pystac.Item.from_dict(item), schemas=stac_schemas, offline=True)
+    """Each extension's published schema catches its own broken field, named in the one-line error."""
+    good = json.loads(run_outputs["item"].read_text())
+    breaks = {
+        "classification": lambda d: d["assets"]["classes"]["classification:classes"][0].update(color_hint="#zz0000"),
+        "raster": lambda d: d["assets"]["classes"]["raster:bands"][0].update(data_type="uint7"),
+        "file": lambda d: d["assets"]["classes"].update({"file:checksum": "not-hex"}),
+        "projection": lambda d: d["properties"].update({"proj:shape": [-1]}),
+    }
+    for name, apply in breaks.items():
+        bad = json.loads(json.dumps(good))
+        apply(bad)
+        with pytest.raises(InputError, match=rf"breaks https://stac-extensions.github.io/{name}/"):
+            publish.validate_item(pystac.Item.from_dict(bad), schemas=stac_schemas, offline=True)
+    del good["properties"]["datetime"]
+    with pytest.raises(InputError, match="not a valid STAC Item"):
+        stac_validate.validate(good, stac_schemas)
+
+
+def test_offline_validation_never_fetches_and_names_what_is_missing(run_outputs, stac_schemas) -> None:
+    raster = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
+    without = {u: s for u, s in stac_schemas.items() if u != raster}
+    with pytest.raises(ConfigError, match=re.escape("no offline schema for STAC extension 'https://stac-extensions.github.io/raster/")):
+        publish.validate_item(run_outputs["item"], schemas=without, offline=True)
 
 
 def test_stac_item_links_its_sources_and_model_and_takes_their_dates(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -140,6 +143,24 @@ def test_cql2_text_filter_on_the_api(stac_api: str) -> None:
     with pytest.raises(SearchError, match="no scenes match"):  # a valid combined filter that matches nothing
         search.scenes(stac_api, collections=["sentinel-2-l1c"], filter='"eo:cloud_cover" > 50', max_cloud=10)
     assert ids(search.scenes(stac_api, filter="id = 'LE07_RGB_byte'")) == {"LE07_RGB_byte"}
+
+
+def test_the_installed_console_script_filters_on_the_api(stac_api: str, tmp_path: Path) -> None:
+    """Acceptance 5: ``geounet search --filter "eo:cloud_cover < 20"`` through an installed console script.
+
+    Run as a user would after ``pip install .``: the ``geounet`` entry point beside this
+    Python (or ``$GEOUNET_CLI``, e.g. a fresh venv's ``bin/geounet``) in a clean
+    environment (no ``PYTHONPATH``) from an empty folder, so only installed code is imported.
+    """
+    script = os.environ.get("GEOUNET_CLI") or str(Path(sys.executable).with_name("geounet"))
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"}}
+    cmd = [script, "search", "--stac", stac_api, "--collection", "sentinel-2-l1c",
+           "--filter", "eo:cloud_cover < 20", "--json"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    collection = json.loads(proc.stdout)
+    assert collection["type"] == "FeatureCollection"
+    assert {f["id"] for f in collection["features"]} == CLEAR | {BRANDENBURG_ID}
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,10 @@ import pytest
 import rasterio
 import yaml
 from fixtures_model import assert_real_output, save_calibrated
-from pystac.validation.stac_validator import JsonSchemaSTACValidator
 from rasterio.features import geometry_mask
 from shapely.geometry import Polygon, box, shape
 
+from geounet import publish
 from geounet.config import load_run_config
 from geounet.model import ClassInfo, ModelSpec
 from workflows import region_landcover
@@ -106,7 +106,7 @@ def test_region_run_writes_one_mosaic_with_nodata_outside_the_aoi(region_run: An
     assert len(list(out["classes"].parent.glob("classes*.tif"))) == 1
 
 
-def test_region_run_publishes_polygons_areas_and_item(region_run: Any) -> None:
+def test_region_run_publishes_polygons_areas_and_item(region_run: Any, stac_schemas: dict[str, dict]) -> None:
     import geopandas as gpd
 
     out = region_run.outputs
@@ -119,14 +119,23 @@ def test_region_run_publishes_polygons_areas_and_item(region_run: Any) -> None:
     aoi_km2 = region_run.plan.coverage.aoi_m2 / 1e6
     assert sum(float(r["area_km2"]) for r in rows) == pytest.approx(aoi_km2, rel=0.02)
     item = pystac.Item.from_file(str(out["item"]))
-    # core schema only: pystac ships it; extension schemas would need the network
-    JsonSchemaSTACValidator().validate_core(
-        item.to_dict(), pystac.STACObjectType.ITEM, item.to_dict()["stac_version"], href=str(out["item"])
-    )
+    used = publish.validate_item(out["item"], schemas=stac_schemas, offline=True)  # every declared extension
+    assert set(item.stac_extensions) <= set(used) and len(item.stac_extensions) >= 4
     assert {"classes", "polygons"} <= set(item.assets)
     manifest = json.loads(out["manifest"].read_text())
     assert manifest["scenes"][0]["id"] == "S2A_MSIL1C_20170216T102101_T33UUU"
     assert out["project"].exists() and out["quicklook"].exists()
+
+
+def test_region_run_writes_the_per_pixel_observation_count(region_run: Any) -> None:
+    """observations.tif: 1 where the one clear scene gave the mosaic data, 0 outside the AOI."""
+    out = region_run.outputs
+    with rasterio.open(out["observations"]) as ds, rasterio.open(out["classes"]) as classes_ds:
+        assert ds.dtypes == ("uint16",) and ds.descriptions == ("clear valid observations",)
+        assert (ds.crs, ds.transform, ds.shape) == (classes_ds.crs, classes_ds.transform, classes_ds.shape)
+        counts, classes = ds.read(1), classes_ds.read(1)
+    np.testing.assert_array_equal(counts, (classes != 255).astype(np.uint16))
+    assert out["observations"].parent == out["classes"].parent
 
 
 def test_dry_run_reports_scenes_tiles_and_estimate(stac_api: str, rgbn_bundle: Path, tmp_path: Path) -> None:

@@ -167,7 +167,7 @@ def plan(cfg: RunConfig) -> RegionPlan:
         resampling=cfg.grid.resampling,
     )  # fmt: skip
     job = planning.plan_scenes(
-        chosen,
+        with_masks(chosen, cfg),
         model=cfg.model,
         out_dir=cfg.outputs.dir,
         options=options,
@@ -179,6 +179,7 @@ def plan(cfg: RunConfig) -> RegionPlan:
         job,
         extra={
             **job.extra,
+            "composite": cfg.mosaic.composite,  # the per-pixel rule the chip reader applies
             "id": cfg.name,
             "workflow": "region-landcover",
             "config": cfg.model_dump(mode="json"),
@@ -186,6 +187,12 @@ def plan(cfg: RunConfig) -> RegionPlan:
         },
     )
     return RegionPlan(config=cfg, aoi=aoi, found=len(found), scenes=tuple(chosen), coverage=coverage, job=job)
+
+
+def with_masks(chosen: Sequence[Scene], cfg: RunConfig) -> list[Scene]:
+    """The scenes with the config's ``mosaic.masks`` rule, or without quality assets when disabled."""
+    rule = cfg.mosaic.masks.rule()
+    return [replace(s, mask_rule=rule) if rule is not None else replace(s, masks=()) for s in chosen]
 
 
 def tiles_in_aoi(rp: RegionPlan) -> int:
@@ -246,6 +253,8 @@ def run(cfg: RunConfig, *, progress: bool | None = None) -> RegionResult:
     outputs = pipeline.run(rp.job, results=results_fn(cfg.execution), progress=progress)
     outputs = dict(outputs)
     outputs.update(_write_coverage(rp))
+    if cfg.mosaic.observations:
+        outputs["observations"] = write_observations(rp)
     areas: list[dict[str, Any]] = []
     if "areas" in outputs:
         import csv
@@ -271,6 +280,39 @@ def _write_coverage(rp: RegionPlan) -> dict[str, Path]:
         }  # fmt: skip
         atomic.write_text(paths["uncovered"], json.dumps(fc) + "\n")
     return paths
+
+
+def write_observations(rp: RegionPlan) -> Path:
+    """``observations.tif`` beside the mosaic: per pixel, how many scenes saw it clear and valid.
+
+    The counts of :func:`geounet.scenes.mosaic` over each tile core touching the AOI (0
+    outside it), with the run's scenes, masks and resampling. It reads the scenes a second
+    time, until the pipeline hands out the counts its chip reader can keep
+    (``geounet.scenes.chip(..., observations=[...])``).
+    """
+    from rasterio.features import geometry_mask
+    from shapely.geometry import box
+
+    from geounet import scenes as scenes_mod
+    from geounet.publish.observations import write_observations as write
+
+    job = rp.job
+
+    def blocks() -> Iterable[tuple[Any, Any]]:
+        for tile in job.plan:
+            core = job.grid.window_grid(tile.core)
+            if not job.aoi.intersects(box(*core.bounds)):
+                continue
+            failures: list[Any] = []
+            _, _, counts = scenes_mod.mosaic(
+                list(job.scenes), tile.core, grid=job.grid, resampling=job.options.resampling,
+                failures=failures, counts=True,
+            )  # fmt: skip
+            inside = geometry_mask([job.aoi], out_shape=core.shape, transform=core.transform, invert=True)
+            assert counts is not None
+            yield tile.core, counts * inside
+
+    return write(job.out_dir / "observations.tif", blocks(), grid=job.grid)
 
 
 def summary(result: RegionResult) -> str:

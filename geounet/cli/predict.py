@@ -165,6 +165,11 @@ def _gpu_plan(source: str | None, model_path: str, out_dir: str, options: jobs.P
 )
 @click.option("--no-polygons", is_flag=True, help="Rasters only (same as --outputs classes,confidence).")
 @click.option(
+    "--probabilities",
+    is_flag=True,
+    help="Also write probabilities.tif: one uint8 band per class, 0-100 %%, described by class name.",
+)
+@click.option(
     "--memory",
     type=str,
     default="auto",
@@ -219,6 +224,7 @@ def predict(
     dry_run: bool,
     outputs: str,
     no_polygons: bool,
+    probabilities: bool,
     memory: str,
     resolution: float | None,
     crs: str | None,
@@ -244,6 +250,7 @@ def predict(
         tile=tile, halo=halo, batch_size=batch_size, merge=merge, blend_window=blend_window, device=device,
         tta=tta, bands=_parse_bands(bands), vector_format=vector_format, min_area=min_area, simplify=simplify,
         memory=budget.parse_memory(memory), outputs=_parse_outputs(outputs, no_polygons=no_polygons),
+        probabilities=probabilities,
     )  # fmt: skip
     if dry_run and _absent_gpu(device):
         click.echo(
@@ -257,5 +264,7 @@ def predict(
     results = executors.results_fn(executor, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
                                    key="--executor")  # fmt: skip
     written = pipeline.run(job, results=results, resume=resume)
+    if probabilities and "probabilities" not in written:  # never a silently ignored flag
+        raise click.ClickException("--probabilities: this pipeline did not write probabilities.tif; run without it")
     for name, path in written.items():
         click.echo(f"{name:12s} {path}")

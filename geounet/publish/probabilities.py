@@ -6,10 +6,9 @@ of a run into one multi-band COG (average overviews), with the band descriptions
 :func:`geounet.styles.class_tags` inside the file, written under a temporary name and
 renamed when complete.
 
-What the pipeline calls (with ``--probabilities``): keep each tile's core probabilities
-(``merge.crop(probs, tile)``, float, classes first) with its valid mask, then
-``write_probabilities(out_dir / "probabilities.tif", ((tile.core, probs, valid) ...),
-grid=job.grid, classes=bundle.classes)``.
+What the pipeline calls (with ``--probabilities``): a :class:`ProbabilityWriter` beside its
+classes/confidence writers, fed each core window's probabilities (``merge.crop(probs,
+tile)``, float, classes first; or a blended block's) with its valid mask.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -46,6 +46,76 @@ def to_percent(probs: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray
     return out
 
 
+class ProbabilityWriter:
+    """Write core windows of per-class probabilities one by one; finish them as one COG.
+
+    The incremental form of :func:`write_probabilities`, for a loop that writes classes and
+    confidence block by block (the pipeline's raster writers)::
+
+        with ProbabilityWriter(out / "probabilities.tif", grid, classes=classes) as w:
+            for window, probs, valid in core_blocks:
+                w.write(window, probs, valid)
+
+    The file appears only when the ``with`` block ends without an exception.
+    """
+
+    def __init__(self, path: Path, grid: Grid, *, classes: Sequence[ClassInfo], block: int = 512) -> None:
+        self.path, self.grid, self.classes, self.block = Path(path), grid, tuple(classes), block
+        self._scratch = temp_path(self.path, ".scratch.tif")
+        self._tmp = temp_path(self.path, ".tif")
+        self._ds: Any = None
+
+    def __enter__(self) -> ProbabilityWriter:
+        profile = {
+            "driver": "GTiff", "width": self.grid.cols, "height": self.grid.rows, "count": len(self.classes),
+            "dtype": "uint8", "nodata": NODATA_CLASS, "tiled": True, "blockxsize": self.block,
+            "blockysize": self.block, "compress": "zstd", "sparse_ok": True, "bigtiff": "if_safer",
+        }  # fmt: skip
+        if self.grid.crs is not None or self.grid.transform != Affine.identity():
+            profile["transform"] = self.grid.transform
+        if self.grid.crs is not None:
+            profile["crs"] = self.grid.crs
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._ds = rasterio.open(self._scratch, "w", **profile)
+        except (rasterio.errors.RasterioError, OSError) as exc:
+            raise WriteError(
+                f"cannot write probabilities {self.path}: {exc}; check disk space and permissions"
+            ) from exc
+        return self
+
+    def write(self, window: Window, probs: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Write one core window: ``probs`` (classes, rows, cols) in 0..1, ``valid`` its valid mask."""
+        _write_block(self._ds, window, probs, valid, len(self.classes))
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        try:
+            if kind is None:
+                self._finish()
+        finally:
+            if self._ds is not None and not self._ds.closed:
+                self._ds.close()
+            self._scratch.unlink(missing_ok=True)
+            self._tmp.unlink(missing_ok=True)
+
+    def _finish(self) -> None:
+        try:
+            for i, c in enumerate(self.classes, start=1):
+                self._ds.set_band_description(i, c.name)
+            self._ds.update_tags(**class_tags(self.classes))
+            self._ds.close()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                rasterio.shutil.copy(self._scratch, self._tmp, driver="COG", COMPRESS="DEFLATE",
+                                     OVERVIEW_RESAMPLING="AVERAGE", BLOCKSIZE=str(self.block))  # fmt: skip
+            os.replace(self._tmp, self.path)
+        except (rasterio.errors.RasterioError, OSError) as exc:
+            raise WriteError(
+                f"cannot write probabilities {self.path}: {exc}; check disk space and permissions"
+            ) from exc
+
+
 def write_probabilities(
     path: Path,
     blocks: Iterable[tuple[Window, np.ndarray, np.ndarray | None]],
@@ -60,37 +130,10 @@ def write_probabilities(
         InputError: a block whose class axis or shape does not fit.
         WriteError: the file cannot be written (nothing is left at ``path``).
     """
-    path = Path(path)
-    scratch, tmp = temp_path(path, ".scratch.tif"), temp_path(path, ".tif")
-    profile = {
-        "driver": "GTiff", "width": grid.cols, "height": grid.rows, "count": len(classes), "dtype": "uint8",
-        "nodata": NODATA_CLASS, "tiled": True, "blockxsize": block, "blockysize": block, "compress": "zstd",
-        "sparse_ok": True, "bigtiff": "if_safer",
-    }  # fmt: skip
-    if grid.crs is not None or grid.transform != Affine.identity():
-        profile["transform"] = grid.transform
-    if grid.crs is not None:
-        profile["crs"] = grid.crs
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(scratch, "w", **profile) as ds:
-                for window, probs, valid in blocks:
-                    _write_block(ds, window, probs, valid, len(classes))
-                for i, c in enumerate(classes, start=1):
-                    ds.set_band_description(i, c.name)
-                ds.update_tags(**class_tags(classes))
-            rasterio.shutil.copy(scratch, tmp, driver="COG", COMPRESS="DEFLATE", OVERVIEW_RESAMPLING="AVERAGE",
-                                 BLOCKSIZE=str(block))  # fmt: skip
-        os.replace(tmp, path)
-    except (rasterio.errors.RasterioError, OSError) as exc:
-        raise WriteError(
-            f"cannot write probabilities {path}: {exc}; check disk space and permissions"
-        ) from exc
-    finally:
-        scratch.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
-    return path
+    with ProbabilityWriter(path, grid, classes=classes, block=block) as writer:
+        for window, probs, valid in blocks:
+            writer.write(window, probs, valid)
+    return Path(path)
 
 
 def _write_block(ds: object, window: Window, probs: np.ndarray, valid: np.ndarray | None, n: int) -> None:

@@ -28,6 +28,7 @@ from pystac.extensions.classification import Classification, ClassificationExten
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterBand, RasterExtension
 
+from geounet import stac_validate
 from geounet.errors import ConfigError
 from geounet.geo import Grid
 from geounet.model import NODATA_CLASS, ClassInfo
@@ -51,6 +52,8 @@ _MEDIA = {
 _ROLES = {
     "classes": ["data"],
     "confidence": ["data", "quality"],
+    "probabilities": ["data"],
+    "observations": ["data", "quality"],
     "polygons": ["data"],
     "areas": ["metadata"],
     "quicklook": ["overview", "visual"],
@@ -171,16 +174,26 @@ def _lineage(
         item.add_link(link)
 
 
+#: Raster assets described with the raster extension, and the unit of their values.
+_RASTER_UNITS = {"classes": None, "confidence": "%", "probabilities": "%", "observations": None}
+
+
 def _raster_bands(item: pystac.Item, assets: Mapping[str, Path], grid: Grid) -> None:
+    """raster:bands of each raster asset: one band per file band (a probability COG: one per class)."""
     resolution = abs(grid.transform.a) if grid.crs is not None else None
-    for name, unit in (("classes", None), ("confidence", "%")):
+    for name, unit in _RASTER_UNITS.items():
         if name not in assets or name not in item.assets:
             continue
         with rasterio.open(assets[name]) as ds:
-            dtype, nodata = ds.dtypes[0], ds.nodata
-        band = RasterBand.create(data_type=dtype, nodata=nodata, spatial_resolution=resolution, unit=unit)
-        band.properties["sampling"] = "area"
-        RasterExtension.ext(item.assets[name], add_if_missing=True).bands = [band]
+            described = list(zip(ds.dtypes, ds.nodatavals, ds.descriptions, strict=True))
+        bands = []
+        for dtype, nodata, description in described:
+            band = RasterBand.create(data_type=dtype, nodata=nodata, spatial_resolution=resolution, unit=unit)
+            band.properties["sampling"] = "area"
+            if len(described) > 1 and description:
+                band.properties["name"] = description  # the class of a probability band
+            bands.append(band)
+        RasterExtension.ext(item.assets[name], add_if_missing=True).bands = bands
 
 
 def _files(item: pystac.Item, assets: Mapping[str, Path]) -> None:
@@ -198,27 +211,26 @@ def _files(item: pystac.Item, assets: Mapping[str, Path]) -> None:
 
 
 def validate_item(
-    item: pystac.Item | Path, *, schemas: Mapping[str, dict[str, Any]] | None = None, offline: bool = False
+    item: pystac.Item | Path, *, schemas: Mapping[str, Mapping[str, Any]] | None = None, offline: bool = False
 ) -> list[str]:
     """Validate a STAC Item against the STAC JSON schemas; returns the schema URIs used.
 
-    pystac ships the core schemas; extension schemas are fetched from their URI unless
-    given in ``schemas`` (URI → schema). ``offline`` validates only against the core and
-    the given schemas (no fetching: the other extensions are not checked, and not listed).
-    Raises :class:`pystac.errors.STACValidationError` when invalid.
+    pystac ships the core schemas; online, the extension schemas are fetched from their
+    URI (or taken from ``schemas``, URI → schema). ``offline`` validates against the core
+    and ``schemas`` only, never fetching, and every extension the Item declares must be
+    in ``schemas`` (:func:`geounet.stac_validate.validate`). Raises
+    :class:`pystac.errors.STACValidationError` (online) or
+    :class:`~geounet.errors.InputError` (offline) when invalid.
     """
-    import pystac.validation
     from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
     if isinstance(item, Path):
         item = pystac.Item.from_dict(json.loads(item.read_text()))
+    if offline:
+        return stac_validate.validate(item.to_dict(transform_hrefs=False), schemas or {})
     validator = JsonSchemaSTACValidator()
-    validator.schema_cache.update(schemas or {})
-    if not offline:
-        return list(item.validate(validator=validator))
-    known = [uri for uri in item.stac_extensions if uri in (schemas or {})]
-    data = item.to_dict(transform_hrefs=False)
-    return list(pystac.validation.validate_dict(data, extensions=known, validator=validator))
+    validator.schema_cache.update({uri: dict(s) for uri, s in (schemas or {}).items()})
+    return list(item.validate(validator=validator))
 
 
 def _stac_classes(classes: Sequence[ClassInfo]) -> list[Classification]:

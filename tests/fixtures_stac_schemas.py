@@ -1,0 +1,123 @@
+"""The published STAC extension schemas, as pystac's own extension packages ship them.
+
+No wheel on PyPI ships the raster, file or MLM extension JSON schemas (checked: pystac
+and its pystac-ext-* wheels, stac-validator, stac-valid, stac-check, stac-pydantic,
+stac-model, stactools, rio-stac, pypgstac, stac-fastapi-*; stac-pydantic-extensions needs
+Python 3.13; eopf's wheel has raster/projection/classification but not file or MLM and
+pins rasterio 1.3; npm's stac-node-validator ships none). The source distribution of
+each ``pystac-ext-*`` package does: its test cassettes hold the HTTP responses of the
+published schema URIs its code writes (e.g. pystac-ext-raster 1.1.1 →
+``raster/v1.1.0/schema.json``). So the tests take the sdists of exactly the installed
+versions (``pip download --no-binary :all: --no-deps``, the registry's ordinary client;
+``infra/bootstrap.sh test`` fetches them, the fixture does once if missing) and read the
+schemas out of them: byte-for-byte the published originals, never hand-written.
+
+Folder: ``$GEOUNET_STAC_SCHEMAS``, default ``.cache/stac-schemas`` in the repository.
+``python tests/fixtures_stac_schemas.py [FOLDER]`` downloads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+#: pystac's extension packages whose sdists carry the schemas geounet's Items declare.
+PACKAGES = (
+    "pystac-ext-raster",
+    "pystac-ext-file",
+    "pystac-ext-projection",
+    "pystac-ext-classification",
+    "pystac-ext-mlm",
+)
+FOLDER = Path(
+    os.environ.get("GEOUNET_STAC_SCHEMAS", Path(__file__).resolve().parents[1] / ".cache" / "stac-schemas")
+)
+
+
+def sdists(folder: Path = FOLDER) -> list[Path]:
+    """The sdists of the installed versions of :data:`PACKAGES` in ``folder`` (missing ones absent)."""
+    names = [f"{p.replace('-', '_')}-{version(p)}.tar.gz" for p in PACKAGES]
+    return [folder / n for n in names if (folder / n).is_file()]
+
+
+def download(folder: Path = FOLDER) -> list[Path]:
+    """Fetch the sdists of the installed versions with pip (nothing when all are there)."""
+    if len(sdists(folder)) == len(PACKAGES):
+        return sdists(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pins = [f"{p}=={version(p)}" for p in PACKAGES]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "-d",
+        str(folder),
+    ]
+    subprocess.run([*cmd, *pins], check=True, timeout=600)
+    return sdists(folder)
+
+
+def schemas_in(paths: list[Path]) -> dict[str, dict[str, Any]]:
+    """Every JSON schema recorded in the sdists' VCR cassettes, keyed by the URI requested.
+
+    A redirect (``proj.org/schemas/...`` → ``proj.org/en/latest/schemas/...``) maps the
+    requested URI to the body of its target.
+    """
+    bodies: dict[str, dict[str, Any]] = {}
+    redirects: dict[str, str] = {}
+    for path in paths:
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                if "/cassettes/" not in member.name or not member.name.endswith(".yaml"):
+                    continue
+                cassette = yaml.safe_load(tar.extractfile(member).read())  # type: ignore[union-attr]
+                for interaction in cassette.get("interactions") or []:
+                    uri, response = interaction["request"]["uri"], interaction["response"]
+                    if 300 <= response["status"]["code"] < 400:
+                        redirects[uri] = _header(response, "Location")
+                    elif uri.endswith(".json") and response["status"]["code"] == 200:
+                        body = json.loads(response["body"]["string"])
+                        if isinstance(body, dict) and "$schema" in body:
+                            bodies[uri] = body
+    for uri, target in redirects.items():
+        if target in bodies:
+            bodies.setdefault(uri, bodies[target])
+    return bodies
+
+
+def _header(response: dict[str, Any], name: str) -> str:
+    for key, values in (response.get("headers") or {}).items():
+        if key.lower() == name.lower():
+            return str(values[0])
+    return ""
+
+
+@pytest.fixture(scope="session")
+def stac_schemas() -> dict[str, dict[str, Any]]:
+    """URI → published schema, offline, from the installed pystac-ext-* packages' sdists."""
+    try:
+        paths = download()
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        pytest.fail(
+            f"cannot fetch the sdists of {', '.join(PACKAGES)} into {FOLDER}: {exc}; run `python tests/fixtures_stac_schemas.py`"
+        )
+    return schemas_in(paths)
+
+
+if __name__ == "__main__":
+    for p in download(Path(sys.argv[1]) if len(sys.argv) > 1 else FOLDER):
+        print(p)

@@ -25,6 +25,7 @@ Example (``job`` and ``results`` from :mod:`geounet.pipeline`)::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -54,8 +55,8 @@ def fingerprint_of(job: Job) -> dict[str, Any]:
 
     Only what changes pixels: input, model, grid, plan, bands, scenes, AOI and the
     options of :data:`geounet.jobs.PIXEL_OPTIONS`. Execution settings (actors, batch
-    size, device) and manifest extras (``job.extra``, e.g. a workflow's config dump) are
-    left out, so changing them keeps the cache.
+    size, device) and manifest extras (``job.extra``, e.g. a workflow's config dump, except
+    the composite rule) are left out, so changing them keeps the cache.
     """
     source: dict[str, Any] = {"path": job.source}
     path = Path(job.source)
@@ -81,7 +82,15 @@ def fingerprint_of(job: Job) -> dict[str, Any]:
         "options": job.options.pixel_options(),
         "scenes": [str(getattr(s, "id", s)) for s in job.scenes],
         "aoi": getattr(job.aoi, "wkt", None),
+        # How scenes are composited changes pixels too: the rule and each scene's mask rule.
+        "composite": str(job.extra.get("composite", "first")) if job.scenes else None,
+        "masks": [_plain(getattr(s, "mask_rule", None)) for s in job.scenes],
     }
+
+
+def _plain(value: Any) -> Any:
+    """A frozen dataclass (e.g. :class:`geounet.masks.MaskRule`) as JSON values; None stays None."""
+    return None if value is None else json.loads(json.dumps(dataclasses.asdict(value)))
 
 
 def _digest(doc: Mapping[str, Any]) -> str:

@@ -105,6 +105,30 @@ def test_fingerprint_covers_only_what_changes_pixels(
         assert fingerprint_of(replace(job, options=options)) != fingerprint_of(job)
 
 
+def test_fingerprint_covers_the_composite_and_mask_rules(
+    landsat_rgb: Path, rgb_bundle: Path, tmp_path: Path
+) -> None:
+    """Scenes composited another way (mosaic.composite, mosaic.masks) are other pixels: a new cache."""
+    from types import SimpleNamespace
+
+    from geounet.masks import MaskRule
+
+    job = planning.plan(landsat_rgb, model=rgb_bundle, out_dir=tmp_path, options=OPTIONS)
+    scenes = replace(
+        job, scenes=(SimpleNamespace(id="a", mask_rule=None), SimpleNamespace(id="b", mask_rule=None))
+    )
+    base = fingerprint_of(scenes)
+    assert fingerprint_of(replace(scenes, extra={"composite": "first", "config": {"x": 1}})) == base
+    assert fingerprint_of(replace(scenes, extra={"composite": "median"})) != base
+    masked = (
+        SimpleNamespace(id="a", mask_rule=MaskRule(scl=(8, 9))),
+        SimpleNamespace(id="b", mask_rule=None),
+    )
+    assert fingerprint_of(replace(scenes, scenes=masked)) != base
+    other = (SimpleNamespace(id="a", mask_rule=MaskRule(scl=(8,))), SimpleNamespace(id="b", mask_rule=None))
+    assert fingerprint_of(replace(scenes, scenes=other)) != fingerprint_of(replace(scenes, scenes=masked))
+
+
 def test_torn_log_line_and_no_resume(
     landsat_rgb: Path, rgb_bundle: Path, rgb_reference: Path, tmp_path: Path
 ) -> None:

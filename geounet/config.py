@@ -53,6 +53,14 @@ class PairsData(_Strict):
     classes: list[TrainClass]
 
 
+class RegionSplit(_Strict):
+    """A contiguous held-out region (bbox xmin, ymin, xmax, ymax in the scene CRS), scored only."""
+
+    kind: Literal["region"]
+    bbox: tuple[float, float, float, float]
+    cv_folds: int = Field(default=4, ge=2, description="spatial CV folds over the rest of the scene")
+
+
 class SceneData(_Strict):
     """One raster scene (band name → single-band file) plus label polygons, split spatially by blocks."""
 
@@ -64,6 +72,7 @@ class SceneData(_Strict):
     classes: list[TrainClass]
     split_block: int = Field(default=128, ge=16)
     val_fraction: float = Field(default=0.25, gt=0, lt=1)
+    split: RegionSplit | None = None
 
 
 class ModelSection(_Strict):
@@ -91,6 +100,7 @@ class OptimSection(_Strict):
         description="chip-centring weight per class (independent of the loss weights); auto as above",
     )
     dice_weight: float = Field(default=0.5, ge=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="CE label smoothing (noisy labels)")
     labelled_share: float = Field(default=0.9, ge=0, le=1)
     eval_every: int = Field(default=100, ge=1)
     checkpoint_every: int | None = Field(default=None, ge=1, description="default: eval_every")

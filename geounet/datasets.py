@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from geounet import splits
 from geounet.errors import InputError, InputNotFoundError
 from geounet.model import NODATA_CLASS, ClassInfo
 
@@ -320,7 +321,11 @@ def _sampling_index(items: Sequence[Labelled], class_weights: np.ndarray) -> _In
 
 @dataclass(frozen=True)
 class Data:
-    """Train and validation items of a recipe plus what the bundle must record about them."""
+    """Train and validation items of a recipe plus what the bundle must record about them.
+
+    With a held-out region (``data.split``), ``test`` holds its labels (used only for the final
+    score) and ``cv`` the (train, test) sides of each spatial fold of the rest of the scene.
+    """
 
     train: list[Labelled]
     val: list[Labelled]
@@ -328,6 +333,8 @@ class Data:
     classes: tuple[ClassInfo, ...]
     scale: float
     description: dict[str, Any] = field(default_factory=dict)
+    test: list[Labelled] = field(default_factory=list)
+    cv: tuple[tuple[Labelled, Labelled], ...] = ()
 
 
 def load_data(cfg: TrainConfig) -> Data:
@@ -352,13 +359,39 @@ def load_data(cfg: TrainConfig) -> Data:
         return Data(train, val, tuple(d.bands), classes, d.scale, desc)
     smap = {str(v): i for i, c in enumerate(d.classes) for v in c.values}
     scene, grid = load_scene(d.bands, labels=d.labels, field=d.label_field, mapping=smap, scale=1.0)
+    test: list[Labelled] = []
+    cv: tuple[tuple[Labelled, Labelled], ...] = ()
+    if d.split is not None:
+        region = splits.region_mask(scene.mask.shape, transform=grid["transform"], bbox=d.split.bbox)  # type: ignore[arg-type]
+        rest_mask, held_mask = splits.hold_out(scene.mask, region)
+        test = [replace(scene, name=f"{scene.name}:held-out", mask=held_mask)]
+        scene = replace(scene, name=f"{scene.name}:rest", mask=rest_mask)
+        folds = splits.spatial_folds(rest_mask, block=d.split_block, k=d.split.cv_folds, seed=cfg.seed)
+        cv = tuple(_fold(scene, folds, i) for i in range(d.split.cv_folds))
     tr, va = spatial_split(scene, block=d.split_block, val_fraction=d.val_fraction, seed=cfg.seed)
     desc = {
         "kind": "scene",
         "bands": {k: str(v) for k, v in d.bands.items()},
         "labels": str(d.labels),
-        "split": f"blocks of {d.split_block} px, {d.val_fraction:.0%} of labelled pixels to validation",
+        "split": f"blocks of {d.split_block} px, {d.val_fraction:.0%} of labelled pixels"
+        + (" outside the held-out region" if d.split else "")
+        + " to validation",
         "labelled_fraction": round(scene.labelled_fraction, 4),
         "grid": {"crs": grid["crs"], "transform": list(grid["transform"]), "shape": list(grid["shape"])},  # type: ignore[call-overload]
     }
-    return Data([tr], [va], tuple(d.bands), classes, d.scale, desc)
+    if d.split is not None:
+        held = int((test[0].mask != NODATA_CLASS).sum())
+        desc["held_out"] = {
+            "bbox": list(d.split.bbox),
+            "labelled_pixels": held,
+            "share_of_labelled": round(held / (held + int((scene.mask != NODATA_CLASS).sum())), 4),
+            "cv_folds": d.split.cv_folds,
+        }
+    return Data([tr], [va], tuple(d.bands), classes, d.scale, desc, test, cv)
+
+
+def _fold(scene: Labelled, folds: np.ndarray, i: int) -> tuple[Labelled, Labelled]:
+    train, test = splits.fold(scene.mask, folds, i)
+    return replace(scene, name=f"{scene.name}:cv{i}-train", mask=train), replace(
+        scene, name=f"{scene.name}:cv{i}-test", mask=test
+    )

@@ -8,8 +8,11 @@ Baselines use the same split and the same metrics:
   and by an adaptive (local mean - k·std) threshold whose window and ``k`` are tuned on the
   training images for the best tolerant F1.
 
-:func:`report` writes ``report.md``, ``metrics.json``, ``confusion-*.png`` and ``curves.png``
-(training curves when a history is given), each to a temp name renamed when complete.
+With a held-out region in the recipe (``data.split``), :func:`report` scores every method on
+it (baselines fit on all labels outside it: :func:`held_out_data`) and runs the baselines'
+spatial k-fold CV (:func:`cross_validate`, the same folds for every method), beside the
+validation split. :func:`report` writes ``report.md``, ``metrics.json``, ``confusion-*.png``
+and ``curves.png`` (rendered by :mod:`geounet.reporting`).
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from geounet import atomic, infer, merge, metrics, model, read
+from geounet import atomic, infer, merge, metrics, model, read, reporting
 from geounet.config import TrainConfig, train_config
 from geounet.datasets import Data, Labelled, load_data
 from geounet.errors import ConfigError, WriteError
@@ -248,165 +252,61 @@ def folder_config(
     return train_config(raw, source=f"evaluate {images} --masks {masks}")
 
 
-# --------------------------------------------------------------------------- report
+def _baselines(cfg: TrainConfig, data: Data) -> dict[str, Predictor]:
+    """The recipe's baselines (``evaluate.baseline``) fit on ``data.train``, keyed by reported name."""
+    if cfg.evaluate.baseline == "random-forest":
+        return {"RandomForest": random_forest(data, seed=cfg.seed)}
+    if cfg.evaluate.baseline == "threshold":
+        names = [c.name for c in data.classes]
+        dark = names.index(cfg.evaluate.dark_class) if cfg.evaluate.dark_class in names else 1
+        fit = threshold_baselines(data, dark=dark, tolerance=cfg.evaluate.tolerance)
+        return {f"threshold {name}": pred for name, pred in fit.items()}
+    return {}
 
 
-def _plot_confusion(res: dict[str, Any], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(res["confusion"], dtype=np.float64)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    names = res["classes"]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(names), 1 + 0.6 * len(names)))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("labelled")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(
-                j,
-                i,
-                f"{norm[i, j]:.2f}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if norm[i, j] > 0.5 else "black",
-            )
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    _save_fig(fig, path)
-
-
-def _save_fig(fig: Any, path: Path) -> None:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic.write_bytes(path, buf.getvalue(), what="report plot")
-
-
-def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h["step"] for h in history]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    a1.plot(steps, [h["loss"] for h in history], marker=".")
-    a1.set_xlabel("step")
-    a1.set_ylabel("training loss (CE + Dice)")
-    a2.plot(steps, [h["val_miou"] or 0 for h in history], marker=".", label="val mIoU")
-    tol = sorted({k for h in history for k in (h.get("val_tolerant_f1") or {})})
-    for name in tol:
-        a2.plot(
-            steps,
-            [(h["val_tolerant_f1"] or {}).get(name) or 0 for h in history],
-            marker=".",
-            label=f"val tolerant F1 {name}",
-        )
-    a2.set_xlabel("step")
-    a2.legend(fontsize=8)
-    fig.tight_layout()
-    _save_fig(fig, path)
-
-
-def _slug(method: str) -> str:
-    """A file-name part for a method: ``"threshold adaptive(window=25,k=3.0)"`` → ``threshold-adaptive``.
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± sample std (ddof 1) of the mIoU over folds or seeds, and the mean IoU per class.
 
     Example:
-        >>> _slug("threshold adaptive(window=25,k=3.0)"), _slug("RandomForest")
-        ('threshold-adaptive', 'randomforest')
+        >>> r = [{"miou": 0.4, "iou": {"a": 0.4}}, {"miou": 0.6, "iou": {"a": None}}]
+        >>> s = summarize(r); round(s["miou_mean"], 3), round(s["miou_std"], 3), s["iou_mean"]
+        (0.5, 0.141, {'a': 0.4})
     """
-    return "-".join(method.split("(")[0].lower().split())
+    mious = np.array([np.nan if r["miou"] is None else r["miou"] for r in results], dtype=np.float64)
+    names = list(results[0]["iou"])
+    per = {n: [r["iou"][n] for r in results if r["iou"][n] is not None] for n in names}
+    return {
+        "n": len(results),
+        "miou": [None if np.isnan(v) else float(v) for v in mious],
+        "miou_mean": float(np.nanmean(mious)),
+        "miou_std": float(np.nanstd(mious, ddof=1)) if len(results) > 1 else 0.0,
+        "iou_mean": {n: (float(np.mean(v)) if v else None) for n, v in per.items()},
+    }
 
 
-def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.3f}"
+def cross_validate(
+    fit: Callable[[Data], dict[str, Predictor]], data: Data, **kw: Any
+) -> dict[str, dict[str, Any]]:
+    """Spatial k-fold CV: ``fit`` each fold's training side, score its test side, per method.
+
+    ``fit`` returns predictors keyed by method; a tuned parameter in a name (``"adaptive(...)"``)
+    is dropped so the folds of one method meet. ``kw`` go to :func:`evaluate_items`.
+    """
+    per: dict[str, list[dict[str, Any]]] = {}
+    for train_side, test_side in data.cv:
+        fold = replace(data, train=[train_side], val=[test_side], test=[], cv=())
+        for name, predict in fit(fold).items():
+            per.setdefault(name.split("(")[0], []).append(evaluate_items(predict, [test_side], **kw))
+    return {name: summarize(results) for name, results in per.items()}
 
 
-def _markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
-    names = next(iter(results.values()))["classes"]
-    lines = [
-        f"# Evaluation: {meta['model']}",
-        "",
-        f"Data: {meta['recipe']} — validation split ({meta['split']}).",
-        "",
-    ]
-    lines += [
-        "| method | mIoU | pixel acc. | " + " | ".join(f"IoU {n}" for n in names) + " |",
-        "|---|---|---|" + "---|" * len(names),
-    ]
-    for method, r in results.items():
-        lines.append(
-            f"| {method} | {_fmt(r['miou'])} | {_fmt(r['pixel_accuracy'])} | "
-            + " | ".join(_fmt(r["iou"][n]) for n in names)
-            + " |"
-        )
-    tol = next(iter(results.values()))["tolerant"]
-    if tol:
-        lines += [
-            "",
-            "Tolerant scores (a predicted pixel within the tolerance of a labelled one counts, "
-            "and vice versa for recall):",
-            "",
-            "| method | class | tolerance px | precision | recall | F1 |",
-            "|---|---|---|---|---|---|",
-        ]
-        for method, r in results.items():
-            for cname, t in r["tolerant"].items():
-                lines.append(
-                    f"| {method} | {cname} | {t['tolerance_px']:g} | {_fmt(t['precision'])} | "
-                    f"{_fmt(t['recall'])} | {_fmt(t['f1'])} |"
-                )
-    for method, r in results.items():
-        lines += [
-            "",
-            f"## {method}",
-            "",
-            "| class | IoU | Dice/F1 | precision | recall |",
-            "|---|---|---|---|---|",
-        ]
-        for n in names:
-            lines.append(
-                f"| {n} | {_fmt(r['iou'][n])} | {_fmt(r['dice'][n])} | {_fmt(r['precision'][n])} | "
-                f"{_fmt(r['recall'][n])} |"
-            )
-        lines += [
-            "",
-            "Confusion matrix (rows labelled, columns predicted, pixels):",
-            "",
-            "| | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
-        ]
-        for n, row in zip(names, r["confusion"], strict=True):
-            lines.append(f"| {n} | " + " | ".join(str(v) for v in row) + " |")
-    lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in meta["plots"]), ""]
-    if meta.get("train_seconds") is not None:
-        lines.append(f"Training time: {meta['train_seconds']:.0f} s.")
-    return "\n".join(lines) + "\n"
+def held_out_data(data: Data) -> Data:
+    """The held-out region as the scored side; everything outside it (train + validation) to fit on.
 
-
-def _plots(results: dict[str, dict[str, Any]], history: list[dict[str, Any]] | None, out: Path) -> list[str]:
-    """One confusion PNG per method (the first is ``confusion.png``) and the training curves."""
-    out.mkdir(parents=True, exist_ok=True)
-    plots = []
-    for i, (method, r) in enumerate(results.items()):
-        p = out / ("confusion.png" if i == 0 else f"confusion-{_slug(method)}.png")
-        _plot_confusion(r, f"{method}: confusion (row-normalised)", p)
-        plots.append(p.name)
-    if history:
-        _plot_curves(history, out / "curves.png")
-        plots.append("curves.png")
-    return plots
+    The U-Net was fit on ``train`` and selected on ``val``; a baseline needs no selection, so it
+    is fit on both: it sees every label the U-Net's training saw.
+    """
+    return replace(data, train=data.train + data.val, val=data.test, test=[], cv=())
 
 
 def report(
@@ -418,47 +318,90 @@ def report(
     train_seconds: float | None = None,
     baselines: bool = True,
     data: Data | None = None,
+    unet_cv: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``bundle_path`` (and the recipe's baseline) on the validation split; write the report."""
+    """Score ``bundle_path`` and the recipe's baselines; write ``report.md``, ``metrics.json``, plots.
+
+    With a held-out region the primary ``results`` are on it (baselines fit outside it), next
+    to the validation split and the baselines' spatial CV (``unet_cv``: the U-Net's, from
+    :func:`geounet.crossval.unet`, when given). Without one, ``results`` are on the
+    validation split.
+    """
     t0 = time.perf_counter()
     data = data or load_data(cfg)
     bundle = model.load(bundle_path)
     names = [c.name for c in data.classes]
     tol = tuple(names.index(n) for n in cfg.evaluate.tolerant_classes if n in names)
     kw: dict[str, Any] = {"classes": data.classes, "tolerant": tol, "tolerance": cfg.evaluate.tolerance}
-    results: dict[str, dict[str, Any]] = {
-        "U-Net": evaluate_items(bundle_predictor(bundle, data=data), data.val, **kw)
-    }
-    timings = {"U-Net": time.perf_counter() - t0}
-    if baselines and cfg.evaluate.baseline == "random-forest":
+    unet = bundle_predictor(bundle, data=data)
+    validation = {"U-Net": evaluate_items(unet, data.val, **kw)}
+    if baselines:
+        validation |= {k: evaluate_items(p, data.val, **kw) for k, p in _baselines(cfg, data).items()}
+    timings = {"validation": time.perf_counter() - t0}
+    results = validation
+    cv: dict[str, dict[str, Any]] = {}
+    if data.test:
         t1 = time.perf_counter()
-        results["RandomForest"] = evaluate_items(random_forest(data, seed=cfg.seed), data.val, **kw)
-        timings["RandomForest"] = time.perf_counter() - t1
-    elif baselines and cfg.evaluate.baseline == "threshold":
-        dark = names.index(cfg.evaluate.dark_class) if cfg.evaluate.dark_class in names else 1
-        for name, pred in threshold_baselines(data, dark=dark, tolerance=cfg.evaluate.tolerance).items():
-            results[f"threshold {name}"] = evaluate_items(pred, data.val, **kw)
+        held = held_out_data(data)
+        results = {"U-Net": evaluate_items(unet, held.val, **kw)}
+        if baselines:
+            results |= {k: evaluate_items(p, held.val, **kw) for k, p in _baselines(cfg, held).items()}
+            cv = cross_validate(lambda d: _baselines(cfg, d), data, **kw)
+        if unet_cv is not None:
+            cv = {"U-Net": unet_cv, **cv}
+        timings["held_out_and_cv"] = time.perf_counter() - t1
+    doc = {
+        "model": str(bundle_path),
+        "recipe": cfg.name,
+        "data": data.description,
+        "scored_on": "held-out region" if data.test else "validation split",
+        "results": results,
+        "validation": validation,
+        "cv": cv,
+        "summary": _summary(results, validation, cv, held_out=bool(data.test)),
+        "history": history or [],
+        "train_seconds": train_seconds,
+        "eval_seconds": timings,
+    }
+    _write(doc, out, history=history)
+    return doc
+
+
+def _summary(
+    results: dict[str, Any], validation: dict[str, Any], cv: dict[str, Any], *, held_out: bool
+) -> list[dict[str, Any]]:
+    """One row per method: held-out, CV mean ± std and validation mIoU side by side."""
+    rows = []
+    for method in dict.fromkeys([*results, *cv]):
+        c = cv.get(method.split("(")[0]) or cv.get(method)
+        rows.append(
+            {
+                "method": method,
+                "held_out_miou": results[method]["miou"] if held_out and method in results else None,
+                "cv_miou_mean": c["miou_mean"] if c else None,
+                "cv_miou_std": c["miou_std"] if c else None,
+                "cv_folds": c["n"] if c else None,
+                "val_miou": validation[method]["miou"] if method in validation else None,
+            }
+        )
+    return rows
+
+
+def _write(doc: dict[str, Any], out: Path, *, history: list[dict[str, Any]] | None) -> None:
     try:
-        plots = _plots(results, history, out)
-        split = data.description.get("split", f"{len(data.val)} validation images")
+        plots = reporting.plots(doc["results"], history, out)
         meta = {
-            "model": str(bundle_path),
-            "recipe": cfg.name,
-            "split": split,
+            "model": doc["model"],
+            "recipe": doc["recipe"],
+            "split": doc["data"].get("split", f"{len(doc['validation'])} validation images"),
+            "scored_on": doc["scored_on"],
+            "held_out": doc["data"].get("held_out"),
             "plots": plots,
-            "train_seconds": train_seconds,
-        }
-        doc = {
-            "model": str(bundle_path),
-            "recipe": cfg.name,
-            "data": data.description,
-            "results": results,
-            "history": history or [],
-            "train_seconds": train_seconds,
-            "eval_seconds": timings,
+            "train_seconds": doc["train_seconds"],
         }
         atomic.write_text(out / "metrics.json", json.dumps(doc, indent=1), what="report")
-        atomic.write_text(out / "report.md", _markdown(results, meta), what="report")
+        atomic.write_text(
+            out / "report.md", reporting.markdown(doc["results"], meta, summary=doc["summary"]), what="report"
+        )
     except OSError as exc:
         raise WriteError(f"cannot write the report to {out}: {exc}; check the folder") from exc
-    return doc

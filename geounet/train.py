@@ -380,7 +380,13 @@ class _Trainer:
         self.ddp.train()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             logits = self.ddp(x)
-        ce = F.cross_entropy(logits.float(), m, weight=self.weight, ignore_index=NODATA_CLASS)
+        ce = F.cross_entropy(
+            logits.float(),
+            m,
+            weight=self.weight,
+            ignore_index=NODATA_CLASS,
+            label_smoothing=t.label_smoothing,
+        )
         if torch.isnan(ce):  # a chip with no labelled pixel: CE undefined, contributes nothing
             ce = logits.sum() * 0.0
         loss = ce + t.dice_weight * dice_loss(logits, m)

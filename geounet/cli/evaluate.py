@@ -7,6 +7,7 @@ images whose masks are in the matching ``--masks`` folder (classes from the mode
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -63,6 +64,11 @@ def _values(raw: str | None) -> list[int] | None:
     help="Report folder (one sub-folder per DATA when several).",
 )
 @click.option("--no-baseline", is_flag=True, help="Skip the baseline (RandomForest / threshold).")
+@click.option(
+    "--cv-train",
+    is_flag=True,
+    help="Recipes with data.split: also train the recipe's U-Net on each spatial CV fold (k trainings).",
+)
 def evaluate(
     model_path: Path,
     data: tuple[Path, ...],
@@ -74,6 +80,7 @@ def evaluate(
     dark_class: str | None,
     out: Path,
     no_baseline: bool,
+    cv_train: bool,
 ) -> None:
     """Evaluate a bundle on each DATA: a training recipe (YAML) or a folder of images.
 
@@ -111,10 +118,35 @@ def evaluate(
         else:
             cfg = load_train_config(item)
         dest = out / cfg.name if len(data) > 1 else out
-        doc = ev.report(model_path, cfg, out=dest, baselines=not no_baseline)
-        for method, r in doc["results"].items():
-            tol = " ".join(
-                f"tolerant-F1[{n}]={t['f1']:.3f}" for n, t in r["tolerant"].items() if t["f1"] is not None
-            )
-            click.echo(f"{cfg.name} {method}: mIoU={r['miou']:.3f} {tol}".rstrip())
+        unet_cv = None
+        if cv_train:
+            if getattr(cfg.data, "split", None) is None:
+                raise click.BadParameter(
+                    f"{item} has no held-out region; add data.split: {{kind: region, bbox: [...]}} to the "
+                    "recipe or leave out --cv-train",
+                    param_hint="--cv-train",
+                )
+            from geounet import crossval
+
+            unet_cv = crossval.unet(cfg.model_copy(update={"output": dest / "cv-runs"}))
+        doc = ev.report(model_path, cfg, out=dest, baselines=not no_baseline, unet_cv=unet_cv)
+        click.echo(f"{cfg.name}: scored on the {doc['scored_on']}")
+        for row in doc["summary"]:
+            click.echo(f"{cfg.name} {_line(row, doc['results'].get(row['method']))}")
         click.echo(f"report: {dest / 'report.md'}")
+
+
+def _line(row: dict[str, Any], res: dict[str, Any] | None) -> str:
+    """``METHOD: mIoU=… held-out … CV … val …`` (the primary score first; absent ones left out)."""
+    parts = [f"{row['method']}:"]
+    if res is not None and res["miou"] is not None:
+        parts.append(f"{'held-out-' if row['held_out_miou'] is not None else ''}mIoU={res['miou']:.3f}")
+    if row["cv_miou_mean"] is not None:
+        parts.append(f"CV-mIoU={row['cv_miou_mean']:.3f}±{row['cv_miou_std']:.3f}({row['cv_folds']} folds)")
+    if row["held_out_miou"] is not None and row["val_miou"] is not None:
+        parts.append(f"val-mIoU={row['val_miou']:.3f}")
+    if res is not None:
+        parts += [
+            f"tolerant-F1[{n}]={t['f1']:.3f}" for n, t in res["tolerant"].items() if t["f1"] is not None
+        ]
+    return " ".join(parts)

@@ -6,16 +6,15 @@ Sections are independent: each config kind has its own root model and loader.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from geounet.errors import ConfigError, InputNotFoundError
+from geounet.errors import ConfigError
 from geounet.jobs import PredictOptions
 from geounet.masks import FMASK_NOT_CLEAR, QA_PIXEL_NOT_CLEAR, SCL_NOT_CLEAR, MaskRule
+from geounet.overrides import apply_overrides, read_yaml
 from geounet.tiling import tile_halo_problem
 
 # ---------------------------------------------------------------------------------------------
@@ -175,8 +174,8 @@ def load_train_config(path: Path, *, overrides: dict[str, Any] | None = None) ->
 
     Relative paths in the YAML are taken relative to the current directory (run from the repo).
     """
-    raw = _read_yaml(Path(path), "training", hint="see configs/train-*.yaml")
-    return train_config(_expand(_apply(raw, overrides or {}, path)), source=str(path))
+    raw = read_yaml(Path(path), "training", hint="see configs/train-*.yaml")
+    return train_config(_expand(apply_overrides(raw, overrides or {}, path)), source=str(path))
 
 
 def train_config(raw: dict[str, Any], *, source: str) -> TrainConfig:
@@ -420,57 +419,9 @@ class MonitorConfig(_Strict):
     outputs: OutputsSection
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["a.b=3", "c=x"]`` → ``{"a.b": 3, "c": "x"}``; values are parsed as YAML scalars/lists.
-
-    Example:
-        >>> parse_overrides(["predict.halo=96", "stac.collections=[a, b]", "name=x"])
-        {'predict.halo': 96, 'stac.collections': ['a', 'b'], 'name': 'x'}
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r} is not KEY=VALUE; write e.g. --set predict.halo=96")
-        try:
-            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            out[key.strip()] = text
-    return out
-
-
-def _apply(raw: dict[str, Any], overrides: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Set each dotted ``--set`` key in the raw mapping (creating sections), before validation."""
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {dotted}: {key} in {path} is not a section; fix the key path")
-            node = child
-        node[leaf] = value
-    return raw
-
-
-def _read_yaml(path: Path, kind: str, *, hint: str = "see configs/ for examples") -> dict[str, Any]:
-    """The one YAML loader: a config file's top-level mapping, or a one-line error naming the file."""
-    if not path.exists():
-        raise InputNotFoundError(f"{kind} config {str(path)!r} not found; {hint}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}; fix the file") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"{path} must hold a mapping at the top level, got {type(raw).__name__}; fix the file"
-        )
-    return raw
-
-
 def _load(path: Path, model: type[_M], overrides: dict[str, Any] | None, kind: str) -> _M:
     path = Path(path)
-    raw = _expand(_apply(_read_yaml(path, kind), overrides or {}, path))
+    raw = _expand(apply_overrides(read_yaml(path, kind), overrides or {}, path))
     try:
         cfg = model.model_validate(raw)
     except ValidationError as exc:

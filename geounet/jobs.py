@@ -7,7 +7,7 @@ all speak these types, and this module imports none of them. Pure values, no I/O
 Example:
     >>> opts = PredictOptions(merge="blend", resampling="bilinear")
     >>> opts.pixel_options()
-    {'merge': 'blend', 'blend_window': 'cosine', 'amp': True, 'tta': False, 'resampling': 'bilinear', 'probabilities': False}
+    {'merge': 'blend', 'blend_window': 'cosine', 'amp': True, 'tta': False, 'resampling': 'bilinear'}
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ OUTPUTS = ("classes", "confidence", "polygons")
 
 #: The options that change the predicted pixels (the others change speed or publishing only):
 #: the tile cache of :mod:`geounet.resume` is kept as long as these (and the plan) stay.
-PIXEL_OPTIONS = ("merge", "blend_window", "amp", "tta", "resampling", "probabilities")
+PIXEL_OPTIONS = ("merge", "blend_window", "amp", "tta", "resampling")
 
 
 def check_outputs(outputs: tuple[str, ...]) -> tuple[str, ...]:
@@ -80,10 +80,6 @@ class PredictOptions:
     memory: int | None = None
     #: Products to write (``--outputs``): ``classes`` always, ``confidence`` and ``polygons`` on demand.
     outputs: tuple[str, ...] = OUTPUTS
-    #: Also write ``probabilities.tif`` (``--probabilities``): one uint8 band per class, 0-100 %,
-    #: band descriptions = class names (:func:`geounet.publish.probabilities.write_probabilities`).
-    #: A pixel option: cached tiles must then keep their core probabilities.
-    probabilities: bool = False
 
     def __post_init__(self) -> None:
         merge.check_merge(self.merge)

@@ -146,48 +146,60 @@ def markdown(
             + " | ".join(fmt(r["iou"][n]) for n in names)
             + " |"
         )
-    tol = next(iter(results.values()))["tolerant"]
-    if tol:
-        lines += [
-            "",
-            "Tolerant scores (a predicted pixel within the tolerance of a labelled one counts, "
-            "and vice versa for recall):",
-            "",
-            "| method | class | tolerance px | precision | recall | F1 |",
-            "|---|---|---|---|---|---|",
-        ]
-        for method, r in results.items():
-            for cname, t in r["tolerant"].items():
-                lines.append(
-                    f"| {method} | {cname} | {t['tolerance_px']:g} | {fmt(t['precision'])} | "
-                    f"{fmt(t['recall'])} | {fmt(t['f1'])} |"
-                )
+    lines += _tolerant_table(results)
     for method, r in results.items():
-        lines += [
-            "",
-            f"## {method}",
-            "",
-            "| class | IoU | Dice/F1 | precision | recall |",
-            "|---|---|---|---|---|",
-        ]
-        for n in names:
-            lines.append(
-                f"| {n} | {fmt(r['iou'][n])} | {fmt(r['dice'][n])} | {fmt(r['precision'][n])} | "
-                f"{fmt(r['recall'][n])} |"
-            )
-        lines += [
-            "",
-            "Confusion matrix (rows labelled, columns predicted, pixels):",
-            "",
-            "| | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
-        ]
-        for n, row in zip(names, r["confusion"], strict=True):
-            lines.append(f"| {n} | " + " | ".join(str(v) for v in row) + " |")
+        lines += _method_tables(method, r, names)
     lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in meta["plots"]), ""]
     if meta.get("train_seconds") is not None:
         lines.append(f"Training time: {meta['train_seconds']:.0f} s.")
     return "\n".join(lines) + "\n"
+
+
+def _tolerant_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The tolerant precision/recall/F1 rows of every method (none without tolerant classes)."""
+    if not next(iter(results.values()))["tolerant"]:
+        return []
+    lines = [
+        "",
+        "Tolerant scores (a predicted pixel within the tolerance of a labelled one counts, "
+        "and vice versa for recall):",
+        "",
+        "| method | class | tolerance px | precision | recall | F1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, r in results.items():
+        for cname, t in r["tolerant"].items():
+            lines.append(
+                f"| {method} | {cname} | {t['tolerance_px']:g} | {fmt(t['precision'])} | "
+                f"{fmt(t['recall'])} | {fmt(t['f1'])} |"
+            )
+    return lines
+
+
+def _method_tables(method: str, r: dict[str, Any], names: list[str]) -> list[str]:
+    """One method's per-class table and confusion matrix."""
+    lines = [
+        "",
+        f"## {method}",
+        "",
+        "| class | IoU | Dice/F1 | precision | recall |",
+        "|---|---|---|---|---|",
+    ]
+    for n in names:
+        lines.append(
+            f"| {n} | {fmt(r['iou'][n])} | {fmt(r['dice'][n])} | {fmt(r['precision'][n])} | "
+            f"{fmt(r['recall'][n])} |"
+        )
+    lines += [
+        "",
+        "Confusion matrix (rows labelled, columns predicted, pixels):",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for n, row in zip(names, r["confusion"], strict=True):
+        lines.append(f"| {n} | " + " | ".join(str(v) for v in row) + " |")
+    return lines
 
 
 def plots(results: dict[str, dict[str, Any]], history: list[dict[str, Any]] | None, out: Path) -> list[str]:

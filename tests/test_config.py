@@ -14,9 +14,9 @@ from geounet.config import (
     RunConfig,
     load_monitor_config,
     load_run_config,
-    parse_overrides,
 )
 from geounet.errors import ConfigError, InputNotFoundError
+from geounet.overrides import parse_overrides
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUNS = ["region-landcover.yaml", "region-landcover-pc.yaml", "demo.yaml"]

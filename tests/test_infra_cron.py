@@ -95,7 +95,8 @@ def test_entrypoint_is_a_real_geounet_command_on_the_shipped_config(
     docs: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     from geounet.cli import cli
-    from geounet.config import load_monitor_config, parse_overrides
+    from geounet.config import load_monitor_config
+    from geounet.overrides import parse_overrides
 
     argv = shlex.split(_rayjob(docs)["spec"]["entrypoint"])
     assert argv[:3] == ["geounet", "monitor", "run"]

@@ -382,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m workflows.crop_monitoring CONFIG [--set k=v ...]``."""
     import argparse
 
-    from geounet.config import parse_overrides
+    from geounet.overrides import parse_overrides
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", type=Path)

@@ -118,22 +118,25 @@ def evaluate(
         else:
             cfg = load_train_config(item)
         dest = out / cfg.name if len(data) > 1 else out
-        unet_cv = None
-        if cv_train:
-            if getattr(cfg.data, "split", None) is None:
-                raise click.BadParameter(
-                    f"{item} has no held-out region; add data.split: {{kind: region, bbox: [...]}} to the "
-                    "recipe or leave out --cv-train",
-                    param_hint="--cv-train",
-                )
-            from geounet import crossval
-
-            unet_cv = crossval.unet(cfg.model_copy(update={"output": dest / "cv-runs"}))
+        unet_cv = _unet_cv(item, cfg, dest) if cv_train else None
         doc = ev.report(model_path, cfg, out=dest, baselines=not no_baseline, unet_cv=unet_cv)
         click.echo(f"{cfg.name}: scored on the {doc['scored_on']}")
         for row in doc["summary"]:
             click.echo(f"{cfg.name} {_line(row, doc['results'].get(row['method']))}")
         click.echo(f"report: {dest / 'report.md'}")
+
+
+def _unet_cv(item: Path, cfg: Any, dest: Path) -> Any:
+    """``--cv-train``: the U-Net trained and scored on each spatial fold of the recipe."""
+    if getattr(cfg.data, "split", None) is None:
+        raise click.BadParameter(
+            f"{item} has no held-out region; add data.split: {{kind: region, bbox: [...]}} to the "
+            "recipe or leave out --cv-train",
+            param_hint="--cv-train",
+        )
+    from geounet import crossval
+
+    return crossval.unet(cfg.model_copy(update={"output": dest / "cv-runs"}))
 
 
 def _line(row: dict[str, Any], res: dict[str, Any] | None) -> str:

@@ -57,7 +57,8 @@ def run_cmd(config: Path, overrides: tuple[str, ...]) -> None:
 
 
 def _run_once(config: Path, overrides: tuple[str, ...]) -> int:
-    from geounet.config import load_monitor_config, parse_overrides
+    from geounet.config import load_monitor_config
+    from geounet.overrides import parse_overrides
     from workflows import crop_monitoring
 
     cfg = load_monitor_config(config, overrides=parse_overrides(overrides))
@@ -91,7 +92,8 @@ def schedule(config: Path, expr: str, max_runs: int | None, overrides: tuple[str
 
     if not croniter.is_valid(expr):
         raise ConfigError(f'--cron {expr!r} is not a valid cron expression; e.g. "0 2 * * *"')
-    from geounet.config import load_monitor_config, parse_overrides
+    from geounet.config import load_monitor_config
+    from geounet.overrides import parse_overrides
 
     load_monitor_config(config, overrides=parse_overrides(overrides))  # fail now, not at 02:00
     it = croniter(expr, datetime.now(UTC))

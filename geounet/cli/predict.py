@@ -50,6 +50,14 @@ def _job(
     return planning.plan(source, model=model_path, out_dir=Path(out_dir), options=options)
 
 
+def _plan_text(source: str | None, model_path: str, out_dir: str, options: jobs.PredictOptions,
+               **where: Any) -> str:  # fmt: skip
+    """``--dry-run``: the plan with a speed probe here, or a GPU's plan where there is none."""
+    if _absent_gpu(options.device):
+        return _gpu_plan(source, model_path, out_dir, options, **where)
+    return planning.describe(_job(source, model_path, out_dir, options, **where), probe=True)
+
+
 def _absent_gpu(device: str) -> bool:
     """``--device cuda[:N]`` on a machine whose torch sees no CUDA device."""
     import torch
@@ -165,11 +173,6 @@ def _gpu_plan(source: str | None, model_path: str, out_dir: str, options: jobs.P
 )
 @click.option("--no-polygons", is_flag=True, help="Rasters only (same as --outputs classes,confidence).")
 @click.option(
-    "--probabilities",
-    is_flag=True,
-    help="Also write probabilities.tif: one uint8 band per class, 0-100 %%, described by class name.",
-)
-@click.option(
     "--memory",
     type=str,
     default="auto",
@@ -224,7 +227,6 @@ def predict(
     dry_run: bool,
     outputs: str,
     no_polygons: bool,
-    probabilities: bool,
     memory: str,
     resolution: float | None,
     crs: str | None,
@@ -250,21 +252,14 @@ def predict(
         tile=tile, halo=halo, batch_size=batch_size, merge=merge, blend_window=blend_window, device=device,
         tta=tta, bands=_parse_bands(bands), vector_format=vector_format, min_area=min_area, simplify=simplify,
         memory=budget.parse_memory(memory), outputs=_parse_outputs(outputs, no_polygons=no_polygons),
-        probabilities=probabilities,
     )  # fmt: skip
-    if dry_run and _absent_gpu(device):
-        click.echo(
-            _gpu_plan(source, model_path, out_dir, options, resolution=resolution, crs=crs, query=query)
-        )
-        return
-    job = _job(source, model_path, out_dir, options, resolution=resolution, crs=crs, query=query)
+    where: dict[str, Any] = {"resolution": resolution, "crs": crs, "query": query}
     if dry_run:
-        click.echo(planning.describe(job, probe=True))
+        click.echo(_plan_text(source, model_path, out_dir, options, **where))
         return
+    job = _job(source, model_path, out_dir, options, **where)
     results = executors.results_fn(executor, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
                                    key="--executor")  # fmt: skip
     written = pipeline.run(job, results=results, resume=resume)
-    if probabilities and "probabilities" not in written:  # never a silently ignored flag
-        raise click.ClickException("--probabilities: this pipeline did not write probabilities.tif; run without it")
     for name, path in written.items():
         click.echo(f"{name:12s} {path}")

@@ -36,7 +36,8 @@ def run(config: Path, overrides: tuple[str, ...], dry_run: bool, executor: str |
     first), and predict ONE land-cover mosaic COG over the AOI (nodata outside) with polygons,
     a per-class area table, a STAC Item, a QGIS project and a quicklook.
     """
-    from geounet.config import load_run_config, parse_overrides
+    from geounet.config import load_run_config
+    from geounet.overrides import parse_overrides
     from workflows import region_landcover
 
     values = parse_overrides(overrides)

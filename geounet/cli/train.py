@@ -53,7 +53,8 @@ def train(
     for --resume), OUT/history.json and OUT/report/ (Markdown, metrics JSON, plots, baseline).
     """
     from geounet import train as training
-    from geounet.config import load_train_config, parse_overrides
+    from geounet.config import load_train_config
+    from geounet.overrides import parse_overrides
 
     overrides = parse_overrides(sets)
     if out is not None:

@@ -282,6 +282,7 @@ def test_each_tile_knows_its_lattice_place_and_its_padding_per_side(
     for t in plan:
         assert t.index == t.row * plan.n_cols + t.col
         assert (t.core.row, t.core.col) == (t.row * plan.size, t.col * plan.size)
+        assert t.core.clip(*shape) == t.core, "a core lies inside the grid (numpy slicing would hide it)"
         r0, c0 = t.read.row, t.read.col
         r1, c1 = r0 + t.read.height, c0 + t.read.width
         expected = (max(0, -r0), max(0, r1 - shape[0]), max(0, -c0), max(0, c1 - shape[1]))

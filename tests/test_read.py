@@ -145,6 +145,12 @@ def test_bands_are_matched_by_description_in_the_models_order(tmp_path: Path) ->
     with read.open_raster(path) as ds:
         assert read.band_indexes(ds, ["B08", "b04", "b02"]) == (4, 3, 1)  # case-insensitive, any subset
         assert read.band_indexes(ds, ["red", "green", "blue", "nir"]) == (1, 2, 3, 4)  # same count: in order
+        assert read.band_indexes(ds, ["b02", "red", "b03", "nir"]) == (
+            1,
+            2,
+            3,
+            4,
+        )  # some names only: in order
         assert read.band_indexes(ds, ["x"], explicit=[4]) == (4,)
         assert read.band_indexes(ds, ["x", "y"], explicit=(np.int64(2), 1)) == (2, 1)
         assert all(type(i) is int for i in read.band_indexes(ds, ["x"], explicit=(np.int64(2),)))
@@ -193,6 +199,15 @@ def test_open_raster_errors_and_gdal_settings(tmp_path: Path) -> None:
             assert "GDAL_NUM_THREADS" not in env and env["VSI_CACHE"] in (True, "TRUE")
 
 
+def test_a_url_is_not_looked_up_on_disk() -> None:
+    """Remote paths go to GDAL (here: nothing listens on the loopback port), never to a file check."""
+    for url in ("http://127.0.0.1:9/scene.tif", "/vsicurl/http://127.0.0.1:9/scene.tif"):
+        with pytest.raises(InputError) as err, read.open_raster(url):
+            pass
+        assert not isinstance(err.value, InputNotFoundError)
+        assert f"input raster {url!r} cannot be read by GDAL" in str(err.value)
+
+
 def test_a_photo_without_georeferencing_opens_quietly(tmp_path: Path) -> None:
     import warnings
 
@@ -227,8 +242,8 @@ def _brute_fill(data: np.ndarray, valid: np.ndarray) -> list[set[tuple[float, ..
     seed=st.integers(0, 2**16),
 )
 def test_mirror_fill_is_the_reflection_across_the_nearest_valid_pixel(valid: np.ndarray, seed: int) -> None:
+    # what lies under invalid pixels is arbitrary (a nodata value, garbage): never a source
     data = np.random.default_rng(seed).integers(1, 1000, (2, *valid.shape)).astype(np.float32)
-    data[:, ~valid] = 0
     filled = read.mirror_fill(data, valid)
     np.testing.assert_array_equal(filled[:, valid], data[:, valid])
     if valid.all() or not valid.any():
@@ -259,14 +274,18 @@ def test_mirror_fill_reflects_across_the_edge_and_falls_back_to_the_edge_pixel()
     assert read.mirror_fill(column, mask)[0, :, 0].tolist() == [7, 6, 5, 6, 7]
 
 
-@pytest.mark.parametrize("pad", [Padding(1, 2, 3, 0), Padding(0, 3, 0, 1), Padding(2, 0, 1, 2)])
-def test_mirror_pad_is_numpys_reflect_per_side(pad: Padding) -> None:
-    data = np.arange(2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6)
+@pytest.mark.parametrize(
+    ("shape", "pad"),
+    [((5, 6), Padding(1, 2, 3, 0)), ((5, 6), Padding(0, 3, 0, 1)), ((5, 6), Padding(2, 0, 1, 2)),
+     ((2, 2), Padding(1, 1, 1, 1)), ((2, 3), Padding(0, 1, 2, 0))],
+)  # fmt: skip
+def test_mirror_pad_is_numpys_reflect_per_side(shape: tuple[int, int], pad: Padding) -> None:
+    data = np.arange(2 * shape[0] * shape[1], dtype=np.float32).reshape(2, *shape)
     want = np.pad(data, ((0, 0), (pad.top, pad.bottom), (pad.left, pad.right)), mode="reflect")
     np.testing.assert_array_equal(read.mirror_pad(data, pad), want)
-    mask = read._pad_mask(np.ones((5, 6), bool), pad)
-    assert mask.shape == want.shape[1:] and mask.sum() == 30
-    assert mask[pad.top : pad.top + 5, pad.left : pad.left + 6].all()
+    mask = read._pad_mask(np.ones(shape, bool), pad)
+    assert mask.shape == want.shape[1:] and mask.sum() == data[0].size
+    assert mask[pad.top : pad.top + shape[0], pad.left : pad.left + shape[1]].all()
 
 
 def test_mirror_pad_repeats_a_single_row_or_column() -> None:

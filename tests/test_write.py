@@ -231,6 +231,9 @@ def test_class_names_colors_and_tags_travel_with_the_cog(tmp_path: Path) -> None
     assert [c.text or "" for c in aux.iter("Category")] == ["water", "forest", "", "urban"]
     entries = [e.get("label") for e in ET.parse(path.with_suffix(".qml")).getroot().iter("paletteEntry")]
     assert entries == ["water", "forest", "urban"]
+    info = subprocess.run(["gdalinfo", str(path)], capture_output=True, text=True, check=True).stdout
+    lines = [line.strip() for line in info.split("Categories:")[1].splitlines()]
+    assert lines[1:5] == ["0: water", "1: forest", "2:", "3: urban"] and not lines[5].startswith("4:")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "c.qml",
         "c.tif",
@@ -258,6 +261,9 @@ def test_a_continuous_cog_gets_a_gradient_over_its_range_and_no_category_sidecar
     with rasterio.open(tmp_path / "s.tif") as src:
         assert src.nodata is None and src.dtypes == ("float32",)  # write_array's defaults: the array's
         np.testing.assert_array_equal(src.read(1), scores)
+        assert src.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "3"  # floating-point predictor
+    with rasterio.open(tmp_path / "p.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"  # horizontal differencing
 
 
 def test_block_compression_and_overview_resampling_are_the_ones_asked_for(tmp_path: Path) -> None:
@@ -387,3 +393,21 @@ def test_color_table_and_category_names() -> None:
     assert root.tag == "PAMDataset" and band is not None and band.get("band") == "1"
     assert [c.text or "" for c in band.iter("Category")] == ["water", "forest", "", "urban"]
     assert category_aux_xml(ABC).endswith("</PAMDataset>\n")
+
+
+def test_an_error_inside_the_block_or_abort_leaves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "classes.tif"
+    with pytest.raises(RuntimeError, match="boom"), CogWriter(path, SMALL, dtype="uint8", nodata=255) as w:
+        w.write(Window(0, 0, 8, 8), np.ones((8, 8), np.uint8))
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    w = CogWriter(path, SMALL, dtype="uint8", nodata=255, classes=ABC)
+    w.open()
+    w.write(Window(0, 0, 8, 8), np.ones((8, 8), np.uint8))
+    w.abort()
+    assert list(tmp_path.iterdir()) == []
+    w.abort()  # twice is fine
+    w.close()  # and closing an aborted writer does nothing
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(WriteError, match="write\\(\\) outside the with-block"):
+        w.write(Window(0, 0, 8, 8), np.ones((8, 8), np.uint8))

@@ -412,3 +412,20 @@ def test_fingerprint_follows_the_input_file_and_the_job(tmp_path: Path) -> None:
     assert fingerprint_of(changed["aoi"])["aoi"] == box(0, 0, 1, 1).wkt
     for key, other in changed.items():
         assert fingerprint_of(other)[key] != fingerprint_of(job)[key], key
+
+
+def test_records_after_a_torn_line_still_count(tmp_path: Path) -> None:
+    """A crash while appending leaves a line without its newline; what the next run records
+    after it must not be glued onto that fragment (and so lost on the run after)."""
+    from geounet.resume import TileStore
+
+    job = _store_job(tmp_path)
+    store = TileStore.open(job)
+    list(store.record(iter(_results(job, [0])), every=10))
+    with open(store.log_path, "a") as f:
+        f.write('{"part": "00000009.npz", "tiles": [4')  # the crash
+    again = TileStore.open(job)
+    assert set(again.done) == {0}
+    list(again.record(iter(_results(job, [1])), every=10))
+    list(again.record(iter(_results(job, [2], skipped=[2])), every=10))
+    assert set(TileStore.open(job).done) == {0, 1, 2}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -285,11 +286,35 @@ def test_a_changed_job_discards_the_cache_and_names_what_changed(
     assert store.done == {} and store.reused == 0
     assert "belongs to a different job (changed: model_sha256, plan); discarding it" in caplog.text
     assert list((store.root / "parts").iterdir()) == []  # the old parts are gone
-    assert json.loads((store.root / "manifest.json").read_text())["tiles"] == len(other.plan)
+    manifest = json.loads((store.root / "manifest.json").read_text())
+    assert set(manifest) == {"fingerprint", "job", "tiles", "created"}
+    assert manifest["tiles"] == len(other.plan) and abs(manifest["created"] - time.time()) < 600
     # the execution settings are not part of the job: the cache stays
     list(store.record(iter(_results(other, [0]))))
     faster = replace(other, options=replace(other.options, batch_size=2, device="cpu"))
     assert set(TileStore.open(faster).done) == {0}
+
+
+def test_a_manifest_of_another_format_names_the_keys_it_lacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from geounet.resume import TileStore
+
+    job = _store_job(tmp_path)
+    store = TileStore.open(job)
+    path = store.root / "manifest.json"
+    body = json.loads(path.read_text())
+    del body["job"]["bands"], body["job"]["scenes"]  # an older layout, without these keys
+    body["fingerprint"] = "0" * 64
+    path.write_text(json.dumps(body))
+    with caplog.at_level(logging.WARNING, logger="geounet.resume"):
+        TileStore.open(job)
+    assert "(changed: bands, scenes)" in caplog.text
+    caplog.clear()
+    path.write_text(json.dumps({"fingerprint": "0" * 64}))  # no job at all: every set key differs
+    with caplog.at_level(logging.WARNING, logger="geounet.resume"):
+        TileStore.open(job)
+    assert "(changed: bands, format, grid, model_sha256, options, plan, scenes, source)" in caplog.text
 
 
 @pytest.mark.parametrize("manifest", ["{not json", "[1, 2]", None])
@@ -336,7 +361,7 @@ def test_log_lines_without_their_part_or_past_the_plan_are_ignored(tmp_path: Pat
     assert part_of_2 is not None
     (store.parts / part_of_2).unlink()  # a part lost (e.g. the disk was restored from a backup)
     with open(store.log_path, "a") as f:
-        f.write(json.dumps({"part": None, "tiles": [], "skipped": [5, 99]}) + "\n")
+        f.write(json.dumps({"part": None, "tiles": [], "skipped": [5, 12, 99]}) + "\n")  # the plan has 12
         f.write('{"part": "00000009.npz", "tiles": [4')  # torn by a crash
     again = TileStore.open(job)
     assert again.done == {0: store.done[0], 1: None, 5: None}
@@ -386,6 +411,18 @@ def test_fingerprint_follows_the_input_file_and_the_job(tmp_path: Path) -> None:
 
     job = _store_job(tmp_path)
     doc = fingerprint_of(job)
+    assert set(doc) == {
+        "format",
+        "source",
+        "model_sha256",
+        "grid",
+        "plan",
+        "bands",
+        "options",
+        "scenes",
+        "aoi",
+    }
+    assert isinstance(doc["format"], int)
     st = os.stat(job.source)
     assert doc["source"] == {"path": job.source, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     assert doc["grid"] == {"shape": [40, 50], "transform": [10.0, 0.0, 500000.0, 0.0, -10.0, 5800000.0],

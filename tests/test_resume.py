@@ -201,6 +201,10 @@ def _same(a: jobs.TileResult, b: jobs.TileResult) -> bool:
     return True
 
 
+def _messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "geounet.resume"]
+
+
 def test_recorded_tiles_come_back_identical(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import numpy as np
 
@@ -219,7 +223,7 @@ def test_recorded_tiles_come_back_identical(tmp_path: Path, caplog: pytest.LogCa
     assert set(store.done) == {0, 1, 2, 4, 5} and store.done[2] is None
     with caplog.at_level(logging.INFO, logger="geounet.resume"):
         again = TileStore.open(job)
-    assert "resuming: reusing 5 of 12 tiles from" in caplog.text
+    assert _messages(caplog) == [f"resuming: reusing 5 of 12 tiles from {again.root}"]
     assert again.reused == 5 and again.done == store.done
     back = list(again.cached())
     assert sorted(r.tile.index for r in back) == [0, 1, 2, 4, 5]
@@ -284,7 +288,10 @@ def test_a_changed_job_discards_the_cache_and_names_what_changed(
     with caplog.at_level(logging.WARNING, logger="geounet.resume"):
         store = TileStore.open(other)
     assert store.done == {} and store.reused == 0
-    assert "belongs to a different job (changed: model_sha256, plan); discarding it" in caplog.text
+    assert _messages(caplog) == [
+        f"run cache {store.root} belongs to a different job (changed: model_sha256, plan); discarding it and "
+        "predicting every tile"
+    ]
     assert list((store.root / "parts").iterdir()) == []  # the old parts are gone
     manifest = json.loads((store.root / "manifest.json").read_text())
     assert set(manifest) == {"fingerprint", "job", "tiles", "created"}
@@ -334,7 +341,10 @@ def test_an_unreadable_manifest_discards_the_cache(
     with caplog.at_level(logging.WARNING, logger="geounet.resume"):
         again = TileStore.open(job)
     assert again.done == {}
-    assert "(changed: unreadable manifest)" in caplog.text
+    assert _messages(caplog) == [
+        f"run cache {again.root} belongs to a different job (changed: unreadable manifest); discarding it "
+        "and predicting every tile"
+    ]
     assert json.loads(path.read_text())["job"] == fingerprint_of(job)
 
 
@@ -345,7 +355,9 @@ def test_no_resume_starts_afresh(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     list(TileStore.open(job).record(iter(_results(job, range(5)))))
     with caplog.at_level(logging.INFO, logger="geounet.resume"):
         store = TileStore.open(job, resume=False)
-    assert store.done == {} and "--no-resume: discarding the run cache" in caplog.text
+    assert store.done == {} and _messages(caplog) == [
+        f"--no-resume: discarding the run cache in {store.root}"
+    ]
     assert not list(store.cached())
     assert TileStore.open(job).done == {}  # and the old log is gone for good
 
@@ -466,3 +478,18 @@ def test_records_after_a_torn_line_still_count(tmp_path: Path) -> None:
     list(again.record(iter(_results(job, [1])), every=10))
     list(again.record(iter(_results(job, [2], skipped=[2])), every=10))
     assert set(TileStore.open(job).done) == {0, 1, 2}
+
+
+def test_by_default_a_crash_loses_at_most_eight_tiles_or_two_seconds(tmp_path: Path) -> None:
+    """The defaults the crash-and-resume tests above rely on (every=8, seconds=2.0)."""
+    from geounet.resume import TileStore
+
+    job = _store_job(tmp_path)
+    stream = TileStore.open(job).record(iter(_results(job, range(12))))
+    for _ in range(9):
+        next(stream)  # the ninth tile is asked for: the first eight are on disk
+    assert set(TileStore.open(job).done) == set(range(8))
+    time.sleep(2.05)
+    next(stream)  # the ninth has waited two seconds: recorded before the tenth is taken
+    assert set(TileStore.open(job).done) == set(range(9))
+    stream.close()

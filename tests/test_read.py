@@ -10,10 +10,11 @@ import rasterio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from rasterio.errors import RasterioIOError
 from rasterio.transform import from_origin
 
 from geounet import read
-from geounet.errors import InputError, InputNotFoundError
+from geounet.errors import InputError, InputNotFoundError, first_line
 from geounet.geo import Window
 from geounet.tiling import Padding, grid
 
@@ -353,6 +354,10 @@ def test_a_failing_window_read_is_a_read_error_naming_the_window(tmp_path: Path)
         with pytest.raises(read.ReadError) as err:
             read.chip(ds, tile, bands=(1,))
     message = str(err.value)
-    assert message.startswith(f"reading window {tile.read} of {str(broken)!r} failed (")
+    with rasterio.open(broken) as ds, pytest.raises(RasterioIOError) as gdal:
+        ds.read(1, window=read.RioWindow(256, 256, 256, 256))
+    assert message.startswith(
+        f"reading window {tile.read} of {str(broken)!r} failed ({first_line(gdal.value)}); "
+    )
     assert message.endswith("the file may be truncated or corrupt: re-download or re-export it")
     assert "\n" not in message

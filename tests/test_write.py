@@ -222,6 +222,7 @@ def test_class_names_colors_and_tags_travel_with_the_cog(tmp_path: Path) -> None
     )
     with rasterio.open(path) as src:
         assert src.descriptions == ("class",) and src.nodata == 255 and src.dtypes == ("uint8",)
+        assert src.crs == rasterio.crs.CRS.from_epsg(32633) and src.transform == SMALL.transform
         tags = src.tags(1)
         assert (tags["CLASS_0"], tags["CLASS_1"], tags["CLASS_3"]) == ("water", "forest", "urban")
         cmap = src.colormap(1)
@@ -380,6 +381,25 @@ def test_a_truncated_cog_is_reported_as_incomplete(tmp_path: Path) -> None:
     message = str(err.value)
     assert message.startswith(f"COG {target} came out incomplete (")
     assert message.endswith("); the disk is probably full: free space and rerun") and "\n" not in message
+
+
+def test_a_corrupt_overview_is_reported_although_the_full_resolution_reads(tmp_path: Path) -> None:
+    """The read-back check reads every overview level too: garbage in the first data bytes (a COG
+    stores the smallest overview first) leaves the full-resolution pixels intact."""
+    from geounet.write import _verify
+
+    values = np.random.default_rng(2).integers(0, 255, (1024, 1024)).astype(np.uint8)
+    grid = Grid(shape=values.shape, transform=SMALL.transform, crs=SMALL.crs)
+    data = bytearray(write_array(tmp_path / "whole.tif", values, grid, block=256).read_bytes())
+    at = len(data) // 20
+    data[at : at + 2000] = bytes(i * 37 % 256 for i in range(2000))
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(bytes(data))
+    with rasterio.open(bad) as src:
+        np.testing.assert_array_equal(src.read(1), values)
+    with pytest.raises(WriteError) as err:
+        _verify(bad, tmp_path / "classes.tif")
+    assert str(err.value).startswith(f"COG {tmp_path / 'classes.tif'} came out incomplete (IReadBlock failed")
 
 
 def test_color_table_and_category_names() -> None:

@@ -157,6 +157,7 @@ class TileStore:
                     shutil.rmtree(root)
                 else:
                     done = _read_log(root / "tiles.log", root / "parts")
+                    _end_torn_line(root / "tiles.log")
             (root / "parts").mkdir(parents=True, exist_ok=True)
             if not manifest.exists():
                 body = {"fingerprint": fp, "job": doc, "tiles": len(job.plan), "created": time.time()}
@@ -256,6 +257,21 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def _end_torn_line(path: Path) -> None:
+    """End a last log line torn by a crash with a newline, so the next record is a line of its own
+    (appended to the fragment it would be unreadable, and its tiles predicted again next time)."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b"\n":
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _read_log(path: Path, parts: Path) -> dict[int, str | None]:

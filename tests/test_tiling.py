@@ -265,3 +265,102 @@ def test_a_halo_below_the_receptive_field_is_warned_about(
     with caplog.at_level("WARNING", logger="geounet.planning"):
         planning.plan(path, model=bundle, out_dir=tmp_path, options=jobs.PredictOptions())
     assert not [r for r in caplog.records if "receptive-field" in r.getMessage()]
+
+
+# --------------------------------------------------------------------------- plan details
+
+
+@settings(max_examples=100, deadline=None)
+@given(plans())
+def test_each_tile_knows_its_lattice_place_and_its_padding_per_side(
+    case: tuple[tuple[int, int], int, int, int],
+) -> None:
+    """Row/col/index agree with the core's position; padding is what lies outside, side by side."""
+    shape, tile, halo, align = case
+    plan = grid(shape, tile=tile, halo=halo, align=align)
+    assert (plan.size, plan.halo, plan.align, plan.shape) == (plan.size, halo, align, shape)
+    for t in plan:
+        assert t.index == t.row * plan.n_cols + t.col
+        assert (t.core.row, t.core.col) == (t.row * plan.size, t.col * plan.size)
+        assert t.core.clip(*shape) == t.core, "a core lies inside the grid (numpy slicing would hide it)"
+        r0, c0 = t.read.row, t.read.col
+        r1, c1 = r0 + t.read.height, c0 + t.read.width
+        expected = (max(0, -r0), max(0, r1 - shape[0]), max(0, -c0), max(0, c1 - shape[1]))
+        p = t.padding
+        assert (p.top, p.bottom, p.left, p.right) == expected
+        assert p.any == any(expected)
+
+
+def test_padding_any_is_true_for_a_single_side() -> None:
+    from geounet.tiling import Padding
+
+    assert not Padding(0, 0, 0, 0).any
+    for side in range(4):
+        sides = [0, 0, 0, 0]
+        sides[side] = 3
+        assert Padding(*sides).any is True
+
+
+def test_tile_indices_outside_the_plan_raise() -> None:
+    plan = grid((100, 70), tile=64, halo=16)
+    assert len(plan) == 12 and len(list(plan)) == 12
+    assert plan[0].index == 0 and plan[11].index == 11
+    for bad in (-1, 12, 100):
+        with pytest.raises(IndexError, match=rf"tile index {bad} out of range 0\.\.11"):
+            plan[bad]
+
+
+def test_core_size_is_the_tile_less_two_halos_and_shrinks_to_small_grids() -> None:
+    assert grid((1000, 1000), tile=384, halo=64, align=16).size == 256
+    assert grid((1000, 1000), tile=384, halo=64, align=16, shrink=False).size == 256
+    # a grid smaller than one core: the core shrinks to the grid's longer side, rounded up to align
+    small = grid((40, 30), tile=512, halo=16, align=16)
+    assert (small.size, small.read_size, len(small)) == (48, 80, 1)
+    assert grid((40, 30), tile=512, halo=16, align=16, shrink=False).size == 480
+    assert grid((40, 48), tile=512, halo=16, align=16).size == 48
+    odd = grid((5, 7), tile=9, halo=3)  # align defaults to 1: any tile and halo
+    assert (odd.size, odd.read_size, odd.align, len(odd)) == (3, 9, 1, 6)
+    line = grid((1, 5), tile=8, halo=0)  # a one-row grid is a grid
+    assert (line.size, len(line), line[0].core.shape) == (5, 1, (1, 5))
+    plan = grid((np.int64(40), np.int64(30)), tile=64, halo=0)
+    assert plan.shape == (40, 30) and all(type(v) is int for v in plan.shape)
+
+
+@pytest.mark.parametrize("shape", [(0, 10), (10, 0), (-5, 3)])
+def test_an_empty_grid_is_refused(shape: tuple[int, int]) -> None:
+    with pytest.raises(ConfigError) as err:
+        grid(shape, tile=64, halo=0)
+    assert str(err.value) == f"grid shape={shape} must be positive in both axes; check the input raster"
+
+
+def test_tile_halo_problem_boundaries_and_suggestions() -> None:
+    from geounet.tiling import tile_halo_problem
+
+    names = ("model.tile", "model.halo")
+    assert tile_halo_problem(272, 128, align=16) is None  # the smallest tile with a core
+    assert tile_halo_problem(64, 0) is None  # no halo, align 1
+    assert tile_halo_problem(3, 1) is None
+    assert tile_halo_problem(2, 1) == (
+        "tile=2 must be > 2*halo=2 (the core would be empty); "
+        "raise --tile / predict.tile to at least 3 or lower --halo / predict.halo"
+    )
+    assert tile_halo_problem(100, 64, align=16, names=names) == (
+        "tile=100 must be > 2*halo=128 (the core would be empty); "
+        "raise model.tile to at least 144 or lower model.halo"
+    )
+    assert tile_halo_problem(64, 0, align=0) == (
+        "align=0 must be >= 1; pass the model's down-sampling factor (2**depth)"
+    )
+    assert tile_halo_problem(64, -1, names=names) == (
+        "halo=-1 must be >= 0; set model.halo to the model's receptive-field radius or more"
+    )
+    # a value below one alignment step: the only suggestion is the step itself
+    assert tile_halo_problem(64, 8, align=16, names=names) == (
+        "halo=8 must be a multiple of the model's down-sampling factor 16; set model.halo to 16 or 16"
+    )
+    assert tile_halo_problem(70, 16, align=16, names=names) == (
+        "tile=70 must be a multiple of the model's down-sampling factor 16; set model.tile to 64 or 80"
+    )
+    assert tile_halo_problem(72, 20, align=8, names=names) == (
+        "halo=20 must be a multiple of the model's down-sampling factor 8; set model.halo to 16 or 24"
+    )

@@ -28,3 +28,15 @@ def data_dir() -> Path:
     if not (path / "README.md").exists():
         pytest.fail(f"real data not found at {path}; set GEOUNET_DATA to the shared data folder")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> object:
+    """torch at one thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    the CI machine is shared, and several torch threads on 2 busy cores spin against each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from geounet import crossval, datasets, evaluate, model
 from geounet.config import TrainConfig, train_config
@@ -16,12 +15,7 @@ from geounet.model import NODATA_CLASS
 S2 = "s2-brandenburg-20170216"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(data_dir: Path, out: Path, *, split: bool = True) -> TrainConfig:

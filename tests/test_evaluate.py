@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
-import torch
 import yaml
 from click.testing import CliRunner
 from rasterio.transform import from_origin
@@ -23,12 +22,7 @@ from geounet.model import NODATA_CLASS, ClassInfo, ModelSpec, networks
 CLASSES = [ClassInfo(0, "a", "#000000"), ClassInfo(1, "b", "#ff0000"), ClassInfo(2, "c", "#00ff00")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _image(shape: tuple[int, int], seed: int = 3) -> np.ndarray:

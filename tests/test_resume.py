@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from fixtures_ray import RGB_OPTIONS, assert_same_outputs
 
 from geounet import jobs, model, pipeline, planning, predict
@@ -22,13 +21,7 @@ from geounet.tiling import Tile
 OPTIONS = RGB_OPTIONS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    # The CI machine is shared: several torch threads on 2 busy cores spin against each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Crashing:

@@ -338,7 +338,7 @@ def test_a_manifest_of_another_format_names_the_keys_it_lacks(
     path.write_text(json.dumps({"fingerprint": "0" * 64}))  # no job at all: every set key differs
     with caplog.at_level(logging.WARNING, logger="geounet.resume"):
         TileStore.open(job)
-    assert "(changed: bands, format, grid, model_sha256, options, plan, scenes, source)" in caplog.text
+    assert "(changed: bands, format, grid, masks, model_sha256, options, plan, scenes, source)" in caplog.text
 
 
 @pytest.mark.parametrize("manifest", ["{not json", "[1, 2]", None])
@@ -450,7 +450,10 @@ def test_fingerprint_follows_the_input_file_and_the_job(tmp_path: Path) -> None:
         "options",
         "scenes",
         "aoi",
+        "composite",
+        "masks",
     }
+    assert (doc["composite"], doc["masks"]) == (None, [])  # a local file: no scenes to composite
     assert isinstance(doc["format"], int)
     st = os.stat(job.source)
     assert doc["source"] == {"path": job.source, "size": st.st_size, "mtime_ns": st.st_mtime_ns}

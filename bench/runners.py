@@ -111,8 +111,11 @@ def hand_loop(src: Path, scripted: Path, out: Path, *, window: int = WINDOW, ove
                     dst.write(class_ids[cls[:hh, :ww]], 1, window=Window(c, r, ww, hh))
 
 
-def whole_image(src: Path, bundle_path: Path, out: Path) -> None:
-    """The oracle: the whole raster, mirror-padded by the halo, in one forward pass (classes .npy)."""
+def whole_image(src: Path, bundle_path: Path, out: Path, *, channels_last: bool = True) -> None:
+    """The oracle: the whole raster, mirror-padded by the halo, in one forward pass (classes .npy).
+
+    ``channels_last=False`` runs the default layout, the one the hand-written loop uses.
+    """
     import rasterio
     import torch
 
@@ -130,7 +133,7 @@ def whole_image(src: Path, bundle_path: Path, out: Path) -> None:
     # Channels-last, the layout geounet's predictor runs: each layout's convolutions are
     # shift-invariant bit for bit (tests/test_infer.py), but the two layouts differ by ~2e-6 in
     # the logits, which flips about one near-tie pixel in 3 million between them.
-    cl = torch.channels_last
+    cl = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.from_numpy(model.normalize(padded[None], b.normalization)).contiguous(memory_format=cl)
     del padded
     net = nets.fuse_batchnorm(nets.module_from_bundle(b)).to(memory_format=cl).eval()

@@ -255,7 +255,8 @@ def _loop_vs_whole(tmp_path: Path, workdir: Path, bundle: Path) -> tuple[int, in
     src = common.mirror_scene(520, 1000, workdir=workdir)  # 2 x 3 windows, the last ones past the edge
     scripted = runners.export_torchscript(bundle, tmp_path / f"{bundle.stem}.pt")
     runners.hand_loop(src, scripted, tmp_path / f"{bundle.stem}.tif")
-    runners.whole_image(src, bundle, tmp_path / f"{bundle.stem}.npy")
+    # the loop runs torch's default layout: compare it with the whole-image pass in that layout
+    runners.whole_image(src, bundle, tmp_path / f"{bundle.stem}.npy", channels_last=False)
     reference = np.load(tmp_path / f"{bundle.stem}.npy")
     with rasterio.open(tmp_path / f"{bundle.stem}.tif") as ds:
         assert ds.profile["tiled"] and ds.shape == (520, 1000)

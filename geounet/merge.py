@@ -117,8 +117,9 @@ class Blender:
 
     Feed every tile of the plan once (:meth:`add` with probabilities over its read
     window and its chip's valid mask, or :meth:`skip` for tiles that were not
-    predicted), in any order; :meth:`ready` yields the finished row bands as soon as
-    every tile that can touch them has arrived. Memory: two tile rows of probabilities.
+    predicted), in any order (the result does not depend on it); :meth:`ready` yields the
+    finished row bands as soon as every tile that can touch them has arrived. Memory: two tile
+    rows of probabilities (float64 sums).
     """
 
     def __init__(self, plan: TileGrid, *, n_classes: int, window: str | WeightFn = "cosine") -> None:
@@ -134,9 +135,11 @@ class Blender:
         if tile_row not in self._strips:
             h = min(self.plan.size, self.plan.shape[0] - tile_row * self.plan.size)
             cols = self.plan.shape[1]
+            # float64 sums of the float32 terms: exact for the few (<= 9) terms a pixel gets, so the
+            # blend does not depend on the order tiles arrive in (Ray returns them in any order).
             self._strips[tile_row] = (
-                np.zeros((self.n_classes, h, cols), np.float32),
-                np.zeros((h, cols), np.float32),
+                np.zeros((self.n_classes, h, cols), np.float64),
+                np.zeros((h, cols), np.float64),
                 np.zeros((h, cols), bool),
             )
         return self._strips[tile_row]
@@ -176,7 +179,7 @@ class Blender:
             if any(self._done_per_row[r] < self.plan.n_cols for r in neighbours):
                 return
             acc, wsum, valid = self._strips.pop(tr)
-            probs = acc / np.maximum(wsum, 1e-12)
+            probs = (acc / np.maximum(wsum, 1e-12)).astype(np.float32)
             yield Block(Window(tr * self.plan.size, 0, acc.shape[1], acc.shape[2]), probs, valid)
             self._next_row += 1
 

@@ -55,20 +55,6 @@ def test_a_block_that_does_not_fit_is_an_input_error(tmp_path: Path) -> None:
     assert not (tmp_path / "p.tif").exists()
 
 
-def test_probabilities_is_a_predict_option_that_keys_the_tile_cache() -> None:
-    """``--probabilities`` reaches :class:`~geounet.jobs.PredictOptions`; cached tiles without
-    probabilities are not reused for a run that asks for them (a pixel option)."""
-    from click.testing import CliRunner
-
-    from geounet import jobs
-    from geounet.cli import cli
-
-    assert jobs.PredictOptions(probabilities=True).pixel_options()["probabilities"] is True
-    assert jobs.PredictOptions().pixel_options()["probabilities"] is False
-    help_text = CliRunner().invoke(cli, ["predict", "--help"]).output
-    assert "--probabilities" in help_text and "probabilities.tif" in help_text
-
-
 def test_the_incremental_writer_leaves_nothing_when_the_loop_fails(tmp_path: Path) -> None:
     """``ProbabilityWriter`` (the pipeline's form): the COG appears only when the loop finished."""
     from geounet.geo import Window

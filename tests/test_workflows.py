@@ -248,4 +248,9 @@ def test_region_over_two_scenes_in_two_utm_zones_is_one_seamless_mosaic(
         inside = geometry_mask([result.plan.job.aoi], out_shape=ds.shape, transform=ds.transform, invert=True)
     assert (classes[inside] != 255).all()  # no gap along the zone boundary
     assert_real_output(classes[inside], len(CLASSES))
-    assert len(list((tmp_path / "out").glob("*.tif"))) == 2  # classes + confidence: one mosaic
+    # one mosaic: classes + confidence, and the per-pixel count of clear observations beside them
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == [
+        "classes.tif",
+        "confidence.tif",
+        "observations.tif",
+    ]

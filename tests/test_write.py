@@ -367,17 +367,17 @@ def test_writer_misuse_and_bad_options_are_named(tmp_path: Path) -> None:
 
 def test_a_truncated_cog_is_reported_as_incomplete(tmp_path: Path) -> None:
     """What a full disk leaves behind during the COG build: the read-back check names it."""
-    from geounet.write import _verify
+    from geounet.write import verify_cog
 
     values = np.random.default_rng(2).integers(0, 255, (1024, 1024)).astype(np.uint8)
     grid = Grid(shape=values.shape, transform=SMALL.transform, crs=SMALL.crs)
     whole = write_array(tmp_path / "whole.tif", values, grid, block=256)
-    _verify(whole, whole)  # a complete file passes
+    verify_cog(whole, whole)  # a complete file passes
     cut = tmp_path / "cut.tif"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 3 // 4])
     target = tmp_path / "classes.tif"
     with pytest.raises(WriteError) as err:
-        _verify(cut, target)
+        verify_cog(cut, target)
     message = str(err.value)
     assert message.startswith(f"COG {target} came out incomplete (")
     assert message.endswith("); the disk is probably full: free space and rerun") and "\n" not in message
@@ -386,7 +386,7 @@ def test_a_truncated_cog_is_reported_as_incomplete(tmp_path: Path) -> None:
 def test_a_corrupt_overview_is_reported_although_the_full_resolution_reads(tmp_path: Path) -> None:
     """The read-back check reads every overview level too: garbage in the first data bytes (a COG
     stores the smallest overview first) leaves the full-resolution pixels intact."""
-    from geounet.write import _verify
+    from geounet.write import verify_cog
 
     values = np.random.default_rng(2).integers(0, 255, (1024, 1024)).astype(np.uint8)
     grid = Grid(shape=values.shape, transform=SMALL.transform, crs=SMALL.crs)
@@ -398,7 +398,7 @@ def test_a_corrupt_overview_is_reported_although_the_full_resolution_reads(tmp_p
     with rasterio.open(bad) as src:
         np.testing.assert_array_equal(src.read(1), values)
     with pytest.raises(WriteError) as err:
-        _verify(bad, tmp_path / "classes.tif")
+        verify_cog(bad, tmp_path / "classes.tif")
     assert str(err.value).startswith(f"COG {tmp_path / 'classes.tif'} came out incomplete (IReadBlock failed")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +109,27 @@ def test_probability_and_observation_assets_validate_against_the_published_schem
     assert count["data_type"] == "uint16" and "nodata" not in count
     assert item.assets["observations"].roles == ["data", "quality"]
     assert item.assets["probabilities"].extra_fields["file:size"] == assets["probabilities"].stat().st_size
+
+
+def test_unwritten_pixels_stay_nodata_when_the_block_cache_is_smaller_than_a_block(tmp_path: Path) -> None:
+    """GDAL flushes a pixel-interleaved block band by band when its cache is full and reloads the
+    other bands' unwritten pixels as 0; the scratch file is band-interleaved so they stay 255.
+    (A tiny ``GDAL_CACHEMAX`` in a fresh process: the state an earlier run of the suite leaves.)"""
+    script = (
+        "import sys, numpy as np, rasterio\n"
+        "from pathlib import Path\n"
+        "from geounet.geo import Grid, Window\n"
+        "from geounet.model import ClassInfo\n"
+        "from geounet.publish.probabilities import ProbabilityWriter\n"
+        "classes = [ClassInfo(i, n, c) for i, (n, c) in enumerate([('a', '#ff0000'), ('b', '#00ff00'), ('c', '#0000ff')])]\n"
+        "p = Path(sys.argv[1]) / 'p.tif'\n"
+        "with ProbabilityWriter(p, Grid(shape=(32, 32)), classes=classes) as w:\n"
+        "    w.write(Window(0, 0, 16, 32), np.full((3, 16, 32), 0.5))\n"
+        "with rasterio.open(p) as ds:\n"
+        "    got = ds.read()\n"
+        "print(int((got[:, :16] == 50).all()), int((got[:, 16:] == 255).all()))\n"
+    )
+    env = {**os.environ, "GDAL_CACHEMAX": "200000"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "1"]

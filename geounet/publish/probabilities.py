@@ -69,7 +69,7 @@ class ProbabilityWriter:
         profile = {
             "driver": "GTiff", "width": self.grid.cols, "height": self.grid.rows, "count": len(self.classes),
             "dtype": "uint8", "nodata": NODATA_CLASS, "tiled": True, "blockxsize": self.block,
-            "blockysize": self.block, "compress": "zstd", "sparse_ok": True, "bigtiff": "if_safer",
+            "blockysize": self.block, "compress": "zstd", "sparse_ok": True, "bigtiff": "if_safer", "interleave": "band",
         }  # fmt: skip
         if self.grid.crs is not None or self.grid.transform != Affine.identity():
             profile["transform"] = self.grid.transform

@@ -244,3 +244,40 @@ def test_geopackage_style_row_holds_the_categorized_sld(run_outputs, landuse) ->
     other = ET.fromstring(publish.categorized_sld(landuse.classes[:2], "fields", field="crop"))
     assert [e.text for e in other.iter("{http://www.opengis.net/ogc}PropertyName")] == ["crop", "crop"]
     assert other.find("sld:NamedLayer/se:Name", ns).text == "fields"
+
+
+def test_geopackage_chunks_stream_into_one_layer_with_its_index(tmp_path: Path, landuse) -> None:
+    """Chunks (some empty, with other dtypes) → the same layer as one frame; the R-tree holds every row."""
+    gdf = vectorize.from_array(
+        landuse.array[:256, :256],
+        grid=landuse.grid.window_grid(vectorize.Window(0, 0, 256, 256)),
+        classes=landuse.classes,
+    )
+    assert len(gdf) > 50
+    empty = gdf.iloc[:0].astype({"class_id": "int64"})
+    parts = [empty, gdf.iloc[:10], empty, gdf.iloc[10:37], gdf.iloc[37:]]
+    streamed = publish.write_vector_chunks(parts, tmp_path / "s.gpkg", classes=landuse.classes)
+    whole = publish.write_vectors(gdf, tmp_path / "w.gpkg", classes=landuse.classes)
+    got, want = gpd.read_file(streamed, layer="s"), gpd.read_file(whole, layer="w")
+    assert got.crs == gdf.crs and list(got.columns) == list(want.columns)
+    pd.testing.assert_frame_equal(canonical(got), canonical(want))
+    with sqlite3.connect(streamed) as db:
+        assert db.execute("SELECT count(*) FROM rtree_s_geom").fetchone() == (len(gdf),)
+        assert db.execute("SELECT count(*) FROM layer_styles WHERE f_table_name = 's'").fetchone() == (1,)
+
+
+def test_a_chunk_stream_that_fails_leaves_no_geopackage(tmp_path: Path, landuse) -> None:
+    """The producer's own exception comes out (not pyarrow's wrapper) and no file is left."""
+    gdf = vectorize.from_array(
+        landuse.array[:64, :64],
+        grid=landuse.grid.window_grid(vectorize.Window(0, 0, 64, 64)),
+        classes=landuse.classes,
+    )
+
+    def chunks():
+        yield gdf
+        raise KeyError("the raster stage died")
+
+    with pytest.raises(KeyError, match="raster stage died"):
+        publish.write_vector_chunks(chunks(), tmp_path / "p.gpkg", classes=landuse.classes)
+    assert list(tmp_path.iterdir()) == []

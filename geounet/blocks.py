@@ -25,7 +25,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 
-from geounet import vectorize
+from geounet import cores, vectorize
 from geounet.errors import ExecutionError
 from geounet.geo import Grid, Window
 from geounet.merge import NODATA_CONFIDENCE
@@ -116,11 +116,12 @@ class BlockPolygons:
                 raise item
             if item is _DONE:
                 break
-            for final, seam in self._vectorize(*item):
-                seams.append(seam)
-                if len(final):
-                    self.polygons += len(final)
-                    yield final
+            with cores.SHARE.beside():  # the model leaves a core to this thread meanwhile
+                for final, seam in self._vectorize(*item):
+                    seams.append(seam)
+                    if len(final):
+                        self.polygons += len(final)
+                        yield final
         merged = vectorize.dissolve_seams(
             seams,
             grid=self.grid,

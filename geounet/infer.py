@@ -9,8 +9,8 @@ channels-last memory (on this project's 2-core CPU 1.5-2x faster than the defaul
 for U-Net convolutions, and the layout cuDNN's tensor cores want). On a GPU it uses
 autocast (bfloat16 where the card supports it, else float16), pinned host memory with
 asynchronous copies, and halves the batch on an out-of-memory error. On the CPU it runs
-in float32 and leaves torch's thread settings alone (the caller, e.g. a Ray actor with a
-CPU quota, decides them). Optional test-time augmentation averages the 8
+in float32 with at most the caller's torch thread count (the caller, e.g. a Ray actor with a
+CPU quota, decides it), one fewer per thread working beside it (:mod:`geounet.cores`). Optional test-time augmentation averages the 8
 flips/rotations of each chip.
 
 :meth:`Predictor.predict_rows` runs one tall tile through :mod:`geounet.stream` in strips
@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -40,7 +41,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from geounet import stream
+from geounet import cores, stream
 from geounet.errors import ConfigError, ExecutionError, InputError
 from geounet.model import Bundle
 from geounet.model.networks import fuse_batchnorm, module_from_bundle
@@ -218,13 +219,42 @@ class Predictor:
         w = chip.shape[3]
         step = rows or strip_rows(w)
         row0 = 0
-        with torch.inference_mode():
+        with torch.inference_mode(), self._sharing_cores() as share:
             t = torch.from_numpy(chip).to(self.device).contiguous(memory_format=self.layout)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                for logits in stream.StreamingUNet(self.module).strips(t, rows=step):
+                strips = stream.StreamingUNet(self.module).strips(t, rows=step)
+                while True:
+                    share()
+                    logits = next(strips, None)
+                    if logits is None:
+                        break
                     p = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
                     yield row0, p
                     row0 += p.shape[1]
+
+    @contextlib.contextmanager
+    def _sharing_cores(self) -> Iterator[Callable[[], None]]:
+        """A callable that sets torch's threads from :data:`geounet.cores.SHARE` (CPU only).
+
+        The caller's thread count is the most the model takes, and it is restored on exit.
+        """
+        if self.cuda:
+            yield lambda: None
+            return
+        base = torch.get_num_threads()
+        now = [base]
+
+        def share() -> None:
+            n = cores.SHARE.model_threads(base)
+            if n != now[0]:
+                torch.set_num_threads(n)
+                now[0] = n
+
+        try:
+            yield share
+        finally:
+            if now[0] != base:
+                torch.set_num_threads(base)
 
     def _run(self, chunk: np.ndarray) -> np.ndarray:
         """One forward pass (all TTA views) of one batch; returns float32 probabilities."""
@@ -234,7 +264,12 @@ class Predictor:
                 # size (~6e-8), so a tile's result would depend on its batch companions and the
                 # executors (batch 8 here, 16 in a Ray actor) would disagree at rounding ties.
                 t = torch.from_numpy(chunk)
-                return torch.cat([self._probs(t[i : i + 1]) for i in range(len(t))]).numpy()
+                parts = []
+                with self._sharing_cores() as share:
+                    for i in range(len(t)):
+                        share()
+                        parts.append(self._probs(t[i : i + 1]))
+                return torch.cat(parts).numpy()
             host = torch.from_numpy(chunk).pin_memory()
             t = host.to(self.device, non_blocking=True)
             probs = self._probs(t)

@@ -109,10 +109,12 @@ def _raster_writers(job: Job, bundle: Bundle, stack: contextlib.ExitStack) -> di
 
 def _block_polygons(job: Job, bundle: Bundle, stack: contextlib.ExitStack) -> Any:
     """A :class:`geounet.blocks.BlockPolygons` when polygons are wanted and can stream, else None."""
+    opts = job.options
+    if "polygons" not in opts.outputs:
+        return None  # before the import: geopandas and pandas cost ~1 s of a rasters-only run's start
     from geounet import blocks, publish
 
-    opts = job.options
-    if "polygons" not in opts.outputs or not blocks.streams(opts.simplify, job.grid):
+    if not blocks.streams(opts.simplify, job.grid):
         return None
     path = job.out_dir / f"polygons{publish.vector_extension(opts.vector_format)}"
     return stack.enter_context(

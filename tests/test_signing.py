@@ -1,8 +1,9 @@
 """Re-signing expired asset hrefs mid-job, against a loopback storage that expires its tokens.
 
 The server behaves like Planetary Computer's blob storage behind its SAS token API: ``GET
-/token`` hands out a token (``{"token": "...", "msft:expiry": ...}``) valid for a short
-time; an asset request (with range requests, as GDAL's /vsicurl/ makes them) without a
+/token`` hands out a token (``{"token": "...", "msft:expiry": ...}``) valid until the test
+expires it (explicitly, not by a clock: a loaded machine must not expire a token mid-read
+that the test expects to be live); an asset request (with range requests, as GDAL's /vsicurl/ makes them) without a
 live token is refused with HTTP 403 ``AuthenticationFailed``. The signer registered here
 asks that token API, as ``planetary_computer.sign_url`` asks Planetary Computer's.
 """
@@ -13,9 +14,8 @@ import dataclasses
 import json
 import secrets
 import threading
-import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -31,20 +31,18 @@ from geounet import read, scenes, search, signing
 from geounet.errors import ReadError
 from geounet.geo import Window
 
-TTL = 1.5  # seconds a token lives
-
 
 class Storage(RangeRequestHandler):
     """Files of ``directory`` for requests carrying a live ``?token=``; tokens from ``/token``."""
 
-    tokens: dict[str, float]
+    tokens: set[str]
     issued: list[str]
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
         if parts.path == "/token":
             token = secrets.token_hex(8)
-            self.tokens[token] = time.monotonic() + TTL
+            self.tokens.add(token)
             self.issued.append(token)
             body = json.dumps({"token": f"token={token}", "msft:expiry": "soon"}).encode()
             self.send_response(200)
@@ -54,7 +52,7 @@ class Storage(RangeRequestHandler):
             self.wfile.write(body)
             return
         token = (parse_qs(parts.query).get("token") or [""])[0]
-        if self.tokens.get(token, 0.0) < time.monotonic():
+        if token not in self.tokens:
             self.send_error(403, "AuthenticationFailed", "Signature not valid in the specified time frame")
             return
         self.path = parts.path
@@ -68,14 +66,15 @@ class Storage(RangeRequestHandler):
 
 
 @pytest.fixture
-def storage(stac_assets: StacAssets) -> Iterator[tuple[str, list[str]]]:
-    handler = type("Handler", (Storage,), {"tokens": {}, "issued": []})
+def storage(stac_assets: StacAssets) -> Iterator[tuple[str, list[str], Callable[[], None]]]:
+    """(url, tokens issued so far, expire every live token)."""
+    handler = type("Handler", (Storage,), {"tokens": set(), "issued": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(stac_assets.root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     signing.register("loopback-sas", partial(sign_with, url))
-    yield url, handler.issued
+    yield url, handler.issued, handler.tokens.clear
     server.shutdown()
     server.server_close()
 
@@ -87,9 +86,9 @@ def sign_with(url: str, href: str) -> str:
 
 
 def test_expired_token_mid_job_is_re_signed_and_the_read_retried(
-    stac_api: str, stac_assets: StacAssets, storage: tuple[str, list[str]], data_dir: Path
+    stac_api: str, stac_assets: StacAssets, storage: tuple[str, list[str], Callable[[], None]], data_dir: Path
 ) -> None:
-    url, issued = storage
+    url, issued, expire = storage
     [scene] = search.scenes(
         stac_api, collections=["sentinel-2-l1c"], bbox=(12.55, 52.46, 12.65, 52.5), bands=["B04"]
     )
@@ -106,14 +105,14 @@ def test_expired_token_mid_job_is_re_signed_and_the_read_retried(
     windows = [Window(0, 0, 64, 64), Window(300, 500, 64, 64)]
     first, _ = scenes.composite([signed], windows[0], grid=grid)
     assert len(issued) == 1
-    time.sleep(TTL + 0.5)  # the token of the search expires during the job
+    expire()  # the token of the search expires during the job
     second, valid = scenes.composite([signed], windows[1], grid=grid)
     assert len(issued) == 2 and valid.all()  # refused once, re-signed, retried
     for got, window in zip((first, second), windows, strict=True):
         np.testing.assert_array_equal(got[0], expected[0][window.to_slices()])
     assert signing.current(signed.bands[0].href).endswith(f"token={issued[-1]}")
     unsigned = dataclasses.replace(signed, signer=None)
-    time.sleep(TTL + 0.5)
+    expire()
     with pytest.raises(ReadError, match="cannot be read"):  # without a signer the refusal is the job's error
         scenes.composite([unsigned], Window(700, 700, 32, 32), grid=grid)
 

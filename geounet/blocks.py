@@ -25,7 +25,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 
-from geounet import cores, vectorize
+from geounet import cores, heap, vectorize
 from geounet.errors import ExecutionError
 from geounet.geo import Grid, Window
 from geounet.merge import NODATA_CONFIDENCE
@@ -122,6 +122,7 @@ class BlockPolygons:
                     if len(final):
                         self.polygons += len(final)
                         yield final
+        heap.trim()  # the prediction loop is over: its freed buffers go back before the dissolve
         merged = vectorize.dissolve_seams(
             seams,
             grid=self.grid,

@@ -220,9 +220,9 @@ class Predictor:
         step = rows or strip_rows(w)
         row0 = 0
         with torch.inference_mode(), self._sharing_cores() as share:
-            t = torch.from_numpy(chip).to(self.device).contiguous(memory_format=self.layout)
+            t = torch.from_numpy(chip).to(self.device)  # strips go channels-last one by one
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                strips = stream.StreamingUNet(self.module).strips(t, rows=step)
+                strips = stream.StreamingUNet(self.module).strips(t, rows=step, layout=self.layout)
                 while True:
                     share()
                     logits = next(strips, None)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geounet import merge
+from geounet import heap, merge
 from geounet import model as model_mod
 from geounet import read as read_mod
 from geounet.jobs import Job, TileResult
@@ -120,7 +120,11 @@ class TilePredictor:
         """Predict the non-empty chips (one batch, or one streamed tile at a time); empty ones come back ``skipped``."""
         todo = [c for c in chips if c is not None]
         if self.streamed:
-            done = iter([self._streamed(c) for c in todo])
+            streamed = []
+            for chip in todo:
+                streamed.append(self._streamed(chip))
+                heap.trim()  # a large tile's strip buffers go back to the OS, not to a thread's arena
+            done = iter(streamed)
         else:
             probs = self._probs(todo) if todo else np.empty((0,))
             done = iter([self._result(c, p) for c, p in zip(todo, probs, strict=True)])
@@ -183,14 +187,15 @@ READERS = 3
 def local_results(job: Job, *, tiles: Iterable[Tile] | None = None) -> Iterator[TileResult]:
     """The in-process executor: reader threads prefetch the next batches while the model runs.
 
-    Up to :data:`READERS` batches are read ahead (2 for streamed tiles, which are large), so
-    reading, the model and the writer's vectorizing thread overlap.
+    Up to :data:`READERS` batches are read ahead (1 for streamed tiles, which are large: one
+    tile is read while the model streams the other), so reading, the model and the writer's
+    vectorizing thread overlap.
     """
     predictor = TilePredictor(job)
     batches = list(_batches(job.plan if tiles is None else tiles, job.options.batch_size))
     if not batches:
         return
-    ahead = 2 if predictor.streamed else READERS
+    ahead = 1 if predictor.streamed else READERS
     with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="geounet-read") as pool:
         pending = [pool.submit(read_chips, job, b) for b in batches[:ahead]]
         for i, batch in enumerate(batches):

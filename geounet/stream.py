@@ -304,11 +304,15 @@ class StreamingUNet:
         dec = [_layer(b) if isinstance(b, _ResBlock) else _stream_seq(b) for b in net.decoder]
         return _Layers(enc, pools, ups, joins, dec, _Pointwise(net.head))
 
-    def strips(self, x: torch.Tensor, *, rows: int) -> Iterator[torch.Tensor]:
+    def strips(
+        self, x: torch.Tensor, *, rows: int, layout: torch.memory_format | None = None
+    ) -> Iterator[torch.Tensor]:
         """Logits of ``x`` (B, C, H, W), yielded in consecutive strips of rows (any heights).
 
         ``rows`` is the height of the input strips pushed at a time; the output strips come
         out lagging by about the receptive-field radius, together covering rows 0..H-1.
+        ``layout`` converts each input strip (e.g. to channels-last) as it is pushed, so the
+        tile is never copied whole.
 
         Raises:
             InputError: when H or W is not a multiple of the model's stride, or ``rows`` < 1.
@@ -325,7 +329,8 @@ class StreamingUNet:
         starts = list(range(0, x.shape[2], rows))
         for k, r0 in enumerate(starts):
             final = k == len(starts) - 1
-            out = layers.push(x[:, :, r0 : r0 + rows], final)
+            piece = x[:, :, r0 : r0 + rows]
+            out = layers.push(piece if layout is None else piece.contiguous(memory_format=layout), final)
             if out is not None:
                 yield out
 

@@ -112,6 +112,9 @@ class OptimSection(_Strict):
     max_minutes: float | None = Field(
         default=None, gt=0, description="wall-time budget: evaluate, checkpoint and stop when it is spent"
     )
+    ema: float | None = Field(
+        default=None, gt=0, lt=1, description="decay of a moving average of the weights (validated, saved)"
+    )
 
 
 class AugmentSection(_Strict):

@@ -124,6 +124,7 @@ class AugmentSection(_Strict):
     contrast: float = Field(default=0.1, ge=0)
     gamma: float = Field(default=0.1, ge=0, lt=1)
     scale: float = Field(default=0.1, ge=0, lt=0.5)
+    spectral: float = Field(default=0.0, ge=0, lt=1, description="± gain drawn per band and chip")
 
 
 class EvaluateSection(_Strict):

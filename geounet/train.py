@@ -319,7 +319,7 @@ class _Trainer:
         self.std = torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
         self.scale = norm.scale
         a = cfg.augment
-        self.aug = Augment(a.flip, a.rot90, a.brightness, a.contrast, a.gamma, a.scale)
+        self.aug = Augment(a.flip, a.rot90, a.brightness, a.contrast, a.gamma, a.scale, a.spectral)
         self.amp = cfg.train.amp and device == "cuda"
         self.ema: AveragedModel | None = None
 

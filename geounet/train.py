@@ -238,10 +238,8 @@ def run(
     state, norm = _start_state(out, net=net, opt=opt, norm=norm, resume=resume, ema=ema)
     ddp: nn.Module = nn.parallel.DistributedDataParallel(net) if world > 1 else net
     trainer = _Trainer(
-        cfg, data, net, ddp, opt, norm, class_weights(cfg, data), device, rank, world, frozen_steps
+        cfg, data, net, ddp, opt, norm, class_weights(cfg, data), device, rank, world, frozen_steps, ema
     )
-    trainer.ema = ema
-    scored = ema.module if ema is not None else net  # what validation scores and the bundle holds
     validate = _Validation(cfg, data, spec, norm, out, t0)
     losses: list[float] = []
     stopped = False
@@ -255,12 +253,10 @@ def run(
         state["losses"].append(round(losses[-1], 6))
         done = state["step"] = step + 1
         if _out_of_time(cfg, t0, done, world):
-            log.info(
-                "time budget train.max_minutes=%s spent at step %d; stopping", cfg.train.max_minutes, done
-            )
+            log.info("time budget train.max_minutes=%s spent at step %d", cfg.train.max_minutes, done)
             total = done
         if done % cfg.train.eval_every == 0 or done == total:
-            stop = torch.tensor([float(validate(scored, state, losses, step)) if rank == 0 else 0.0])
+            stop = torch.tensor([float(validate(trainer.scored, state, losses, step)) if rank == 0 else 0.0])
             losses = []
             if world > 1:
                 dist.broadcast(stop, src=0)
@@ -309,6 +305,7 @@ class _Trainer:
         rank: int,
         world: int,
         frozen_steps: int,
+        ema: AveragedModel | None = None,
     ) -> None:
         self.cfg, self.data, self.net, self.ddp, self.opt = cfg, data, net, ddp, opt
         self.device, self.rank, self.frozen_steps = device, rank, frozen_steps
@@ -321,7 +318,12 @@ class _Trainer:
         a = cfg.augment
         self.aug = Augment(a.flip, a.rot90, a.brightness, a.contrast, a.gamma, a.scale, a.spectral)
         self.amp = cfg.train.amp and device == "cuda"
-        self.ema: AveragedModel | None = None
+        self.ema = ema
+
+    @property
+    def scored(self) -> nn.Module:
+        """What validation scores and the bundle holds: the weight average (``train.ema``), else the module."""
+        return self.ema.module if self.ema is not None else self.net
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.cfg.train

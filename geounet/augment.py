@@ -29,7 +29,9 @@ class Augment:
     """Which augmentations to apply and how strongly.
 
     ``brightness``/``contrast`` are ± ranges (additive in scaled units / multiplicative),
-    ``gamma`` the ± range of the exponent around 1, ``scale`` the ± range of the zoom factor.
+    ``gamma`` the ± range of the exponent around 1, ``scale`` the ± range of the zoom factor,
+    ``spectral`` the ± range of an independent gain per band (haze, thin cirrus and sensor
+    differences change the bands unequally; a model that must not lean on exact band ratios).
     """
 
     flip: bool = True
@@ -38,6 +40,7 @@ class Augment:
     contrast: float = 0.1
     gamma: float = 0.1
     scale: float = 0.1
+    spectral: float = 0.0
 
 
 def _uniform(n: int, spread: float, g: torch.Generator) -> torch.Tensor:
@@ -66,7 +69,7 @@ def geometric(
 
 
 def photometric(x: torch.Tensor, cfg: Augment, g: torch.Generator) -> torch.Tensor:
-    """Per-sample contrast (around the chip mean), brightness offset and gamma on scaled values."""
+    """Per-sample contrast (around the chip mean), brightness offset, per-band gain and gamma on scaled values."""
     n = x.shape[0]
     shape = (n,) + (1,) * (x.ndim - 1)
     contrast = (1 + _uniform(n, cfg.contrast, g)).view(shape)
@@ -74,6 +77,8 @@ def photometric(x: torch.Tensor, cfg: Augment, g: torch.Generator) -> torch.Tens
     gamma = (1 + _uniform(n, cfg.gamma, g)).view(shape)
     mean = x.mean(dim=(-2, -1), keepdim=True)
     y = (x - mean) * contrast + mean + bright
+    if cfg.spectral > 0:
+        y = y * (1 + _uniform(n * x.shape[1], cfg.spectral, g)).view(n, x.shape[1], *(1,) * (x.ndim - 2))
     if cfg.gamma > 0:
         # gamma on the non-negative part only; sign kept so negative values survive unchanged in order
         y = torch.sign(y) * y.abs().pow(gamma)
@@ -106,6 +111,6 @@ def augment(
     x, m = geometric(x, m, cfg, generator)
     if cfg.scale > 0:
         x, m = rescale(x, m, cfg, generator)
-    if cfg.brightness > 0 or cfg.contrast > 0 or cfg.gamma > 0:
+    if cfg.brightness > 0 or cfg.contrast > 0 or cfg.gamma > 0 or cfg.spectral > 0:
         x = photometric(x, cfg, generator)
     return x.contiguous(), m.contiguous()

@@ -20,6 +20,7 @@ from torch import nn
 from geounet.errors import InputNotFoundError, WriteError
 
 CHECKPOINT = "checkpoint"
+EMA = "ema.safetensors"
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -30,8 +31,18 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, {"param_groups": sd["param_groups"]}
 
 
-def save_checkpoint(out: Path, *, net: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> Path:
-    """Write ``out/checkpoint`` (safetensors + JSON) atomically: a temp folder renamed when complete."""
+def save_checkpoint(
+    out: Path,
+    *,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    state: dict[str, Any],
+    ema: nn.Module | None = None,
+) -> Path:
+    """Write ``out/checkpoint`` (safetensors + JSON) atomically: a temp folder renamed when complete.
+
+    ``ema`` (the weight average of ``train.ema``) goes to ``ema.safetensors`` beside the module.
+    """
     final = out / CHECKPOINT
     tmp = out / f".{CHECKPOINT}.partial"
     try:
@@ -40,6 +51,8 @@ def save_checkpoint(out: Path, *, net: nn.Module, opt: torch.optim.Optimizer, st
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, tmp / "model.safetensors"
         )
+        if ema is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, tmp / EMA)
         tensors, meta = _optimizer_tensors(opt)
         save_file(tensors, tmp / "optimizer.safetensors")
         (tmp / "state.json").write_text(json.dumps({**state, **meta}, indent=1, allow_nan=False))
@@ -54,13 +67,21 @@ def save_checkpoint(out: Path, *, net: nn.Module, opt: torch.optim.Optimizer, st
     return final
 
 
-def load_checkpoint(out: Path, *, net: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore module and optimizer from ``out/checkpoint``; returns the JSON state (step, history...)."""
+def load_checkpoint(
+    out: Path, *, net: nn.Module, opt: torch.optim.Optimizer, ema: nn.Module | None = None
+) -> dict[str, Any]:
+    """Restore module, optimizer (and ``ema``) from ``out/checkpoint``; returns the JSON state."""
     ck = out / CHECKPOINT
     if not (ck / "state.json").exists():
         raise InputNotFoundError(f"no checkpoint in {ck}; run without --resume first")
     state: dict[str, Any] = json.loads((ck / "state.json").read_text())
     net.load_state_dict(load_file(ck / "model.safetensors"))
+    if ema is not None:
+        if not (ck / EMA).exists():
+            raise InputNotFoundError(
+                f"checkpoint {ck} has no {EMA} but train.ema is set; resume with the recipe it was run with"
+            )
+        ema.load_state_dict(load_file(ck / EMA))
     flat = load_file(ck / "optimizer.safetensors")
     per: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in flat.items():

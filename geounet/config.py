@@ -112,6 +112,9 @@ class OptimSection(_Strict):
     max_minutes: float | None = Field(
         default=None, gt=0, description="wall-time budget: evaluate, checkpoint and stop when it is spent"
     )
+    ema: float | None = Field(
+        default=None, gt=0, lt=1, description="decay of a moving average of the weights (validated, saved)"
+    )
 
 
 class AugmentSection(_Strict):
@@ -121,6 +124,7 @@ class AugmentSection(_Strict):
     contrast: float = Field(default=0.1, ge=0)
     gamma: float = Field(default=0.1, ge=0, lt=1)
     scale: float = Field(default=0.1, ge=0, lt=0.5)
+    spectral: float = Field(default=0.0, ge=0, lt=1, description="± gain drawn per band and chip")
 
 
 class EvaluateSection(_Strict):

@@ -32,3 +32,15 @@ def test_seeded_augment_is_reproducible_and_identity_when_off() -> None:
     off = Augment(flip=False, rot90=False, brightness=0, contrast=0, gamma=0, scale=0)
     y, n = augment(x, m, off, generator=torch.Generator())
     assert torch.equal(y, x) and torch.equal(n, m)
+
+
+def test_spectral_gain_is_one_factor_per_chip_and_band_within_range() -> None:
+    x, m = torch.rand(4, 3, 8, 8) + 0.5, torch.zeros(4, 8, 8, dtype=torch.uint8)
+    only = Augment(flip=False, rot90=False, brightness=0, contrast=0, gamma=0, scale=0, spectral=0.2)
+    y, n = augment(x, m, only, generator=torch.Generator().manual_seed(1))
+    gain = y / x
+    per = gain.flatten(2)
+    torch.testing.assert_close(per.min(dim=2).values, per.max(dim=2).values)  # constant over the chip
+    assert ((per >= 0.8 - 1e-6) & (per <= 1.2 + 1e-6)).all()
+    assert per[:, :, 0].std(dim=1).min() > 0  # the bands of a chip get different gains
+    assert torch.equal(n, m)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from geounet import checkpoint, datasets, evaluate, model, train
 from geounet.cli import cli
 from geounet.config import TrainConfig, load_train_config
-from geounet.errors import ConfigError
+from geounet.errors import ConfigError, InputNotFoundError
 from geounet.model import networks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +117,32 @@ def test_resume_continues_with_same_step_and_optimizer_state(
         assert wa.keys() == wb.keys()
         for k in wa:
             torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_ema_bundle_holds_the_average_and_resume_is_exact(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crack_data: datasets.Data
+) -> None:
+    over = {"train.steps": 6, "train.eval_every": 6, "train.ema": 0.5}
+    straight = train.run(_cfg(data_dir, tmp_path / "a", monkeypatch, **over), data=crack_data)
+    ck = tmp_path / "a" / "checkpoint"
+    raw, avg = load_file(ck / "model.safetensors"), load_file(ck / checkpoint.EMA)
+    saved = model.load(straight.bundle or tmp_path / "missing").weights
+    key = "head.weight"
+    # the bundle holds the average (AveragedModel keys its copy "module."), not the last iterate
+    np.testing.assert_allclose(saved[key], avg[f"module.{key}"].numpy(), rtol=1e-6)
+    assert not np.allclose(saved[key], raw[key].numpy())
+    assert float(avg["n_averaged"]) == 6
+    broken = _cfg(data_dir, tmp_path / "b", monkeypatch, **over)
+    train.run(broken, data=crack_data, stop_after=3)
+    train.run(broken, data=crack_data, resume=True)
+    resumed = load_file(tmp_path / "b" / "checkpoint" / checkpoint.EMA)
+    for k in avg:
+        torch.testing.assert_close(avg[k], resumed[k], rtol=1e-5, atol=1e-6)
+    plain = _cfg(data_dir, tmp_path / "b", monkeypatch, **{**over, "train.ema": None})
+    (tmp_path / "b" / "checkpoint" / checkpoint.EMA).unlink()
+    with pytest.raises(InputNotFoundError, match=r"train\.ema"):
+        train.run(_cfg(data_dir, tmp_path / "b", monkeypatch, **over), data=crack_data, resume=True)
+    assert train.run(plain, data=crack_data, resume=True).step == 6
 
 
 def test_init_from_bundle_new_head_and_frozen_encoder(

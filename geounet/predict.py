@@ -136,13 +136,14 @@ class TilePredictor:
     def _result(self, chip: Chip, probs: np.ndarray) -> TileResult:
         if self.job.options.merge == "blend":
             return TileResult(tile=chip.tile, probs=probs.astype(np.float16), valid=chip.valid)
-        classes, confidence = merge.decide(
-            merge.crop(probs, chip.tile), valid=chip.core_valid, class_ids=self.class_ids
-        )
-        return TileResult(tile=chip.tile, classes=classes, confidence=confidence)
+        core = merge.crop(probs, chip.tile)
+        classes, confidence = merge.decide(core, valid=chip.core_valid, class_ids=self.class_ids)
+        kept = core.astype(np.float16) if self.job.options.keeps_probabilities else None
+        return TileResult(tile=chip.tile, classes=classes, confidence=confidence, probs=kept)
 
     def _streamed(self, chip: Chip) -> TileResult:
-        """One tile through the network strip by strip; only its core's classes are kept."""
+        """One tile through the network strip by strip; only its core's classes (and probabilities, when
+        the job writes them) are kept."""
         x = model_mod.normalize(chip.data, self.bundle.normalization)
         if self.job.options.merge == "blend":
             probs = np.empty((self.predictor.n_classes, *chip.data.shape[1:]), np.float16)
@@ -153,16 +154,19 @@ class TilePredictor:
         classes = np.empty(core.shape, np.uint8)
         confidence = np.empty(core.shape, np.uint8)
         valid = chip.core_valid
+        keep = self.job.options.keeps_probabilities
+        kept = np.empty((self.predictor.n_classes, *core.shape), np.float16) if keep else None
         for r0, p in self.predictor.predict_rows(x):
             a, b = max(r0, core.row), min(r0 + p.shape[1], core.row_stop)
             if a < b:
                 rows = slice(a - core.row, b - core.row)
+                strip = p[:, a - r0 : b - r0, core.col : core.col_stop]
                 classes[rows], confidence[rows] = merge.decide(
-                    p[:, a - r0 : b - r0, core.col : core.col_stop],
-                    valid=valid[rows],
-                    class_ids=self.class_ids,
+                    strip, valid=valid[rows], class_ids=self.class_ids
                 )
-        return TileResult(tile=chip.tile, classes=classes, confidence=confidence)
+                if kept is not None:
+                    kept[:, rows] = strip
+        return TileResult(tile=chip.tile, classes=classes, confidence=confidence, probs=kept)
 
 
 def _batches(tiles: Iterable[Tile], size: int) -> Iterator[list[Tile]]:

@@ -35,7 +35,7 @@ from geounet import atomic, executors, pipeline, planning, search
 from geounet import model as model_mod
 from geounet.config import ExecutionSection, RunConfig, load_run_config
 from geounet.errors import ConfigError, SearchError
-from geounet.jobs import Job, TileResult
+from geounet.jobs import DEFAULT_OUTPUTS, Job, TileResult
 from geounet.scenes import order
 from geounet.search import Scene
 from geounet.tiling import tile_halo_problem
@@ -162,9 +162,10 @@ def plan(cfg: RunConfig) -> RegionPlan:
     if problem:  # before the search results are composited: fail fast, with the config's keys
         raise ConfigError(problem)
     o = cfg.outputs
+    outputs = (*DEFAULT_OUTPUTS, "probabilities") if o.probabilities else DEFAULT_OUTPUTS
     options = p.options(
         tile=tile, halo=halo, vector_format=o.vector_format, simplify=o.simplify, min_area=o.min_area,
-        resampling=cfg.grid.resampling,
+        resampling=cfg.grid.resampling, outputs=outputs,
     )  # fmt: skip
     job = planning.plan_scenes(
         with_masks(chosen, cfg),

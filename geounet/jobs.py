@@ -26,7 +26,7 @@ from geounet.tiling import Tile, TileGrid
 VECTOR_FORMATS = ("gpkg", "parquet", "fgb")
 
 #: The products a run can write (``--outputs``); the class raster is always one of them.
-OUTPUTS = ("classes", "confidence", "polygons", "probabilities")
+OUTPUTS = ("classes", "confidence", "polygons", "probabilities", "observations")
 
 #: The products written when ``--outputs`` is not given (probabilities only on request: they cost
 #: a float16 copy of every tile's core and one byte per class per pixel on disk).
@@ -34,7 +34,7 @@ DEFAULT_OUTPUTS = ("classes", "confidence", "polygons")
 
 #: Products that need more from each tile than its classes and confidence (so a cached tile
 #: recorded without them cannot serve a run that asks for them).
-PER_TILE = ("probabilities",)
+PER_TILE = ("probabilities", "observations")
 
 #: The options that change the predicted pixels (the others change speed or publishing only):
 #: the tile cache of :mod:`geounet.resume` is kept as long as these (and the plan) stay.
@@ -139,6 +139,13 @@ class Job:
     #: Optional area of interest (shapely geometry in ``grid``'s CRS): pixels outside are nodata.
     aoi: Any = None
 
+    def __post_init__(self) -> None:
+        if "observations" in self.options.outputs and not self.scenes:
+            raise ConfigError(
+                f"--outputs {','.join(self.options.outputs)}: observations counts the clear observations of "
+                f"STAC scenes, and {self.source!r} is one raster; predict a STAC search (--stac) or drop it"
+            )
+
 
 @dataclass(frozen=True, eq=False)
 class TileResult:
@@ -146,7 +153,9 @@ class TileResult:
 
     With the crop merge, ``probs`` holds the core's probabilities (float16, classes first) only
     when the job writes ``probabilities.tif`` (:attr:`PredictOptions.keeps_probabilities`), else
-    None. ``skipped`` tiles had no valid input pixel in their core and were not predicted.
+    None. ``observations``: the core's count of clear valid observations (uint16) when the job
+    writes ``observations.tif``. ``skipped`` tiles had no valid input pixel in their core and
+    were not predicted (their count is 0).
     """
 
     tile: Tile
@@ -154,4 +163,5 @@ class TileResult:
     confidence: np.ndarray | None = None
     probs: np.ndarray | None = None
     valid: np.ndarray | None = None
+    observations: np.ndarray | None = None
     skipped: bool = False

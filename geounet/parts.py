@@ -5,7 +5,8 @@ tile where it was predicted, so no pixel travels to the driver:
 
 - :func:`write_tile` writes, per tile core, a small georeferenced GeoTIFF (band 1 classes,
   band 2 confidence, nodata 255; with ``--outputs ...,probabilities`` a second one, ``.probs.tif``,
-  one percent band per class), the tile's final polygons (those touching no internal tile
+  one percent band per class; with ``observations`` a uint16 ``.obs.tif`` of the core's counts
+  of clear valid observations), the tile's final polygons (those touching no internal tile
   edge, as GeoParquet) and, last, a marker ``.npz`` holding the tile's *seam pieces* (the
   polygon pieces cut by tile edges, with their edge strips) and who wrote it. Each file is
   written under a hidden temporary name, fsync'd and renamed, and the marker only after the
@@ -49,6 +50,7 @@ from geounet.geo import Grid, Window
 from geounet.jobs import Job, TileResult
 from geounet.merge import NODATA_CONFIDENCE
 from geounet.model import NODATA_CLASS, ClassInfo
+from geounet.publish.observations import write_observations
 from geounet.publish.probabilities import ProbabilityWriter, to_percent
 from geounet.resume import RUN_DIR
 from geounet.styles import class_tags
@@ -162,6 +164,9 @@ def write_tile(
                 _write_probabilities(
                     folder / part_name(tile.index, ".probs.tif"), job.grid, tile.core, result
                 )
+            if result.observations is not None:  # --outputs ...,observations
+                obs = result.observations[None].astype(np.uint16)
+                _write_part(folder / part_name(tile.index, ".obs.tif"), job.grid, tile.core, obs, nodata=None)
             if vectors:
                 seam = _write_polygons(folder / part_name(tile.index, ".parquet"), job, result, classes)
         _write_marker(folder / part_name(tile.index, ".npz"), seam, info)
@@ -185,16 +190,20 @@ def _write_probabilities(path: Path, grid: Grid, core: Window, result: TileResul
     _write_part(path, grid, core, to_percent(result.probs, result.classes != NODATA_CLASS))
 
 
-def _write_part(path: Path, grid: Grid, core: Window, bands: np.ndarray) -> None:
-    """uint8 (bands, rows, cols) of one core as a georeferenced GeoTIFF, fsync'd and renamed."""
+def _write_part(
+    path: Path, grid: Grid, core: Window, bands: np.ndarray, *, nodata: int | None = NODATA_CLASS
+) -> None:
+    """(bands, rows, cols) of one core as a georeferenced GeoTIFF, fsync'd and renamed.
+
+    ``nodata`` 255 (= NODATA_CONFIDENCE) serves the class, confidence and percent bands."""
     part = grid.window_grid(core)
     profile: dict[str, Any] = {
         "driver": "GTiff",
         "width": core.width,
         "height": core.height,
         "count": len(bands),
-        "dtype": "uint8",
-        "nodata": NODATA_CLASS,  # = NODATA_CONFIDENCE: one nodata value serves every band
+        "dtype": bands.dtype.name,
+        "nodata": nodata,
         "compress": "zstd",
         "zstd_level": 1,
     }
@@ -343,6 +352,9 @@ def assemble(job: Job, *, classes: Sequence[ClassInfo], vectors: bool = True) ->
     build_cog(job.out_dir / "confidence.tif", job.grid, windows, band=2, classes=None)
     if "probabilities" in job.options.outputs:
         assemble_probabilities(job, predicted, classes=classes)
+    if "observations" in job.options.outputs:
+        blocks = ((job.plan[i].core, _read_part(folder / part_name(i, ".obs.tif"))[0]) for i in predicted)
+        write_observations(job.out_dir / "observations.tif", blocks, grid=job.grid)
     if vectors:
         _, ext, _ = publish.VECTOR_FORMATS[job.options.vector_format]
         path = publish.write_vector_chunks(
@@ -364,9 +376,13 @@ def assemble_probabilities(job: Job, indexes: Sequence[int], *, classes: Sequenc
     folder = folder_of(job)
     with ProbabilityWriter(job.out_dir / "probabilities.tif", job.grid, classes=classes) as writer:
         for i in indexes:
-            with rasterio.open(folder / part_name(i, ".probs.tif")) as src:
-                writer.write_percent(job.plan[i].core, src.read())
+            writer.write_percent(job.plan[i].core, _read_part(folder / part_name(i, ".probs.tif")))
     return job.out_dir / "probabilities.tif"
+
+
+def _read_part(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return np.asarray(src.read())
 
 
 def polygon_chunks(

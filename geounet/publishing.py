@@ -39,7 +39,9 @@ def publish_outputs(
     rasters = {"classes": job.out_dir / "classes.tif"}
     if "confidence" in job.options.outputs:
         rasters["confidence"] = job.out_dir / "confidence.tif"
-    more = {n: job.out_dir / f"{n}.tif" for n in ("probabilities",) if n in job.options.outputs}
+    more: dict[str, Path] = {
+        n: job.out_dir / f"{n}.tif" for n in ("probabilities", "observations") if n in job.options.outputs
+    }
     paths = publish.products(
         job.out_dir,
         classes_path=rasters["classes"],

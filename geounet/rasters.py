@@ -1,5 +1,5 @@
 """The write stage: tile results → ``classes.tif``, ``confidence.tif``, on request ``probabilities.tif``
-(and block polygons).
+and ``observations.tif`` (and block polygons).
 
 :func:`write_rasters` merges the results an executor yields (core crops, or blended
 probabilities) into the COG writers of :mod:`geounet.write`, and vectorizes each finished
@@ -51,6 +51,8 @@ def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, Any]:
         polygons = _block_polygons(job, bundle, stack)
         for res in results:
             counts["skipped" if res.skipped else "predicted"] += 1
+            if res.observations is not None:  # a skipped tile's count is 0: nothing to write
+                writers["observations"].write(res.tile.core, res.observations)
             if blender is not None:
                 if res.skipped:
                     blender.skip(res.tile)
@@ -111,6 +113,12 @@ def _raster_writers(job: Job, bundle: Bundle, stack: contextlib.ExitStack) -> di
         path = job.out_dir / "probabilities.tif"
         writers["probabilities"] = stack.enter_context(
             ProbabilityWriter(path, job.grid, classes=bundle.classes)
+        )
+    if "observations" in job.options.outputs:
+        from geounet.publish import observations
+
+        writers["observations"] = stack.enter_context(
+            observations.writer(job.out_dir / "observations.tif", job.grid)
         )
     return writers
 

@@ -32,6 +32,7 @@ from geounet.errors import InputError, WriteError
 from geounet.geo import Grid, Window
 from geounet.model import NODATA_CLASS, ClassInfo
 from geounet.styles import class_tags
+from geounet.write import cog_options
 
 
 def to_percent(probs: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -70,7 +71,7 @@ class ProbabilityWriter:
         profile = {
             "driver": "GTiff", "width": self.grid.cols, "height": self.grid.rows, "count": len(self.classes),
             "dtype": "uint8", "nodata": NODATA_CLASS, "tiled": True, "blockxsize": self.block,
-            "blockysize": self.block, "compress": "zstd", "sparse_ok": True, "bigtiff": "if_safer", "interleave": "band",
+            "blockysize": self.block, "compress": "zstd", "zstd_level": 1, "sparse_ok": True, "bigtiff": "if_safer", "interleave": "band",
         }  # fmt: skip
         if self.grid.crs is not None or self.grid.transform != Affine.identity():
             profile["transform"] = self.grid.transform
@@ -115,8 +116,8 @@ class ProbabilityWriter:
             self._ds.close()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                rasterio.shutil.copy(self._scratch, self._tmp, driver="COG", COMPRESS="DEFLATE",
-                                     OVERVIEW_RESAMPLING="AVERAGE", BLOCKSIZE=str(self.block))  # fmt: skip
+                options = cog_options(dtype="uint8", resampling="average", block=self.block)
+                rasterio.shutil.copy(self._scratch, self._tmp, driver="COG", **options)
             os.replace(self._tmp, self.path)
         except (rasterio.errors.RasterioError, OSError) as exc:
             raise WriteError(

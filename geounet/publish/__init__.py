@@ -85,8 +85,7 @@ def products(
     ``{"scene_id": "S2A_...", "date": "2017-02-16"}``. ``polygons``: True vectorizes the
     class raster here; a path is a polygon layer the raster stage already wrote (kept as it
     is, see :mod:`geounet.blocks`); False writes none (``--outputs`` without polygons).
-    ``more_rasters``: further rasters the raster stage wrote (``probabilities``,
-    ``observations``), listed in the Item with their raster bands.
+    ``more_rasters``: the raster stage's other rasters (probabilities, observations), for the Item.
     """
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}

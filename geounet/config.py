@@ -339,6 +339,10 @@ class OutputsSection(_Strict):
     vector_format: Literal["gpkg", "parquet", "fgb"] = "gpkg"
     simplify: float | None = Field(default=None, ge=0)
     min_area: float = Field(default=0.0, ge=0)
+    probabilities: bool = Field(
+        default=False,
+        description="write probabilities.tif: one 0-100 % band per class (--outputs probabilities)",
+    )
 
 
 class RunConfig(_Strict):

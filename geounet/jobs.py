@@ -7,7 +7,7 @@ all speak these types, and this module imports none of them. Pure values, no I/O
 Example:
     >>> opts = PredictOptions(merge="blend", resampling="bilinear")
     >>> opts.pixel_options()
-    {'merge': 'blend', 'blend_window': 'cosine', 'amp': True, 'tta': False, 'resampling': 'bilinear'}
+    {'merge': 'blend', 'blend_window': 'cosine', 'amp': True, 'tta': False, 'resampling': 'bilinear', 'kept': []}
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ from geounet.tiling import Tile, TileGrid
 VECTOR_FORMATS = ("gpkg", "parquet", "fgb")
 
 #: The products a run can write (``--outputs``); the class raster is always one of them.
-OUTPUTS = ("classes", "confidence", "polygons")
+OUTPUTS = ("classes", "confidence", "polygons", "probabilities", "observations")
+
+#: The products written when ``--outputs`` is not given (probabilities only on request: they cost
+#: a float16 copy of every tile's core and one byte per class per pixel on disk).
+DEFAULT_OUTPUTS = ("classes", "confidence", "polygons")
+
+#: Products that need more from each tile than its classes and confidence (so a cached tile
+#: recorded without them cannot serve a run that asks for them).
+PER_TILE = ("probabilities", "observations")
 
 #: The options that change the predicted pixels (the others change speed or publishing only):
 #: the tile cache of :mod:`geounet.resume` is kept as long as these (and the plan) stay.
@@ -78,8 +86,8 @@ class PredictOptions:
     stream: bool | None = None
     #: Memory budget of the predict stage in bytes (None: chosen from the device; ``--memory``).
     memory: int | None = None
-    #: Products to write (``--outputs``): ``classes`` always, ``confidence`` and ``polygons`` on demand.
-    outputs: tuple[str, ...] = OUTPUTS
+    #: Products to write (``--outputs``): ``classes`` always, the others of :data:`OUTPUTS` on demand.
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
 
     def __post_init__(self) -> None:
         merge.check_merge(self.merge)
@@ -95,8 +103,17 @@ class PredictOptions:
         check_outputs(self.outputs)
 
     def pixel_options(self) -> dict[str, Any]:
-        """The values of :data:`PIXEL_OPTIONS`: what a cached tile depends on among the options."""
-        return {k: getattr(self, k) for k in PIXEL_OPTIONS}
+        """The values of :data:`PIXEL_OPTIONS`, and the :data:`PER_TILE` products asked for (``kept``):
+        what a cached tile depends on among the options."""
+        return {k: getattr(self, k) for k in PIXEL_OPTIONS} | {
+            "kept": [o for o in PER_TILE if o in self.outputs]
+        }
+
+    @property
+    def keeps_probabilities(self) -> bool:
+        """Whether each tile keeps its core probabilities (``--outputs ...,probabilities`` with the crop
+        merge; the blend merge has them anyway)."""
+        return "probabilities" in self.outputs and self.merge == "crop"
 
 
 @dataclass(frozen=True)
@@ -122,12 +139,23 @@ class Job:
     #: Optional area of interest (shapely geometry in ``grid``'s CRS): pixels outside are nodata.
     aoi: Any = None
 
+    def __post_init__(self) -> None:
+        if "observations" in self.options.outputs and not self.scenes:
+            raise ConfigError(
+                f"--outputs {','.join(self.options.outputs)}: observations counts the clear observations of "
+                f"STAC scenes, and {self.source!r} is one raster; predict a STAC search (--stac) or drop it"
+            )
+
 
 @dataclass(frozen=True, eq=False)
 class TileResult:
     """One tile's prediction: core classes/confidence (crop) or read-window probabilities (blend).
 
-    ``skipped`` tiles had no valid input pixel in their core and were not predicted.
+    With the crop merge, ``probs`` holds the core's probabilities (float16, classes first) only
+    when the job writes ``probabilities.tif`` (:attr:`PredictOptions.keeps_probabilities`), else
+    None. ``observations``: the core's count of clear valid observations (uint16) when the job
+    writes ``observations.tif``. ``skipped`` tiles had no valid input pixel in their core and
+    were not predicted (their count is 0).
     """
 
     tile: Tile
@@ -135,4 +163,5 @@ class TileResult:
     confidence: np.ndarray | None = None
     probs: np.ndarray | None = None
     valid: np.ndarray | None = None
+    observations: np.ndarray | None = None
     skipped: bool = False

@@ -4,7 +4,9 @@ A parts executor (:meth:`geounet.distributed.RayExecutor.produce`) lets the work
 tile where it was predicted, so no pixel travels to the driver:
 
 - :func:`write_tile` writes, per tile core, a small georeferenced GeoTIFF (band 1 classes,
-  band 2 confidence, nodata 255), the tile's final polygons (those touching no internal tile
+  band 2 confidence, nodata 255; with ``--outputs ...,probabilities`` a second one, ``.probs.tif``,
+  one percent band per class; with ``observations`` a uint16 ``.obs.tif`` of the core's counts
+  of clear valid observations), the tile's final polygons (those touching no internal tile
   edge, as GeoParquet) and, last, a marker ``.npz`` holding the tile's *seam pieces* (the
   polygon pieces cut by tile edges, with their edge strips) and who wrote it. Each file is
   written under a hidden temporary name, fsync'd and renamed, and the marker only after the
@@ -13,7 +15,8 @@ tile where it was predicted, so no pixel travels to the driver:
   the parts converted by GDAL's COG driver with all CPUs, the same color table, category
   names, nodata, description and styles as :class:`geounet.write.CogWriter`) and the polygon
   layer (the parts' final polygons plus the dissolved seam pieces, written with
-  :func:`geounet.publish.write_vector_chunks`).
+  :func:`geounet.publish.write_vector_chunks`); ``probabilities.tif`` goes through the driver
+  path's own writer (:func:`assemble_probabilities`).
 
 The parts live in ``OUT/.geounet-run/tiles`` (the run directory of :mod:`geounet.resume`, so a
 changed job discards them and a published job removes them). Every Ray node must see ``OUT``
@@ -47,6 +50,8 @@ from geounet.geo import Grid, Window
 from geounet.jobs import Job, TileResult
 from geounet.merge import NODATA_CONFIDENCE
 from geounet.model import NODATA_CLASS, ClassInfo
+from geounet.publish.observations import write_observations
+from geounet.publish.probabilities import ProbabilityWriter, to_percent
 from geounet.resume import RUN_DIR
 from geounet.styles import class_tags
 from geounet.write import cog_options, color_table, verify_cog, write_sidecars
@@ -155,6 +160,13 @@ def write_tile(
                     f"tile {tile.index} has no classes/confidence (merge=blend?); parts need --merge crop"
                 )
             _write_raster(folder / part_name(tile.index, ".tif"), job.grid, tile.core, result)
+            if result.probs is not None:  # --outputs ...,probabilities
+                _write_probabilities(
+                    folder / part_name(tile.index, ".probs.tif"), job.grid, tile.core, result
+                )
+            if result.observations is not None:  # --outputs ...,observations
+                obs = result.observations[None].astype(np.uint16)
+                _write_part(folder / part_name(tile.index, ".obs.tif"), job.grid, tile.core, obs, nodata=None)
             if vectors:
                 seam = _write_polygons(folder / part_name(tile.index, ".parquet"), job, result, classes)
         _write_marker(folder / part_name(tile.index, ".npz"), seam, info)
@@ -169,14 +181,29 @@ def write_tile(
 def _write_raster(path: Path, grid: Grid, core: Window, result: TileResult) -> None:
     """Classes (band 1) and confidence (band 2) of one core as a georeferenced GeoTIFF."""
     assert result.classes is not None and result.confidence is not None
+    _write_part(path, grid, core, np.stack([result.classes, result.confidence]).astype(np.uint8))
+
+
+def _write_probabilities(path: Path, grid: Grid, core: Window, result: TileResult) -> None:
+    """The core's probabilities as percent (one band per class, 255 where the class is nodata)."""
+    assert result.probs is not None and result.classes is not None
+    _write_part(path, grid, core, to_percent(result.probs, result.classes != NODATA_CLASS))
+
+
+def _write_part(
+    path: Path, grid: Grid, core: Window, bands: np.ndarray, *, nodata: int | None = NODATA_CLASS
+) -> None:
+    """(bands, rows, cols) of one core as a georeferenced GeoTIFF, fsync'd and renamed.
+
+    ``nodata`` 255 (= NODATA_CONFIDENCE) serves the class, confidence and percent bands."""
     part = grid.window_grid(core)
     profile: dict[str, Any] = {
         "driver": "GTiff",
         "width": core.width,
         "height": core.height,
-        "count": 2,
-        "dtype": "uint8",
-        "nodata": NODATA_CLASS,  # = NODATA_CONFIDENCE: one nodata value serves both bands
+        "count": len(bands),
+        "dtype": bands.dtype.name,
+        "nodata": nodata,
         "compress": "zstd",
         "zstd_level": 1,
     }
@@ -188,7 +215,7 @@ def _write_raster(path: Path, grid: Grid, core: Window, result: TileResult) -> N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(tmp, "w", **profile) as ds:
-                ds.write(np.stack([result.classes, result.confidence]).astype(np.uint8))
+                ds.write(bands)
         _fsync(tmp)
 
 
@@ -323,6 +350,11 @@ def assemble(job: Job, *, classes: Sequence[ClassInfo], vectors: bool = True) ->
     windows = [(folder / part_name(i, ".tif"), job.plan[i].core) for i in predicted]
     build_cog(job.out_dir / "classes.tif", job.grid, windows, band=1, classes=classes)
     build_cog(job.out_dir / "confidence.tif", job.grid, windows, band=2, classes=None)
+    if "probabilities" in job.options.outputs:
+        assemble_probabilities(job, predicted, classes=classes)
+    if "observations" in job.options.outputs:
+        blocks = ((job.plan[i].core, _read_part(folder / part_name(i, ".obs.tif"))[0]) for i in predicted)
+        write_observations(job.out_dir / "observations.tif", blocks, grid=job.grid)
     if vectors:
         _, ext, _ = publish.VECTOR_FORMATS[job.options.vector_format]
         path = publish.write_vector_chunks(
@@ -333,6 +365,24 @@ def assemble(job: Job, *, classes: Sequence[ClassInfo], vectors: bool = True) ->
         )
         counts["vectors"] = str(path)
     return counts
+
+
+def assemble_probabilities(job: Job, indexes: Sequence[int], *, classes: Sequence[ClassInfo]) -> Path:
+    """``probabilities.tif`` from the tiles' percent parts, through the in-process writer.
+
+    The same :class:`~geounet.publish.probabilities.ProbabilityWriter` as the driver path, fed
+    the workers' uint8 parts: the file is byte-for-byte what an in-process run writes.
+    """
+    folder = folder_of(job)
+    with ProbabilityWriter(job.out_dir / "probabilities.tif", job.grid, classes=classes) as writer:
+        for i in indexes:
+            writer.write_percent(job.plan[i].core, _read_part(folder / part_name(i, ".probs.tif")))
+    return job.out_dir / "probabilities.tif"
+
+
+def _read_part(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return np.asarray(src.read())
 
 
 def polygon_chunks(

@@ -9,6 +9,7 @@ and :mod:`geounet.distributed` in Ray tasks and actors.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -55,6 +56,8 @@ def _scene_chips(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
     """Chips composited from ``job.scenes`` onto ``job.grid``, invalid outside ``job.aoi``.
 
     A scene whose asset fails is logged and left out of the composite (the others still count).
+    With ``--outputs ...,observations`` each chip carries its core's count of clear valid
+    observations (0 outside the AOI), counted from the reads the composite makes anyway.
     """
     from rasterio.features import geometry_mask
     from shapely.geometry import box
@@ -62,11 +65,13 @@ def _scene_chips(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
     from geounet import scenes as scenes_mod
 
     out: list[Chip | None] = []
+    counting = "observations" in job.options.outputs
     for tile in tiles:
         if job.aoi is not None and not job.aoi.intersects(box(*job.grid.window_grid(tile.core).bounds)):
             out.append(None)  # nothing of the AOI in this core: not read, written as nodata
             continue
         failures: list[Any] = []
+        counts: list[np.ndarray] | None = [] if counting else None
         chip = scenes_mod.chip(
             list(job.scenes),
             tile,
@@ -74,6 +79,7 @@ def _scene_chips(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
             failures=failures,
             resampling=job.options.resampling,  # e.g. bilinear, as in training
             method=str(job.extra.get("composite", "first")),  # per-pixel rule (geounet.masks.METHODS)
+            observations=counts,
         )
         for exc in failures:
             log.warning("tile %d: scene left out: %s", tile.index, exc)
@@ -85,8 +91,12 @@ def _scene_chips(job: Job, tiles: Sequence[Tile]) -> list[Chip | None]:
                 invert=True,
             )
             chip = Chip(tile=tile, data=chip.data, valid=chip.valid & inside)
+            if counts:
+                counts[0] = counts[0] * inside[tile.core_in_read.to_slices()]
         if failures and not chip.core_valid.any():
             raise failures[0]  # the failed scenes were all this tile had: never write it as nodata
+        if counts:
+            chip = dataclasses.replace(chip, observations=counts[0])
         out.append(chip if chip.core_valid.any() else None)
     return out
 
@@ -129,7 +139,7 @@ class TilePredictor:
             probs = self._probs(todo) if todo else np.empty((0,))
             done = iter([self._result(c, p) for c, p in zip(todo, probs, strict=True)])
         return [
-            TileResult(tile=t, skipped=True) if c is None else next(done)
+            TileResult(tile=t, skipped=True) if c is None else _counted(next(done), c)
             for t, c in zip(tiles, chips, strict=True)
         ]
 
@@ -140,13 +150,14 @@ class TilePredictor:
     def _result(self, chip: Chip, probs: np.ndarray) -> TileResult:
         if self.job.options.merge == "blend":
             return TileResult(tile=chip.tile, probs=probs.astype(np.float16), valid=chip.valid)
-        classes, confidence = merge.decide(
-            merge.crop(probs, chip.tile), valid=chip.core_valid, class_ids=self.class_ids
-        )
-        return TileResult(tile=chip.tile, classes=classes, confidence=confidence)
+        core = merge.crop(probs, chip.tile)
+        classes, confidence = merge.decide(core, valid=chip.core_valid, class_ids=self.class_ids)
+        kept = core.astype(np.float16) if self.job.options.keeps_probabilities else None
+        return TileResult(tile=chip.tile, classes=classes, confidence=confidence, probs=kept)
 
     def _streamed(self, chip: Chip) -> TileResult:
-        """One tile through the network strip by strip; only its core's classes are kept."""
+        """One tile through the network strip by strip; only its core's classes (and probabilities, when
+        the job writes them) are kept."""
         x = model_mod.normalize(chip.data, self.bundle.normalization)
         if self.job.options.merge == "blend":
             probs = np.empty((self.predictor.n_classes, *chip.data.shape[1:]), np.float16)
@@ -157,16 +168,26 @@ class TilePredictor:
         classes = np.empty(core.shape, np.uint8)
         confidence = np.empty(core.shape, np.uint8)
         valid = chip.core_valid
+        keep = self.job.options.keeps_probabilities
+        kept = np.empty((self.predictor.n_classes, *core.shape), np.float16) if keep else None
         for r0, p in self.predictor.predict_rows(x):
             a, b = max(r0, core.row), min(r0 + p.shape[1], core.row_stop)
             if a < b:
                 rows = slice(a - core.row, b - core.row)
+                strip = p[:, a - r0 : b - r0, core.col : core.col_stop]
                 classes[rows], confidence[rows] = merge.decide(
-                    p[:, a - r0 : b - r0, core.col : core.col_stop],
-                    valid=valid[rows],
-                    class_ids=self.class_ids,
+                    strip, valid=valid[rows], class_ids=self.class_ids
                 )
-        return TileResult(tile=chip.tile, classes=classes, confidence=confidence)
+                if kept is not None:
+                    kept[:, rows] = strip
+        return TileResult(tile=chip.tile, classes=classes, confidence=confidence, probs=kept)
+
+
+def _counted(result: TileResult, chip: Chip) -> TileResult:
+    """``result`` with its chip's observation counts (``--outputs ...,observations``), if it has them."""
+    return (
+        result if chip.observations is None else dataclasses.replace(result, observations=chip.observations)
+    )
 
 
 def _batches(tiles: Iterable[Tile], size: int) -> Iterator[list[Tile]]:

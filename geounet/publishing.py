@@ -39,6 +39,9 @@ def publish_outputs(
     rasters = {"classes": job.out_dir / "classes.tif"}
     if "confidence" in job.options.outputs:
         rasters["confidence"] = job.out_dir / "confidence.tif"
+    more: dict[str, Path] = {
+        n: job.out_dir / f"{n}.tif" for n in ("probabilities", "observations") if n in job.options.outputs
+    }
     paths = publish.products(
         job.out_dir,
         classes_path=rasters["classes"],
@@ -50,9 +53,10 @@ def publish_outputs(
         preview_path=Path(job.source) if not job.scenes and Path(job.source).is_file() else None,
         manifest=manifest,
         polygons=Path(vectors) if vectors is not None else "polygons" in job.options.outputs,
+        more_rasters=more,
     )
     log.info("published %d outputs in %.1f s", len(paths), time.time() - t0)
-    return {**rasters, **paths}
+    return {**rasters, **more, **paths}
 
 
 def manifest_for(

@@ -1,4 +1,5 @@
-"""The write stage: tile results → ``classes.tif`` and ``confidence.tif`` (and block polygons).
+"""The write stage: tile results → ``classes.tif``, ``confidence.tif``, on request ``probabilities.tif``
+and ``observations.tif`` (and block polygons).
 
 :func:`write_rasters` merges the results an executor yields (core crops, or blended
 probabilities) into the COG writers of :mod:`geounet.write`, and vectorizes each finished
@@ -50,6 +51,8 @@ def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, Any]:
         polygons = _block_polygons(job, bundle, stack)
         for res in results:
             counts["skipped" if res.skipped else "predicted"] += 1
+            if res.observations is not None:  # a skipped tile's count is 0: nothing to write
+                writers["observations"].write(res.tile.core, res.observations)
             if blender is not None:
                 if res.skipped:
                     blender.skip(res.tile)
@@ -58,14 +61,14 @@ def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, Any]:
                     blender.add(res.tile, res.probs.astype(np.float32), res.valid)
                 for block in blender.ready():
                     c, f = merge.decide(block.probs, valid=block.valid, class_ids=class_ids)
-                    _write_block(writers, polygons, block.window, c, f)
+                    _write_block(writers, polygons, block.window, c, f, block.probs)
             elif res.skipped:
                 shape = res.tile.core.shape
                 _write_block(writers, None, res.tile.core, np.full(shape, NODATA_CLASS, np.uint8),
                              np.full(shape, merge.NODATA_CONFIDENCE, np.uint8))  # fmt: skip
             else:
                 assert res.classes is not None and res.confidence is not None
-                _write_block(writers, polygons, res.tile.core, res.classes, res.confidence)
+                _write_block(writers, polygons, res.tile.core, res.classes, res.confidence, res.probs)
         if counts["predicted"] == 0:  # raised inside the writers: they abort, no empty COG is left
             raise InputError(
                 f"{job.source!r} has no valid pixel in any of its {counts['tiles']} tiles (all nodata or "
@@ -80,7 +83,7 @@ def _raster_writers(job: Job, bundle: Bundle, stack: contextlib.ExitStack) -> di
     """The COG writers of the rasters the job asks for (classes always)."""
     from geounet.write import CogWriter
 
-    writers = {
+    writers: dict[str, Any] = {
         "classes": stack.enter_context(
             CogWriter(
                 job.out_dir / "classes.tif",
@@ -103,6 +106,19 @@ def _raster_writers(job: Job, bundle: Bundle, stack: contextlib.ExitStack) -> di
                 resampling="average",
                 description="confidence of the winning class (percent)",
             )
+        )
+    if "probabilities" in job.options.outputs:
+        from geounet.publish.probabilities import ProbabilityWriter
+
+        path = job.out_dir / "probabilities.tif"
+        writers["probabilities"] = stack.enter_context(
+            ProbabilityWriter(path, job.grid, classes=bundle.classes)
+        )
+    if "observations" in job.options.outputs:
+        from geounet.publish import observations
+
+        writers["observations"] = stack.enter_context(
+            observations.writer(job.out_dir / "observations.tif", job.grid)
         )
     return writers
 
@@ -130,10 +146,17 @@ def _block_polygons(job: Job, bundle: Bundle, stack: contextlib.ExitStack) -> An
 
 
 def _write_block(
-    writers: dict[str, Any], polygons: Any, window: Any, classes: np.ndarray, conf: np.ndarray
+    writers: dict[str, Any],
+    polygons: Any,
+    window: Any,
+    classes: np.ndarray,
+    conf: np.ndarray,
+    probs: np.ndarray | None = None,
 ) -> None:
     writers["classes"].write(window, classes)
     if "confidence" in writers:
         writers["confidence"].write(window, conf)
+    if "probabilities" in writers and probs is not None:  # None: a skipped tile, left nodata
+        writers["probabilities"].write(window, probs, classes != NODATA_CLASS)
     if polygons is not None:
         polygons.add(window, classes, conf)

@@ -48,11 +48,14 @@ LOCAL_ENV: dict[str, str | int | float] = {"GDAL_NUM_THREADS": "ALL_CPUS"}
 @dataclass(frozen=True, eq=False)
 class Chip:
     """A tile's input: ``data`` float32 (bands, rows, cols) over the tile's read window,
-    ``valid`` bool (rows, cols), False where the pixel is nodata or outside the raster."""
+    ``valid`` bool (rows, cols), False where the pixel is nodata or outside the raster;
+    ``observations``, when the job writes ``observations.tif``, the core's per-pixel count of
+    clear valid observations (uint16) counted while the scenes were composited."""
 
     tile: Tile
     data: np.ndarray
     valid: np.ndarray
+    observations: np.ndarray | None = None
 
     @property
     def core_valid(self) -> np.ndarray:

@@ -217,7 +217,7 @@ class TileStore:
             if res.skipped:
                 skipped.append(res.tile.index)
                 continue
-            for name in ("classes", "confidence", "probs", "valid"):
+            for name in ("classes", "confidence", "probs", "valid", "observations"):
                 value = getattr(res, name)
                 if value is not None:
                     arrays[f"t{res.tile.index}_{name}"] = value

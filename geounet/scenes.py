@@ -117,8 +117,7 @@ def chip(
         mask_rule: which quality values of a scene's mask assets (SCL, QA_PIXEL, Fmask,
             cloud mask/probability) exclude a pixel; ``None`` ignores the masks.
         observations: when given, the per-pixel count of clear valid observations over the
-            tile's core (uint16, ``tile.core.shape``) is appended here, for a count raster
-            beside the mosaic.
+            tile's core (uint16, ``tile.core.shape``) is appended here (``observations.tif``).
 
     Returns:
         The :class:`~geounet.read.Chip`: float32 (bands, rows, cols) over ``tile.read`` and its valid mask.
@@ -129,19 +128,11 @@ def chip(
     """
     inner = tile.read.clip(grid.rows, grid.cols)
     data, valid, count = mosaic(
-        scenes,
-        inner,
-        grid=grid,
-        bands=bands,
-        resampling=resampling,
-        apply_scale=apply_scale,
-        failures=failures,
-        method=method,
-        mask_rule=mask_rule,
-        counts=observations is not None,
-    )
+        scenes, inner, grid=grid, bands=bands, resampling=resampling, apply_scale=apply_scale, failures=failures,
+        method=method, mask_rule=mask_rule, counts=tile.core if observations is not None else False,
+    )  # fmt: skip
     if observations is not None and count is not None:
-        observations.append(count[tile.core.relative_to(inner).to_slices()].copy())
+        observations.append(count)  # the core's: the scenes past the first rule's fill are read there only
     if valid.any() and not valid.all():
         data = read.mirror_fill(data, valid)
     pad = tile.padding
@@ -186,11 +177,12 @@ def mosaic(
     failures: list[ReadError] | None = None,
     method: str = "first",
     mask_rule: MaskRule | None = DEFAULT_RULE,
-    counts: bool = False,
+    counts: bool | Window = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """:func:`composite` plus, with ``counts``, the per-pixel number of clear valid observations (uint16).
 
-    Without ``counts`` the ``first`` rule stops reading once every pixel is filled.
+    ``counts``: True counts over ``window``, a window inside it (a tile's core) over that one only. Once
+    ``first`` has filled ``window`` it stops reading, or reads the other scenes over that window to count.
     """
     if grid.crs is None:
         raise InputError("the target grid has no CRS; STAC scenes can only be read onto a georeferenced grid")
@@ -198,40 +190,54 @@ def mosaic(
     how = _resampling(resampling)
     target = _Target(grid=grid.window_grid(window), crs=CRS.from_user_input(grid.crs))
     names = _band_names(scenes, bands)
+    counted = counts if isinstance(counts, Window) else window
+    zero = None if counts is False else np.zeros(counted.shape, np.uint16)
+    filled = np.zeros(window.shape, dtype=bool)
     if window.size == 0:
-        empty = np.zeros((len(names), window.height, window.width), dtype="float32")
-        return (
-            empty,
-            np.zeros(window.shape, dtype=bool),
-            np.zeros(window.shape, np.uint16) if counts else None,
-        )
+        return np.zeros((len(names), *window.shape), "float32"), filled, zero
+    late = _Target(grid=grid.window_grid(counted), crs=target.crs)
     area = _lonlat_box(target)
     stack: list[np.ndarray] = []
     usable: list[np.ndarray] = []
-    filled = np.zeros(window.shape, dtype=bool)
+    seen_late: list[np.ndarray] = []  # clear masks over ``counted`` of the scenes read only to count
     for scene in order(scenes):
-        if method == "first" and not counts and filled.all():
+        done = method == "first" and bool(filled.all())
+        if done and counts is False:
             break
         if not scene.footprint.is_empty and not scene.footprint.intersects(area):
             continue
-        try:
-            values, ok = _read_scene(scene, names, target, how, apply_scale)
-            rule = scene.mask_rule if scene.mask_rule is not None else mask_rule  # a config's mosaic.masks
-            if rule is not None:
-                ok &= _clear(scene, target, rule)
-        except ReadError as exc:
-            if failures is None:
-                raise
-            failures.append(exc)
-            continue
-        stack.append(values)
-        usable.append(ok)
-        filled |= ok
+        seen = _observe(scene, names, late if done else target, how, apply_scale, mask_rule, failures)
+        if seen is not None and done:
+            seen_late.append(seen[1])
+        elif seen is not None:
+            stack.append(seen[0])
+            usable.append(seen[1])
+            filled |= seen[1]
     if not stack:
-        shape = (len(names), window.height, window.width)
-        return np.zeros(shape, "float32"), filled, np.zeros(window.shape, np.uint16) if counts else None
+        return np.zeros((len(names), *window.shape), "float32"), filled, zero
     data, valid = masks.composite(stack, usable, method=method)
-    return data, valid, masks.count(usable) if counts else None
+    if counts is False:
+        return data, valid, None
+    count = masks.count(usable)[counted.relative_to(window).to_slices()]
+    return data, valid, count + masks.count(seen_late) if seen_late else count
+
+
+def _observe(
+    scene: Scene, names: Sequence[str], target: _Target, how: Resampling, apply_scale: bool,
+    mask_rule: MaskRule | None, failures: list[ReadError] | None,
+) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
+    """One scene over ``target``: (values, clear valid mask); None when it fails and ``failures`` records it."""
+    try:
+        values, ok = _read_scene(scene, names, target, how, apply_scale)
+        rule = scene.mask_rule if scene.mask_rule is not None else mask_rule  # a config's mosaic.masks
+        if rule is not None:
+            ok &= _clear(scene, target, rule)
+    except ReadError as exc:
+        if failures is None:
+            raise
+        failures.append(exc)
+        return None
+    return values, ok
 
 
 def _clear(scene: Scene, target: _Target, rule: MaskRule) -> np.ndarray:

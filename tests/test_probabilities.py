@@ -1,22 +1,30 @@
-"""The per-class probability COG: uint8 0-100 per class band, class names inside the file, valid COG."""
+"""The per-class probability COG: uint8 0-100 per class band, class names inside the file, valid COG;
+written by real runs on request (``--outputs ...,probabilities``): in-process, under Ray, blended."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+from fixtures_model import assert_real_output, read_bands, save_calibrated
+from fixtures_ray import RGB_CLASSES
 from rio_cogeo.cogeo import cog_validate
 
-from geounet import read, tiling
+from geounet import jobs, pipeline, planning, predict, read, tiling
 from geounet.errors import InputError
 from geounet.geo import Grid
-from geounet.model import ClassInfo
+from geounet.model import NODATA_CLASS, ClassInfo, ModelSpec
 from geounet.publish.probabilities import to_percent, write_probabilities
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as in the Ray actors: same float sums
 
 CLASSES = [
     ClassInfo(0, "water", "#1f78b4"),
@@ -65,7 +73,10 @@ def test_the_incremental_writer_leaves_nothing_when_the_loop_fails(tmp_path: Pat
 
     grid = Grid(shape=(32, 32))
     probs = np.stack([np.full((16, 32), 0.25), np.full((16, 32), 0.5), np.full((16, 32), 0.25)])
-    with pytest.raises(RuntimeError, match="reader died"), ProbabilityWriter(tmp_path / "p.tif", grid, classes=CLASSES) as w:
+    with (
+        pytest.raises(RuntimeError, match="reader died"),
+        ProbabilityWriter(tmp_path / "p.tif", grid, classes=CLASSES) as w,
+    ):
         w.write(Window(0, 0, 16, 32), probs)
         raise RuntimeError("reader died")
     assert list(tmp_path.iterdir()) == []
@@ -130,6 +141,169 @@ def test_unwritten_pixels_stay_nodata_when_the_block_cache_is_smaller_than_a_blo
         "print(int((got[:, :16] == 50).all()), int((got[:, 16:] == 255).all()))\n"
     )
     env = {**os.environ, "GDAL_CACHEMAX": "200000"}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["1", "1"]
+
+
+# -- real runs ---------------------------------------------------------------------------------------
+
+#: 30 tiles of 192 px (144 px cores) over the 791×718 Landsat scene, with its nodata border.
+RUN = jobs.PredictOptions(tile=192, halo=24, batch_size=4, outputs=("classes", "confidence", "probabilities"))
+
+
+@pytest.fixture(scope="module")
+def rgb_model(landsat_rgb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded U-Net whose head is calibrated on the scene: every class wins, no near-ties."""
+    return save_calibrated(
+        tmp_path_factory.mktemp("m") / "rgb.safetensors",
+        read_bands(landsat_rgb),
+        bands=("red", "green", "blue"),
+        classes=RGB_CLASSES,
+        spec=ModelSpec(in_channels=3, n_classes=3, depth=2, width=4),
+        seed=3,
+    )
+
+
+@pytest.fixture(scope="module")
+def cli_run(landsat_rgb: Path, rgb_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``geounet predict ... --outputs classes,confidence,probabilities``, in-process."""
+    from geounet.cli import main
+
+    out = tmp_path_factory.mktemp("cli")
+    main(["predict", str(landsat_rgb), "--model", str(rgb_model), "--out", str(out), "--tile", "192",
+          "--halo", "24", "--batch-size", "4", "--executor", "local",
+          "--outputs", "classes,confidence,probabilities"])  # fmt: skip
+    return out
+
+
+def _check_probabilities(out: Path) -> np.ndarray:
+    """The invariants of a run's probabilities.tif against its classes.tif; returns the bands."""
+    with rasterio.open(out / "classes.tif") as ds:
+        classes, grid = ds.read(1), (ds.crs, ds.transform, ds.shape)
+    with rasterio.open(out / "probabilities.tif") as ds:
+        assert (ds.crs, ds.transform, ds.shape) == grid
+        assert ds.count == len(RGB_CLASSES) and ds.dtypes == ("uint8",) * ds.count and ds.nodata == 255
+        assert ds.descriptions == tuple(c.name for c in RGB_CLASSES)
+        assert ds.tags()["CLASS_2"] == RGB_CLASSES[2].name
+        probs = ds.read()
+    assert cog_validate(str(out / "probabilities.tif"))[0]
+    assert_real_output(classes, len(RGB_CLASSES))
+    nodata = classes == NODATA_CLASS
+    assert nodata.any() and (probs[:, nodata] == 255).all()  # the scene's nodata border
+    valid = probs[:, ~nodata].astype(np.int64)
+    assert valid.max() <= 100
+    sums = valid.sum(axis=0)  # 3 shares rounded to whole percent: 100 ± 1
+    assert sums.min() >= 99 and sums.max() <= 101
+    top2 = np.sort(valid, axis=0)[-2:]
+    clear = top2[1] > top2[0]
+    assert clear.mean() > 0.95
+    ids = np.array([c.id for c in RGB_CLASSES])
+    np.testing.assert_array_equal(ids[valid.argmax(axis=0)][clear], classes[~nodata][clear])
+    return probs
+
+
+def test_cli_writes_named_probabilities_that_agree_with_the_classes(cli_run: Path) -> None:
+    _check_probabilities(cli_run)
+    item = json.loads((cli_run / "item.json").read_text())
+    bands = item["assets"]["probabilities"]["raster:bands"]
+    assert [b["name"] for b in bands] == [c.name for c in RGB_CLASSES]
+    assert {(b["data_type"], b["nodata"], b["unit"]) for b in bands} == {("uint8", 255, "%")}
+    assert item["assets"]["probabilities"]["href"] == "./probabilities.tif"
+    assert not [p.name for p in cli_run.iterdir() if p.name.startswith(".") and p.name != ".geounet.lock"]
+
+
+def test_ray_writes_the_same_probabilities_as_in_process(
+    ray_cluster: object, landsat_rgb: Path, rgb_model: Path, cli_run: Path, tmp_path: Path
+) -> None:
+    """Crop merge under Ray: probability parts on the workers, assembled by the in-process writer."""
+    from geounet.distributed import RayExecutor
+    from geounet.pool import RayOptions
+
+    job = planning.plan(
+        landsat_rgb, model=rgb_model, out_dir=tmp_path, options=dataclasses.replace(RUN, batch_size=8)
+    )
+    executor = RayExecutor(RayOptions(actors=1, cpus_per_actor=0.5, ready_timeout_s=120))
+    pipeline.run(job, results=executor, progress=False)
+    assert executor.stats.assembled_on  # the parts path, not the driver's writer
+    for name in ("classes.tif", "probabilities.tif"):
+        with rasterio.open(tmp_path / name) as got, rasterio.open(cli_run / name) as want:
+            np.testing.assert_array_equal(got.read(), want.read())
+            assert got.profile == want.profile and got.descriptions == want.descriptions
+            assert got.tags() == want.tags()
+
+
+def test_blended_probabilities_are_the_blocks_the_classes_come_from(
+    landsat_rgb: Path, rgb_model: Path, tmp_path: Path
+) -> None:
+    job = planning.plan(
+        landsat_rgb, model=rgb_model, out_dir=tmp_path, options=dataclasses.replace(RUN, merge="blend")
+    )
+    pipeline.run(job, progress=False)
+    _check_probabilities(tmp_path)
+
+
+def test_whole_tile_and_streamed_passes_keep_the_same_core_probabilities(
+    landsat_rgb: Path, rgb_model: Path, tmp_path: Path
+) -> None:
+    job = planning.plan(landsat_rgb, model=rgb_model, out_dir=tmp_path, options=RUN)
+    tiles = [job.plan[i] for i in (0, 7, 14)]
+    chips = predict.read_chips(job, tiles)
+    got = {}
+    for stream in (False, True):
+        streamed = dataclasses.replace(job, options=dataclasses.replace(RUN, stream=stream))
+        got[stream] = predict.TilePredictor(streamed, device="cpu")(tiles, chips)
+    for whole, strips in zip(got[False], got[True], strict=True):
+        assert whole.probs is not None and strips.probs is not None
+        assert whole.probs.dtype == strips.probs.dtype == np.float16
+        assert whole.probs.shape == (len(RGB_CLASSES), *whole.tile.core.shape)
+        np.testing.assert_allclose(whole.probs, strips.probs, atol=2e-3)
+        np.testing.assert_array_equal(whole.classes, strips.classes)
+
+
+def test_probabilities_only_on_request_and_never_from_a_failed_run(
+    landsat_rgb: Path, rgb_model: Path, cli_run: Path, tmp_path: Path
+) -> None:
+    """A failed run leaves no probabilities.tif; its rerun resumes the cached tiles (their probabilities
+    with them) and writes what an uninterrupted run writes. A cache without them is not reused."""
+    from geounet.resume import fingerprint_of
+
+    plain = planning.plan(
+        landsat_rgb,
+        model=rgb_model,
+        out_dir=tmp_path / "plain",
+        options=dataclasses.replace(RUN, outputs=("classes",)),
+    )
+    kept = predict.TilePredictor(plain, device="cpu")(
+        list(plain.plan)[:4], predict.read_chips(plain, list(plain.plan)[:4])
+    )
+    assert all(r.probs is None for r in kept)  # nothing extra kept per tile when not asked
+    written = pipeline.run(plain, progress=False)
+    assert "probabilities" not in written and not (tmp_path / "plain" / "probabilities.tif").exists()
+
+    def dies_halfway(job: jobs.Job, *, tiles: object = None) -> Iterator[jobs.TileResult]:
+        for i, res in enumerate(predict.local_results(job, tiles=tiles)):  # type: ignore[arg-type]
+            if i == 10:
+                raise RuntimeError("worker lost")
+            yield res
+
+    failed = planning.plan(landsat_rgb, model=rgb_model, out_dir=tmp_path / "failed", options=RUN)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        pipeline.run(failed, results=dies_halfway, progress=False)
+    left = sorted(p.name for p in (tmp_path / "failed").iterdir())
+    assert not [n for n in left if "probabilities" in n or n.endswith(".tif")], left
+    pipeline.run(failed, progress=False)
+    assert json.loads((tmp_path / "failed" / "run.json").read_text())["counts"]["reused"] == 10
+    with (
+        rasterio.open(tmp_path / "failed" / "probabilities.tif") as got,
+        rasterio.open(cli_run / "probabilities.tif") as want,
+    ):
+        np.testing.assert_array_equal(got.read(), want.read())
+    asked = dataclasses.replace(plain, options=RUN)
+    assert fingerprint_of(asked) != fingerprint_of(plain)
+    with_polygons = dataclasses.replace(
+        plain, options=dataclasses.replace(plain.options, outputs=("classes", "polygons"))
+    )
+    assert fingerprint_of(with_polygons) == fingerprint_of(plain)  # only what a cached tile holds counts

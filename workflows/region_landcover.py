@@ -35,7 +35,7 @@ from geounet import atomic, executors, pipeline, planning, search
 from geounet import model as model_mod
 from geounet.config import ExecutionSection, RunConfig, load_run_config
 from geounet.errors import ConfigError, SearchError
-from geounet.jobs import Job, TileResult
+from geounet.jobs import DEFAULT_OUTPUTS, Job, TileResult
 from geounet.scenes import order
 from geounet.search import Scene
 from geounet.tiling import tile_halo_problem
@@ -162,9 +162,11 @@ def plan(cfg: RunConfig) -> RegionPlan:
     if problem:  # before the search results are composited: fail fast, with the config's keys
         raise ConfigError(problem)
     o = cfg.outputs
+    more = {"probabilities": o.probabilities, "observations": cfg.mosaic.observations}
+    outputs = (*DEFAULT_OUTPUTS, *(name for name, wanted in more.items() if wanted))
     options = p.options(
         tile=tile, halo=halo, vector_format=o.vector_format, simplify=o.simplify, min_area=o.min_area,
-        resampling=cfg.grid.resampling,
+        resampling=cfg.grid.resampling, outputs=outputs,
     )  # fmt: skip
     job = planning.plan_scenes(
         with_masks(chosen, cfg),
@@ -253,8 +255,6 @@ def run(cfg: RunConfig, *, progress: bool | None = None) -> RegionResult:
     outputs = pipeline.run(rp.job, results=results_fn(cfg.execution), progress=progress)
     outputs = dict(outputs)
     outputs.update(_write_coverage(rp))
-    if cfg.mosaic.observations:
-        outputs["observations"] = write_observations(rp)
     areas: list[dict[str, Any]] = []
     if "areas" in outputs:
         import csv
@@ -280,39 +280,6 @@ def _write_coverage(rp: RegionPlan) -> dict[str, Path]:
         }  # fmt: skip
         atomic.write_text(paths["uncovered"], json.dumps(fc) + "\n")
     return paths
-
-
-def write_observations(rp: RegionPlan) -> Path:
-    """``observations.tif`` beside the mosaic: per pixel, how many scenes saw it clear and valid.
-
-    The counts of :func:`geounet.scenes.mosaic` over each tile core touching the AOI (0
-    outside it), with the run's scenes, masks and resampling. It reads the scenes a second
-    time, until the pipeline hands out the counts its chip reader can keep
-    (``geounet.scenes.chip(..., observations=[...])``).
-    """
-    from rasterio.features import geometry_mask
-    from shapely.geometry import box
-
-    from geounet import scenes as scenes_mod
-    from geounet.publish.observations import write_observations as write
-
-    job = rp.job
-
-    def blocks() -> Iterable[tuple[Any, Any]]:
-        for tile in job.plan:
-            core = job.grid.window_grid(tile.core)
-            if not job.aoi.intersects(box(*core.bounds)):
-                continue
-            failures: list[Any] = []
-            _, _, counts = scenes_mod.mosaic(
-                list(job.scenes), tile.core, grid=job.grid, resampling=job.options.resampling,
-                failures=failures, counts=True,
-            )  # fmt: skip
-            inside = geometry_mask([job.aoi], out_shape=core.shape, transform=core.transform, invert=True)
-            assert counts is not None
-            yield tile.core, counts * inside
-
-    return write(job.out_dir / "observations.tif", blocks(), grid=job.grid)
 
 
 def summary(result: RegionResult) -> str:

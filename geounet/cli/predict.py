@@ -167,9 +167,11 @@ def _gpu_plan(source: str | None, model_path: str, out_dir: str, options: jobs.P
 @click.option(
     "--outputs",
     type=str,
-    default=",".join(jobs.OUTPUTS),
+    default=",".join(jobs.DEFAULT_OUTPUTS),
     show_default=True,
-    help="Products to write: classes plus any of confidence, polygons.",
+    help="Products to write: classes plus any of confidence, polygons, probabilities "
+    "(probabilities.tif: one 0-100 % band per class), observations (observations.tif: clear "
+    "valid observations per pixel of a --stac mosaic); the last two only on request.",
 )
 @click.option("--no-polygons", is_flag=True, help="Rasters only (same as --outputs classes,confidence).")
 @click.option(

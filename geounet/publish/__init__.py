@@ -73,6 +73,7 @@ def products(
     block: int = 1024,
     attributes: Mapping[str, str | int | float] | None = None,
     polygons: bool | Path = True,
+    more_rasters: Mapping[str, Path] | None = None,
 ) -> dict[str, Path]:
     """Write every GIS product of a run into ``out_dir``; returns name → path.
 
@@ -84,6 +85,7 @@ def products(
     ``{"scene_id": "S2A_...", "date": "2017-02-16"}``. ``polygons``: True vectorizes the
     class raster here; a path is a polygon layer the raster stage already wrote (kept as it
     is, see :mod:`geounet.blocks`); False writes none (``--outputs`` without polygons).
+    ``more_rasters``: the raster stage's other rasters (probabilities, observations), for the Item.
     """
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
@@ -113,7 +115,7 @@ def products(
         paths["manifest"] = out_dir / "run.json"
         replace_text(paths["manifest"], json.dumps(manifest, indent=2, default=str) + "\n")
     paths["item"] = _write_item(
-        out_dir / "item.json", classes_path, classes=classes, assets={**rasters, **paths}, areas=table,
+        out_dir / "item.json", classes_path, classes=classes, assets={**rasters, **(more_rasters or {}), **paths}, areas=table,
         manifest=manifest or {}, default_id=out_dir.name,
     )  # fmt: skip
     return paths

@@ -35,11 +35,17 @@ def write_observations(
         InputError: a block whose shape does not fit its window, or a count outside 0..65535.
         WriteError: the file cannot be written (nothing is left at ``path``).
     """
-    with CogWriter(Path(path), grid, dtype="uint16", nodata=None, resampling="nearest",
-                   description=DESCRIPTION, value_range=(0, most)) as writer:  # fmt: skip
+    with writer(path, grid, most=most) as w:
         for window, counts in blocks:
-            writer.write(window, _checked(window, counts))
+            w.write(window, _checked(window, counts))
     return Path(path)
+
+
+def writer(path: Path, grid: Grid, *, most: int = 10) -> CogWriter:
+    """The incremental form: a :class:`~geounet.write.CogWriter` for ``observations.tif`` (the pipeline's
+    raster stage writes each tile core's counts into it while it predicts)."""
+    return CogWriter(Path(path), grid, dtype="uint16", nodata=None, resampling="nearest",
+                     description=DESCRIPTION, value_range=(0, most))  # fmt: skip
 
 
 def _checked(window: Window, counts: np.ndarray) -> np.ndarray:

@@ -6,9 +6,10 @@ of a run into one multi-band COG (average overviews), with the band descriptions
 :func:`geounet.styles.class_tags` inside the file, written under a temporary name and
 renamed when complete.
 
-What the pipeline calls (with ``--probabilities``): a :class:`ProbabilityWriter` beside its
-classes/confidence writers, fed each core window's probabilities (``merge.crop(probs,
-tile)``, float, classes first; or a blended block's) with its valid mask.
+What the pipeline calls (``--outputs ...,probabilities``): a :class:`ProbabilityWriter` beside
+its classes/confidence writers (:mod:`geounet.rasters`), fed each core window's probabilities
+(``merge.crop(probs, tile)`` as float16, classes first; or a blended block's) with its valid
+mask; under Ray, the assembly of :mod:`geounet.parts` feeds it the workers' percent parts.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from geounet.errors import InputError, WriteError
 from geounet.geo import Grid, Window
 from geounet.model import NODATA_CLASS, ClassInfo
 from geounet.styles import class_tags
+from geounet.write import cog_options
 
 
 def to_percent(probs: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -69,7 +71,7 @@ class ProbabilityWriter:
         profile = {
             "driver": "GTiff", "width": self.grid.cols, "height": self.grid.rows, "count": len(self.classes),
             "dtype": "uint8", "nodata": NODATA_CLASS, "tiled": True, "blockxsize": self.block,
-            "blockysize": self.block, "compress": "zstd", "sparse_ok": True, "bigtiff": "if_safer", "interleave": "band",
+            "blockysize": self.block, "compress": "zstd", "zstd_level": 1, "sparse_ok": True, "bigtiff": "if_safer", "interleave": "band",
         }  # fmt: skip
         if self.grid.crs is not None or self.grid.transform != Affine.identity():
             profile["transform"] = self.grid.transform
@@ -87,7 +89,14 @@ class ProbabilityWriter:
 
     def write(self, window: Window, probs: np.ndarray, valid: np.ndarray | None = None) -> None:
         """Write one core window: ``probs`` (classes, rows, cols) in 0..1, ``valid`` its valid mask."""
-        _write_block(self._ds, window, probs, valid, len(self.classes))
+        _check(window, probs, len(self.classes))
+        self.write_percent(window, to_percent(probs, valid))
+
+    def write_percent(self, window: Window, percent: np.ndarray) -> None:
+        """Write one core window already converted by :func:`to_percent` (a raster part of a Ray worker)."""
+        _check(window, percent, len(self.classes))
+        rio_window = RioWindow(window.col, window.row, window.width, window.height)
+        self._ds.write(np.asarray(percent, dtype=np.uint8), window=rio_window)
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         try:
@@ -107,8 +116,8 @@ class ProbabilityWriter:
             self._ds.close()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                rasterio.shutil.copy(self._scratch, self._tmp, driver="COG", COMPRESS="DEFLATE",
-                                     OVERVIEW_RESAMPLING="AVERAGE", BLOCKSIZE=str(self.block))  # fmt: skip
+                options = cog_options(dtype="uint8", resampling="average", block=self.block)
+                rasterio.shutil.copy(self._scratch, self._tmp, driver="COG", **options)
             os.replace(self._tmp, self.path)
         except (rasterio.errors.RasterioError, OSError) as exc:
             raise WriteError(
@@ -136,11 +145,9 @@ def write_probabilities(
     return Path(path)
 
 
-def _write_block(ds: object, window: Window, probs: np.ndarray, valid: np.ndarray | None, n: int) -> None:
+def _check(window: Window, probs: np.ndarray, n: int) -> None:
     if probs.shape != (n, *window.shape):
         raise InputError(
             f"probabilities of shape {probs.shape} do not fit {n} classes over {window}; "
             "pass the core probabilities (merge.crop) of each tile"
         )
-    rio_window = RioWindow(window.col, window.row, window.width, window.height)
-    ds.write(to_percent(probs, valid), window=rio_window)  # type: ignore[attr-defined]

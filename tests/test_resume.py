@@ -513,3 +513,18 @@ def test_by_default_a_crash_loses_at_most_eight_tiles_or_two_seconds(tmp_path: P
     next(stream)  # the ninth has waited two seconds: recorded before the tenth is taken
     assert set(TileStore.open(job).done) == set(range(9))
     stream.close()
+
+
+def test_cached_tiles_come_back_in_tile_order_whatever_order_their_parts_were_recorded(
+    tmp_path: Path,
+) -> None:
+    """Ray workers finish out of order, so a later part may hold earlier tiles; a rerun still gets
+    the tiles in tile order (part by part, ordered by each part's first tile), skipped ones first."""
+    from geounet.resume import TileStore
+
+    job = _store_job(tmp_path)
+    for batch in ([9, 10], [0, 1], [4, 5]):
+        list(TileStore.open(job).record(iter(_results(job, batch, skipped=[4])), every=8))
+    store = TileStore.open(job)
+    assert sorted(set(store.done.values()), key=str) == ["00000001.npz", "00000002.npz", "00000003.npz", None]
+    assert [r.tile.index for r in store.cached()] == [4, 0, 1, 5, 9, 10]

@@ -528,3 +528,25 @@ def test_cached_tiles_come_back_in_tile_order_whatever_order_their_parts_were_re
     store = TileStore.open(job)
     assert sorted(set(store.done.values()), key=str) == ["00000001.npz", "00000002.npz", "00000003.npz", None]
     assert [r.tile.index for r in store.cached()] == [4, 0, 1, 5, 9, 10]
+
+
+def test_reopening_leaves_a_complete_log_as_it_was_and_accepts_an_empty_one(tmp_path: Path) -> None:
+    """Only a torn last line gets its newline: a complete log stays byte for byte what was written,
+    and an empty log (a crash before the first record reached the disk) is reused as it is."""
+    from geounet.resume import TileStore
+
+    job = _store_job(tmp_path)
+    store = TileStore.open(job)
+    list(store.record(iter(_results(job, [0, 1])), every=10))
+    written = store.log_path.read_bytes()
+    assert written.endswith(b"\n") and written.count(b"\n") == 1
+    assert set(TileStore.open(job).done) == {0, 1}
+    assert store.log_path.read_bytes() == written
+
+    empty = _store_job(tmp_path / "empty")
+    store = TileStore.open(empty)
+    store.log_path.write_bytes(b"")
+    again = TileStore.open(empty)
+    assert again.done == {} and store.log_path.read_bytes() == b""
+    list(again.record(iter(_results(empty, [3])), every=10))
+    assert set(TileStore.open(empty).done) == {3}

@@ -550,3 +550,26 @@ def test_reopening_leaves_a_complete_log_as_it_was_and_accepts_an_empty_one(tmp_
     assert again.done == {} and store.log_path.read_bytes() == b""
     list(again.record(iter(_results(empty, [3])), every=10))
     assert set(TileStore.open(empty).done) == {3}
+
+
+def test_the_tile_cache_is_a_compressed_npz_without_pickles(tmp_path: Path) -> None:
+    """Parts are deflated (a large tile's cache is written on the model's critical path, and its
+    disk use matters) and hold plain arrays only: an object array is refused, not pickled."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from geounet.resume import write_npz
+
+    classes = np.repeat(np.arange(4, dtype=np.uint8), 256 * 64).reshape(256, 256)
+    buf = io.BytesIO()
+    write_npz(buf, {"t0_classes": classes})
+    with zipfile.ZipFile(buf) as z:
+        assert [i.compress_type for i in z.infolist()] == [zipfile.ZIP_DEFLATED]
+    assert len(buf.getvalue()) < classes.nbytes / 20
+    buf.seek(0)
+    with np.load(buf) as npz:
+        np.testing.assert_array_equal(npz["t0_classes"], classes)
+    with pytest.raises(ValueError, match="pickle"):
+        write_npz(io.BytesIO(), {"t0_probs": np.array([{"not": "an array"}], dtype=object)})

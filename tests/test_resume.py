@@ -573,3 +573,14 @@ def test_the_tile_cache_is_a_compressed_npz_without_pickles(tmp_path: Path) -> N
         np.testing.assert_array_equal(npz["t0_classes"], classes)
     with pytest.raises(ValueError, match="pickle"):
         write_npz(io.BytesIO(), {"t0_probs": np.array([{"not": "an array"}], dtype=object)})
+
+
+def test_the_fingerprint_digest_ignores_key_order_and_sees_every_value() -> None:
+    """The manifest's fingerprint is a digest of the job document: the same document written in
+    another key order (another JSON writer, a reordered config) matches; any changed value does not."""
+    from geounet.resume import _digest
+
+    doc = {"grid": {"shape": [40, 50], "crs": "EPSG:32633"}, "model": "a" * 64, "bands": [3, 2, 1]}
+    reordered = {"bands": [3, 2, 1], "model": "a" * 64, "grid": {"crs": "EPSG:32633", "shape": [40, 50]}}
+    assert _digest(reordered) == _digest(doc)
+    assert _digest(doc | {"bands": [1, 2, 3]}) != _digest(doc)

@@ -498,6 +498,10 @@ def test_records_after_a_torn_line_still_count(tmp_path: Path) -> None:
     list(again.record(iter(_results(job, [1])), every=10))
     list(again.record(iter(_results(job, [2], skipped=[2])), every=10))
     assert set(TileStore.open(job).done) == {0, 1, 2}
+    with open(store.log_path, "a") as f:
+        f.write("{")  # a crash after the first byte of a line
+    list(TileStore.open(job).record(iter(_results(job, [3])), every=10))
+    assert set(TileStore.open(job).done) == {0, 1, 2, 3}
 
 
 def test_by_default_a_crash_loses_at_most_eight_tiles_or_two_seconds(tmp_path: Path) -> None:

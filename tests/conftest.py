@@ -13,7 +13,14 @@ os.environ.setdefault("GDAL_HTTP_MAX_RETRY", "0")
 os.environ.setdefault("GEOUNET_EXECUTOR", "local")
 
 # Fixture modules of the test suite (each owns one real component: STAC server, Ray, QGIS...).
-pytest_plugins: list[str] = ["fixtures_stac", "fixtures_stac_schemas", "fixtures_qgis", "fixtures_ray", "fixtures_flaky"]
+pytest_plugins: list[str] = [
+    "fixtures_stac",
+    "fixtures_stac_schemas",
+    "fixtures_qgis",
+    "fixtures_ray",
+    "fixtures_flaky",
+    "fixtures_s2",
+]
 
 # run by /usr/bin/python3 (Debian QGIS) in a subprocess, not a test module
 collect_ignore = ["qgis_probe.py"]

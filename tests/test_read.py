@@ -307,7 +307,8 @@ def test_array_chip_is_the_in_memory_twin_of_chip(tmp_path: Path) -> None:
     with read.open_raster(path) as ds:
         for tile in plan:
             a, b = read.array_chip(image, tile), read.chip(ds, tile, bands=(1, 2))
-            assert a.data.dtype == np.float32 and a.data.shape == (2, 24, 24)
+            assert a.data.dtype == b.data.dtype == np.float32 and a.data.shape == (2, 24, 24)
+            assert a.valid.dtype == b.valid.dtype == bool  # a mask, to index pixels with
             np.testing.assert_array_equal(a.data, b.data)
             np.testing.assert_array_equal(a.valid, b.valid)
             inside = tile.read.clip(37, 29).relative_to(tile.read)
@@ -361,3 +362,17 @@ def test_a_failing_window_read_is_a_read_error_naming_the_window(tmp_path: Path)
     )
     assert message.endswith("the file may be truncated or corrupt: re-download or re-export it")
     assert "\n" not in message
+
+
+def test_any_alpha_above_zero_is_data_and_only_transparent_pixels_are_invalid(tmp_path: Path) -> None:
+    """GDAL's mask of an RGBA raster is its alpha band: a faint edge pixel (alpha 1, e.g. from an
+    antialiased warp) is data; only alpha 0 is nodata, and it is mirror-filled from its row."""
+    data = np.zeros((4, 4, 4), np.uint8)
+    data[:3] = np.arange(1, 17, dtype=np.uint8).reshape(4, 4)
+    data[3] = [[0, 1, 128, 255]] * 4
+    path = _tif(tmp_path / "rgba.tif", data, photometric="RGB", alpha="YES")
+    with read.open_raster(path) as ds:
+        chip = read.chip(ds, grid((4, 4), tile=4, halo=0)[0], bands=(1, 2, 3))
+    np.testing.assert_array_equal(chip.valid, data[3] > 0)
+    np.testing.assert_array_equal(chip.data[:, :, 1:], data[:3, :, 1:])
+    np.testing.assert_array_equal(chip.data[:, :, 0], data[:3, :, 2])  # mirrored across column 1

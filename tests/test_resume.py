@@ -498,6 +498,10 @@ def test_records_after_a_torn_line_still_count(tmp_path: Path) -> None:
     list(again.record(iter(_results(job, [1])), every=10))
     list(again.record(iter(_results(job, [2], skipped=[2])), every=10))
     assert set(TileStore.open(job).done) == {0, 1, 2}
+    with open(store.log_path, "a") as f:
+        f.write("{")  # a crash after the first byte of a line
+    list(TileStore.open(job).record(iter(_results(job, [3])), every=10))
+    assert set(TileStore.open(job).done) == {0, 1, 2, 3}
 
 
 def test_by_default_a_crash_loses_at_most_eight_tiles_or_two_seconds(tmp_path: Path) -> None:
@@ -513,3 +517,74 @@ def test_by_default_a_crash_loses_at_most_eight_tiles_or_two_seconds(tmp_path: P
     next(stream)  # the ninth has waited two seconds: recorded before the tenth is taken
     assert set(TileStore.open(job).done) == set(range(9))
     stream.close()
+
+
+def test_cached_tiles_come_back_in_tile_order_whatever_order_their_parts_were_recorded(
+    tmp_path: Path,
+) -> None:
+    """Ray workers finish out of order, so a later part may hold earlier tiles; a rerun still gets
+    the tiles in tile order (part by part, ordered by each part's first tile), skipped ones first."""
+    from geounet.resume import TileStore
+
+    job = _store_job(tmp_path)
+    for batch in ([9, 10], [0, 1], [4, 5]):
+        list(TileStore.open(job).record(iter(_results(job, batch, skipped=[4])), every=8))
+    store = TileStore.open(job)
+    assert sorted(set(store.done.values()), key=str) == ["00000001.npz", "00000002.npz", "00000003.npz", None]
+    assert [r.tile.index for r in store.cached()] == [4, 0, 1, 5, 9, 10]
+
+
+def test_reopening_leaves_a_complete_log_as_it_was_and_accepts_an_empty_one(tmp_path: Path) -> None:
+    """Only a torn last line gets its newline: a complete log stays byte for byte what was written,
+    and an empty log (a crash before the first record reached the disk) is reused as it is."""
+    from geounet.resume import TileStore
+
+    job = _store_job(tmp_path)
+    store = TileStore.open(job)
+    list(store.record(iter(_results(job, [0, 1])), every=10))
+    written = store.log_path.read_bytes()
+    assert written.endswith(b"\n") and written.count(b"\n") == 1
+    assert set(TileStore.open(job).done) == {0, 1}
+    assert store.log_path.read_bytes() == written
+
+    empty = _store_job(tmp_path / "empty")
+    store = TileStore.open(empty)
+    store.log_path.write_bytes(b"")
+    again = TileStore.open(empty)
+    assert again.done == {} and store.log_path.read_bytes() == b""
+    list(again.record(iter(_results(empty, [3])), every=10))
+    assert set(TileStore.open(empty).done) == {3}
+
+
+def test_the_tile_cache_is_a_compressed_npz_without_pickles(tmp_path: Path) -> None:
+    """Parts are deflated (a large tile's cache is written on the model's critical path, and its
+    disk use matters) and hold plain arrays only: an object array is refused, not pickled."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from geounet.resume import write_npz
+
+    classes = np.repeat(np.arange(4, dtype=np.uint8), 256 * 64).reshape(256, 256)
+    buf = io.BytesIO()
+    write_npz(buf, {"t0_classes": classes})
+    with zipfile.ZipFile(buf) as z:
+        assert [i.compress_type for i in z.infolist()] == [zipfile.ZIP_DEFLATED]
+    assert len(buf.getvalue()) < classes.nbytes / 20
+    buf.seek(0)
+    with np.load(buf) as npz:
+        np.testing.assert_array_equal(npz["t0_classes"], classes)
+    with pytest.raises(ValueError, match="pickle"):
+        write_npz(io.BytesIO(), {"t0_probs": np.array([{"not": "an array"}], dtype=object)})
+
+
+def test_the_fingerprint_digest_ignores_key_order_and_sees_every_value() -> None:
+    """The manifest's fingerprint is a digest of the job document: the same document written in
+    another key order (another JSON writer, a reordered config) matches; any changed value does not."""
+    from geounet.resume import _digest
+
+    doc = {"grid": {"shape": [40, 50], "crs": "EPSG:32633"}, "model": "a" * 64, "bands": [3, 2, 1]}
+    reordered = {"bands": [3, 2, 1], "model": "a" * 64, "grid": {"crs": "EPSG:32633", "shape": [40, 50]}}
+    assert _digest(reordered) == _digest(doc)
+    assert _digest(doc | {"bands": [1, 2, 3]}) != _digest(doc)

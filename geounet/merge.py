@@ -85,7 +85,8 @@ def gaussian_weight(size: int, halo: int) -> np.ndarray:
     x = np.arange(size) - (size - 1) / 2
     g = np.exp(-(x**2) / (2 * (size / 8) ** 2))
     w = np.outer(g, g)
-    return np.maximum(w / w.max(), 1e-3).astype(np.float32)
+    out: np.ndarray = np.maximum(w / w.max(), 1e-3).astype(np.float32)
+    return out
 
 
 BLEND_WEIGHTS: dict[str, WeightFn] = {"cosine": cosine_weight, "gaussian": gaussian_weight}

@@ -83,7 +83,7 @@ class ModelSpec:
     @property
     def stride(self) -> int:
         """Total down-sampling factor; tiles and halos must be multiples of it."""
-        return 2**self.depth
+        return 1 << self.depth
 
 
 @dataclass(frozen=True, slots=True)

@@ -271,7 +271,8 @@ def _by_column(events: np.ndarray, corner: np.ndarray, cols: int, shape: tuple[i
     c, r = np.nonzero(grid.T)
     position = np.empty(grid.size, dtype=np.int64)
     position[corner] = np.arange(len(corner))
-    return position[r.astype(np.int64) * cols + c]
+    out: np.ndarray = position[r.astype(np.int64) * cols + c]
+    return out
 
 
 @contextmanager
@@ -380,7 +381,8 @@ def _undirected_key(
 ) -> np.ndarray:
     """A unique key per (group, unit edge), the same for both directions."""
     xm, ym = np.minimum(x0, x1).astype(np.int64), np.minimum(y0, y1).astype(np.int64)
-    return _point_key(g, ym, xm) * 2 + (y0 == y1)
+    key: np.ndarray = _point_key(g, ym, xm) * 2 + (y0 == y1)
+    return key
 
 
 def _point_key(g: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -124,14 +124,13 @@ class BlockPolygons:
                         yield final
         heap.trim()  # the prediction loop is over: its freed buffers go back before the dissolve
         merged = vectorize.dissolve_seams(
-            seams,
+            vectorize.consume(seams),  # the list lets go of the pieces as they are merged
             grid=self.grid,
             classes=self.classes,
             simplify=self.simplify,
             min_area=self.min_area,
             with_confidence=True,
         )
-        seams.clear()
         self.polygons += len(merged)
         yield merged
 

@@ -398,8 +398,7 @@ def polygon_chunks(
         seam = read_seams(folder, i)
         if seam is not None:
             seams.append(seam)
-    merged = vectorize.dissolve(seams)
-    seams.clear()  # the pieces, now merged: free them before the conversion copies the polygons
+    merged = vectorize.dissolve(vectorize.consume(seams))  # the pieces go as they are merged
     yield _frame(merged, job, classes)
 
 

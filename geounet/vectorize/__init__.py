@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from geounet.geo import Grid, Window
 from geounet.vectorize.frame import COLUMNS, PHOTO_TRANSFORM, dissolve_seams, to_frame, vectorize_block
-from geounet.vectorize.parts import BlockParts, Parts, block_polygons, blocks, dissolve, split_seams
+from geounet.vectorize.parts import BlockParts, Parts, block_polygons, blocks, consume, dissolve, split_seams
 from geounet.vectorize.source import from_array, iter_polygons, polygons
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "Window",
     "block_polygons",
     "blocks",
+    "consume",
     "dissolve",
     "dissolve_seams",
     "from_array",

@@ -20,8 +20,8 @@ the *other* two pixels, so a hole touching its shell at a point stays a separate
 the polygon is valid (OGC/GEOS rules). Rings run with the region on their left in (x, y)
 pixel coordinates, so shells have positive signed area there.
 
-:func:`merge` dissolves polygons of such outlines that share edges (the pieces a block
-grid cut) into one polygon per group, with the same ring rules, again without a loop.
+:func:`geounet.vectorize.join.merge` dissolves polygons of such outlines that share edges
+(the pieces a block grid cut) into one polygon per group, with the same ring rules.
 
 Example:
     >>> import numpy as np
@@ -44,7 +44,6 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 E, S, W, N = 0, 1, 2, 3  # directions a ring leaves a corner in (y grows downwards, with the rows)
-_STEP = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]])  # (dx, dy) of E, S, W, N
 
 
 @dataclass(frozen=True)
@@ -87,15 +86,18 @@ class Outlines:
         """
         if len(self) == 0:
             return np.empty(0, dtype=object)
-        x, y = self.x + offset[0], self.y + offset[1]
-        if transform is not None and transform != Affine.identity():
-            a, b, c, d, e, f = transform[:6]
-            x, y = a * x + b * y + c, d * x + e * y + f
+        plain = offset == (0, 0) and (transform is None or transform == Affine.identity())
+        if plain and _columns_of(self.x, self.y) is not None:
+            xy = _columns_of(self.x, self.y)  # x and y are the columns of one (n, 2) array: no copy
+        else:
+            x, y = self.x + offset[0], self.y + offset[1]
+            if not plain and transform is not None:
+                a, b, c, d, e, f = transform[:6]
+                x, y = a * x + b * y + c, d * x + e * y + f
+            xy = np.column_stack((x, y))
         with _no_cyclic_gc():
             geoms = shapely.from_ragged_array(
-                shapely.GeometryType.POLYGON,
-                np.column_stack((x, y)),
-                (self.ring_offsets, self.poly_offsets),
+                shapely.GeometryType.POLYGON, xy, (self.ring_offsets, self.poly_offsets)
             )
         return np.asarray(geoms, dtype=object)
 
@@ -149,40 +151,6 @@ def trace(labels: np.ndarray, n: int) -> Outlines:
     y = corner[ix] // cols
     x = corner[ix] - y * cols
     return assemble(x.astype(np.float64), y.astype(np.float64), succ, owner - 1, n, anchor)
-
-
-def merge(
-    parts: Outlines, group: np.ndarray, n_groups: int, seams: tuple[np.ndarray, np.ndarray]
-) -> Outlines:
-    """Dissolve polygons into one per group: the edges two polygons of a group share vanish.
-
-    ``parts`` are outlines from :func:`trace` (any offset, same orientation) that meet
-    only along the seam lines ``seams = (xs, ys)`` (the x of vertical and y of horizontal
-    cut lines); ``group[i]`` in 0..n_groups-1 is the polygon each part becomes, and each
-    group's parts must form one 4-connected region. Returns the groups' polygons in order.
-    """
-    ring_of = np.repeat(np.arange(len(parts.ring_offsets) - 1), np.diff(parts.ring_offsets))
-    poly_of_ring = np.repeat(np.arange(len(parts)), np.diff(parts.poly_offsets))
-    start = np.ones(len(parts.x), dtype=bool)
-    start[parts.ring_offsets[1:] - 1] = False  # the closing vertex starts no segment
-    i = np.flatnonzero(start)
-    x0, y0, x1, y1 = parts.x[i], parts.y[i], parts.x[i + 1], parts.y[i + 1]
-    g = group[poly_of_ring[ring_of[i]]]
-    on_seam = ((y0 == y1) & np.isin(y0, seams[1])) | ((x0 == x1) & np.isin(x0, seams[0]))
-    ux0, uy0, ux1, uy1, ug = _unit_segments(x0[on_seam], y0[on_seam], x1[on_seam], y1[on_seam], g[on_seam])
-    # A unit edge two parts of one group share appears twice (once in each direction): drop both.
-    key = _undirected_key(ux0, uy0, ux1, uy1, ug)
-    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    alone = counts[inverse] == 1
-    keep = ~on_seam
-    x0 = np.concatenate((x0[keep], ux0[alone]))
-    y0 = np.concatenate((y0[keep], uy0[alone]))
-    x1 = np.concatenate((x1[keep], ux1[alone]))
-    y1 = np.concatenate((y1[keep], uy1[alone]))
-    g = np.concatenate((g[keep], ug[alone]))
-    succ, heading_in, heading = _link(x0, y0, x1, y1, g)
-    anchor = ((heading_in == N) & (heading == E)) | ((heading_in == W) & (heading == S))
-    return assemble(x0, y0, succ, g, n_groups, anchor, keep=heading_in != heading)
 
 
 def assemble(
@@ -292,6 +260,18 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
+def _columns_of(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """The C-contiguous (n, 2) float64 array whose columns ``x`` and ``y`` are, if they are."""
+    xy = x.base
+    if not isinstance(xy, np.ndarray) or y.base is not xy or xy.shape != (len(x), 2):
+        return None
+    if xy.dtype != np.float64 or not xy.flags.c_contiguous:
+        return None
+    if x.ctypes.data != xy.ctypes.data or y.ctypes.data != xy.ctypes.data + xy.itemsize:
+        return None
+    return xy
+
+
 def _offsets(counts: np.ndarray) -> np.ndarray:
     out = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=out[1:])
@@ -362,62 +342,3 @@ def _rank_alternating(
     ring[h], ring[v] = ring_h, ring_h
     pos[h], pos[v] = 2 * pos_h, 2 * pos_h + 1
     return ring, pos, 2 * length_h
-
-
-def _unit_segments(
-    x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray, g: np.ndarray
-) -> tuple[np.ndarray, ...]:
-    """Axis-parallel segments cut into unit-length ones, same direction and group."""
-    dx, dy = np.sign(x1 - x0), np.sign(y1 - y0)
-    n = (np.abs(x1 - x0) + np.abs(y1 - y0)).astype(np.int64)
-    seg = np.repeat(np.arange(len(n)), n)
-    k = np.arange(len(seg)) - np.repeat(_offsets(n)[:-1], n)
-    ux0, uy0 = x0[seg] + k * dx[seg], y0[seg] + k * dy[seg]
-    return ux0, uy0, ux0 + dx[seg], uy0 + dy[seg], g[seg]
-
-
-def _undirected_key(
-    x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray, g: np.ndarray
-) -> np.ndarray:
-    """A unique key per (group, unit edge), the same for both directions."""
-    xm, ym = np.minimum(x0, x1).astype(np.int64), np.minimum(y0, y1).astype(np.int64)
-    key: np.ndarray = _point_key(g, ym, xm) * 2 + (y0 == y1)
-    return key
-
-
-def _point_key(g: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """One int64 per (group, y, x) of non-negative integers, ordered like the tuples."""
-    if len(g) == 0:
-        return np.zeros(0, dtype=np.int64)
-    ny, nx = int(y.max()) + 2, int(x.max()) + 2
-    if (int(g.max()) + 1) * ny * nx >= 2**61:
-        raise RuntimeError(f"grid of {ny}x{nx} corners with {int(g.max()) + 1} groups is too large to key")
-    return (g.astype(np.int64) * ny + y.astype(np.int64)) * nx + x.astype(np.int64)
-
-
-def _link(
-    x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray, g: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each directed segment's successor (the one leaving its end, same group), the heading
-    arriving at its start and its own heading. Where two segments leave a corner (the group
-    touches itself diagonally), the ring turns around the pixel outside the group, as
-    :func:`trace` does."""
-    heading = np.select([x1 > x0, y1 > y0, x1 < x0], [E, S, W], N)
-    both = _point_key(np.concatenate((g, g)), np.concatenate((y0, y1)), np.concatenate((x0, x1)))
-    skey, ekey = both[: len(g)], both[len(g) :]
-    order = np.argsort(skey, kind="stable")
-    sorted_keys = skey[order]
-    lo = np.searchsorted(sorted_keys, ekey, side="left")
-    hi = np.searchsorted(sorted_keys, ekey, side="right")
-    succ = order[lo]
-    two = np.flatnonzero(hi - lo == 2)
-    if len(two):
-        alt = order[lo[two] + 1]
-        step_in, step_a = _STEP[heading[two]], _STEP[heading[succ[two]]]
-        cross = step_in[:, 0] * step_a[:, 1] - step_in[:, 1] * step_a[:, 0]
-        succ[two] = np.where(cross < 0, succ[two], alt)
-    if np.any((hi - lo < 1) | (hi - lo > 2)):
-        raise RuntimeError("merged outlines are not closed rings; the parts are not pixel-aligned")
-    pred = np.empty_like(succ)
-    pred[succ] = np.arange(len(succ))
-    return succ, heading[pred], heading

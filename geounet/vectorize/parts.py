@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ from scipy.sparse.csgraph import connected_components
 from geounet.errors import ConfigError, InputError
 from geounet.geo import Window
 from geounet.model import NODATA_CLASS
-from geounet.vectorize import outline
+from geounet.vectorize import join, outline
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 
@@ -235,7 +236,7 @@ def dissolve(blocks: Iterable[BlockParts]) -> Parts:
     other have the same class (4-connectivity: touching only at a corner does not join),
     transitively, so the result has one polygon per connected region of the raster.
     The blocks may come in any order; they must not overlap. The outlines are joined by
-    :func:`geounet.vectorize.outline.merge` (shared edges cancel), not by a GEOS union.
+    :func:`geounet.vectorize.join.merge` (shared edges cancel), not by a GEOS union.
     """
     items = list(blocks)
     if not items:
@@ -245,6 +246,11 @@ def dissolve(blocks: Iterable[BlockParts]) -> Parts:
     pairs = _seam_pairs(items, offsets, allp.class_id)
     if len(pairs) == 0:
         return allp
+    seams = (
+        np.unique([v for b in items for v in (b.window.col, b.window.col_stop)]).astype(np.float64),
+        np.unique([v for b in items for v in (b.window.row, b.window.row_stop)]).astype(np.float64),
+    )
+    del items  # with a consuming iterable (see dissolve_seams' callers) the pieces' geometries go early
     n = len(allp)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
@@ -254,20 +260,29 @@ def dissolve(blocks: Iterable[BlockParts]) -> Parts:
     g = len(groups)
     first = np.full(g, len(multi))
     np.minimum.at(first, group, np.arange(len(multi)))
-    _, coords, (ring_offsets, poly_offsets) = shapely.to_ragged_array(allp.geometry[multi])
-    pieces = outline.Outlines(coords[:, 0], coords[:, 1], ring_offsets, poly_offsets)
-    seams = (
-        np.unique([v for b in items for v in (b.window.col, b.window.col_stop)]).astype(np.float64),
-        np.unique([v for b in items for v in (b.window.row, b.window.row_stop)]).astype(np.float64),
-    )
-    merged = Parts.of(
+    stats = Parts.of(
         allp.class_id[multi][first],
         np.bincount(group, weights=allp.pixels[multi], minlength=g),
         np.bincount(group, weights=allp.conf_sum[multi], minlength=g),
         np.bincount(group, weights=allp.conf_count[multi], minlength=g),
-        outline.merge(pieces, group, g, seams).polygons(),
+        np.empty(g, dtype=object),
     )
-    return Parts.concat([allp.select(single), merged])
+    _, coords, (ring_offsets, poly_offsets) = shapely.to_ragged_array(allp.geometry[multi])
+    singles = allp.select(single)
+    del allp
+    merged = join.merge(
+        outline.Outlines(coords[:, 0], coords[:, 1], ring_offsets, poly_offsets), group, g, seams
+    )
+    del coords
+    return Parts.concat([singles, dataclasses.replace(stats, geometry=merged.polygons())])
+
+
+def consume(items: list[Any]) -> Iterator[Any]:
+    """The items of ``items`` in order, each removed from the list as it is given (the list ends
+    empty): a caller that hands its list to :func:`dissolve` this way lets go of the pieces."""
+    items.reverse()
+    while items:
+        yield items.pop()
 
 
 # -- internals ---------------------------------------------------------------------------

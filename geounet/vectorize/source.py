@@ -34,7 +34,7 @@ from geounet.vectorize.frame import (
     exact_outlines,
     vectorize_block,
 )
-from geounet.vectorize.parts import BlockParts, block_polygons, blocks
+from geounet.vectorize.parts import BlockParts, block_polygons, blocks, consume
 
 #: A block as read: its window, class ids, confidence (or None).
 Block = tuple[Window, np.ndarray, np.ndarray | None]
@@ -199,7 +199,7 @@ def _chunks(
         if len(frame):
             yield frame
     yield dissolve_seams(
-        seams,
+        consume(seams),
         grid=grid,
         classes=classes,
         simplify=simplify,

@@ -201,7 +201,9 @@ def test_changes_are_written_and_consistent(nights: dict[str, Any]) -> None:
     ts = nights["ts"]
     ok = ts[ts["status"] == "ok"]
     now = ok[ok["scene_id"] == "S2_slovenia_2015-09-09"].set_index("parcel_id")
-    before = ok[ok["scene_id"] != "S2_slovenia_2015-09-09"].sort_values("datetime").groupby("parcel_id").last()
+    before = (
+        ok[ok["scene_id"] != "S2_slovenia_2015-09-09"].sort_values("datetime").groupby("parcel_id").last()
+    )
     expected = {}
     for pid in now.index.intersection(before.index):
         kinds = []

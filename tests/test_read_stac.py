@@ -246,7 +246,11 @@ def test_predict_from_a_stac_search_equals_predict_on_the_local_file(
         tmp_path / "s2.safetensors",
         read_bands(src, (2, 3, 4, 8)),
         bands=("B02", "B03", "B04", "B08"),
-        classes=(ClassInfo(0, "other", "#cccccc"), ClassInfo(1, "forest", "#33a02c"), ClassInfo(2, "grass", "#b2df8a")),
+        classes=(
+            ClassInfo(0, "other", "#cccccc"),
+            ClassInfo(1, "forest", "#33a02c"),
+            ClassInfo(2, "grass", "#b2df8a"),
+        ),
         spec=ModelSpec(in_channels=4, n_classes=3, depth=2, width=8),
         seed=3,
     )

@@ -78,7 +78,9 @@ def test_intersecting_finds_the_tiles_of_a_block() -> None:
     height=st.integers(1, 200),
     width=st.integers(1, 200),
 )
-def test_intersecting_is_the_brute_force_set_for_any_window(rows, cols, core, row, col, height, width) -> None:
+def test_intersecting_is_the_brute_force_set_for_any_window(
+    rows, cols, core, row, col, height, width
+) -> None:
     """Windows reaching past the grid edges too, ending exactly on a core edge or not. (A window
     with no pixel in the grid may still get the last, clipped core's tile: not asked here.)"""
     from geounet.geo import Window

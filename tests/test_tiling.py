@@ -325,7 +325,7 @@ def test_core_size_is_the_tile_less_two_halos_and_shrinks_to_small_grids() -> No
     assert (odd.size, odd.read_size, odd.align, len(odd)) == (3, 9, 1, 6)
     line = grid((1, 5), tile=8, halo=0)  # a one-row grid is a grid
     assert (line.size, len(line), line[0].core.shape) == (5, 1, (1, 5))
-    plan = grid((np.int64(40), np.int64(30)), tile=64, halo=0)
+    plan = grid((np.int64(40), np.int64(30)), tile=64, halo=0)  # type: ignore[arg-type]  # numpy ints on purpose
     assert plan.shape == (40, 30) and all(type(v) is int for v in plan.shape)
 
 

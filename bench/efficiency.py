@@ -206,9 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         b = model.load(bundle_path)
         opts = {"batch_size": args.batch, "device": args.device}
-        job = planning.plan(
-            src, model=bundle_path, out_dir=tmp / "plan", options=jobs.PredictOptions(**opts)
-        )
+        job = planning.plan(src, model=bundle_path, out_dir=tmp / "plan", options=jobs.PredictOptions(**opts))
         tile, n_plan = job.plan.read_size, len(job.plan)
         out_px = job.grid.rows * job.grid.cols
         print(

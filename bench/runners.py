@@ -146,7 +146,9 @@ def geounet_rasters(src: Path, bundle_path: Path, out: Path, *, executor: str) -
     """Classes + confidence COGs through the library, no publishing (fallback for an older CLI)."""
     from geounet import jobs, pipeline, planning, predict, rasters
 
-    job = planning.plan(src, model=bundle_path, out_dir=out, options=jobs.PredictOptions(outputs=("classes", "confidence")))
+    job = planning.plan(
+        src, model=bundle_path, out_dir=out, options=jobs.PredictOptions(outputs=("classes", "confidence"))
+    )
     results: predict.ResultsFn = predict.local_results
     if executor == "ray":
         from geounet import distributed, pool

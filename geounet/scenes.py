@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import numpy as np
 import rasterio
@@ -89,18 +89,34 @@ def order(scenes: Sequence[Scene]) -> list[Scene]:
     return sorted(scenes, key=key)
 
 
+class Compositing(TypedDict, total=False):
+    """How :func:`chip`, :func:`composite` and :func:`mosaic` read and composite (defaults: :func:`mosaic`'s).
+
+    - ``bands``: model band names to take from each scene; default: each scene's bands as searched.
+    - ``resampling``: GDAL resampling name for reprojected/resampled assets (``nearest``, ``bilinear``...).
+    - ``apply_scale``: return ``dn * scale + offset`` (STAC ``raster:bands``) instead of raw values.
+    - ``failures``: when given, a scene whose asset fails is appended here (as its ReadError)
+      and skipped; otherwise the ReadError propagates.
+    - ``method``: composite rule, ``first`` or ``median`` (:data:`geounet.masks.METHODS`).
+    - ``mask_rule``: which quality values of a scene's mask assets (SCL, QA_PIXEL, Fmask,
+      cloud mask/probability) exclude a pixel; ``None`` ignores the masks.
+    """
+
+    bands: Sequence[str] | None
+    resampling: str
+    apply_scale: bool
+    failures: list[ReadError] | None
+    method: str
+    mask_rule: MaskRule | None
+
+
 def chip(
     scenes: Sequence[Scene],
     tile: Tile,
     *,
     grid: Grid,
-    bands: Sequence[str] | None = None,
-    resampling: str = "nearest",
-    apply_scale: bool = False,
-    failures: list[ReadError] | None = None,
-    method: str = "first",
-    mask_rule: MaskRule | None = DEFAULT_RULE,
     observations: list[np.ndarray] | None = None,
+    **options: Unpack[Compositing],
 ) -> Chip:
     """Read ``tile``'s chip on ``grid`` from ``scenes`` (composited), mirror-padded beyond valid data.
 
@@ -108,16 +124,9 @@ def chip(
         scenes: the scenes to composite (any order; see :func:`order`).
         tile: the tile; its read window is in ``grid``'s pixel coordinates.
         grid: the job's target grid (CRS, transform, shape).
-        bands: model band names to take from each scene; default: each scene's bands as searched.
-        resampling: GDAL resampling name for reprojected/resampled assets (``nearest``, ``bilinear``...).
-        apply_scale: return ``dn * scale + offset`` (STAC ``raster:bands``) instead of raw values.
-        failures: when given, a scene whose asset fails is appended here (as its ReadError)
-            and skipped; otherwise the ReadError propagates.
-        method: composite rule, ``first`` or ``median`` (:data:`geounet.masks.METHODS`).
-        mask_rule: which quality values of a scene's mask assets (SCL, QA_PIXEL, Fmask,
-            cloud mask/probability) exclude a pixel; ``None`` ignores the masks.
         observations: when given, the per-pixel count of clear valid observations over the
             tile's core (uint16, ``tile.core.shape``) is appended here (``observations.tif``).
+        options: how to read and composite (:class:`Compositing`).
 
     Returns:
         The :class:`~geounet.read.Chip`: float32 (bands, rows, cols) over ``tile.read`` and its valid mask.
@@ -127,10 +136,8 @@ def chip(
         InputError: a scene lacks one of ``bands``.
     """
     inner = tile.read.clip(grid.rows, grid.cols)
-    data, valid, count = mosaic(
-        scenes, inner, grid=grid, bands=bands, resampling=resampling, apply_scale=apply_scale, failures=failures,
-        method=method, mask_rule=mask_rule, counts=tile.core if observations is not None else False,
-    )  # fmt: skip
+    counts = tile.core if observations is not None else False
+    data, valid, count = mosaic(scenes, inner, grid=grid, counts=counts, **options)
     if observations is not None and count is not None:
         observations.append(count)  # the core's: the scenes past the first rule's fill are read there only
     if valid.any() and not valid.all():
@@ -143,26 +150,14 @@ def chip(
 
 
 def composite(
-    scenes: Sequence[Scene],
-    window: Window,
-    *,
-    grid: Grid,
-    bands: Sequence[str] | None = None,
-    resampling: str = "nearest",
-    apply_scale: bool = False,
-    failures: list[ReadError] | None = None,
-    method: str = "first",
-    mask_rule: MaskRule | None = DEFAULT_RULE,
+    scenes: Sequence[Scene], window: Window, *, grid: Grid, **options: Unpack[Compositing]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The composite of ``scenes`` over ``window`` of ``grid``: float32 (bands, rows, cols) and valid mask.
 
     Invalid pixels (no scene has a clear valid observation there) are 0. ``window`` must lie
     inside ``grid``. Arguments as :func:`chip`.
     """
-    data, valid, _ = mosaic(
-        scenes, window, grid=grid, bands=bands, resampling=resampling, apply_scale=apply_scale,
-        failures=failures, method=method, mask_rule=mask_rule,
-    )  # fmt: skip
+    data, valid, _ = mosaic(scenes, window, grid=grid, **options)
     return data, valid
 
 
@@ -180,6 +175,8 @@ def mosaic(
     counts: bool | Window = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """:func:`composite` plus, with ``counts``, the per-pixel number of clear valid observations (uint16).
+
+    The other options are :class:`Compositing`'s, and their defaults are these.
 
     ``counts``: True counts over ``window``, a window inside it (a tile's core) over that one only. Once
     ``first`` has filled ``window`` it stops reading, or reads the other scenes over that window to count.

@@ -228,7 +228,7 @@ def to_json(found: Sequence[pystac.Item]) -> str:
 
 
 def item(href: str, *, bands: Sequence[str] | None = None, preset: str | Preset | None = None) -> Scene:
-    """The scene of one STAC item JSON (local path or URL), e.g. ``geounet predict --stac-item``.
+    """The scene of one STAC item JSON (local path or URL), e.g. ``geounet predict item.json``.
 
     Raises:
         InputNotFoundError: when the item cannot be fetched.
@@ -396,5 +396,3 @@ def _bbox(values: Sequence[float] | None) -> tuple[float, float, float, float] |
 def _short_wkt(geom: BaseGeometry) -> str:
     text = geom.wkt
     return text if len(text) <= 80 else f"{geom.geom_type}(bounds={tuple(round(v, 5) for v in geom.bounds)})"
-
-

@@ -22,6 +22,7 @@ silently degrade into a constant map.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,7 +63,9 @@ def assert_real_output(classes: np.ndarray, n_classes: int, *, min_entropy: floa
 def _features(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     """Inputs of the 1x1 head, (C, H, W), for one normalized (B=1) image."""
     seen: list[torch.Tensor] = []
-    hook = module.head.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach()))
+    hook = module.get_submodule("head").register_forward_hook(
+        lambda _m, inp, _out: seen.append(inp[0].detach())
+    )
     try:
         with torch.inference_mode():
             module(torch.from_numpy(x))
@@ -126,17 +129,8 @@ def calibrated_bundle(
     weights = dict(base.weights)
     weights["head.weight"] = weight.reshape(k, -1, 1, 1).astype(np.float32)
     weights["head.bias"] = bias.astype(np.float32)
-    bundle = model.Bundle(
-        spec=base.spec,
-        bands=base.bands,
-        normalization=base.normalization,
-        classes=base.classes,
-        receptive_field=base.receptive_field,
-        tile=base.tile,
-        halo=base.halo,
-        weights=weights,
-        provenance=dict(base.provenance, source="calibrated-test-fixture"),
-        name=base.name,
+    bundle = dataclasses.replace(
+        base, weights=weights, provenance=dict(base.provenance, source="calibrated-test-fixture")
     )
     _check(bundle, x, valid)
     return bundle
@@ -160,6 +154,36 @@ def read_bands(path: Path, indexes: Sequence[int] | None = None) -> np.ndarray:
     with rasterio.open(path) as ds:
         arr = ds.read(list(indexes) if indexes else None, masked=True).astype(np.float64)
     return np.ma.filled(arr, np.nan)
+
+
+def steep_bundle(
+    path: Path,
+    *,
+    bands: Sequence[str],
+    classes: Sequence[ClassInfo],
+    spec: ModelSpec,
+    mean: float,
+    std: float,
+    seed: int,
+    gain: float,
+) -> Path:
+    """A seeded bundle with its 1x1 head ``gain`` times steeper, saved to ``path`` (float32).
+
+    A freshly initialised head predicts one class almost everywhere, with near-uniform
+    probabilities (spread ~1e-4): tiled-against-whole comparisons would hold for nearly any bug
+    and seams would hide below a 1e-4 tolerance. The steeper head spreads classes and confidences.
+    ``mean``/``std`` normalize every band alike.
+    """
+    n = len(bands)
+    bundle = networks.init_bundle(
+        bands=bands,
+        classes=classes,
+        spec=spec,
+        normalization=model.Normalization(mean=(mean,) * n, std=(std,) * n),
+        seed=seed,
+    )
+    weights = dict(bundle.weights, **{"head.weight": bundle.weights["head.weight"] * gain})
+    return model.save(dataclasses.replace(bundle, weights=weights), path)
 
 
 def save_calibrated(path: Path, image: np.ndarray, **kwargs: object) -> Path:
@@ -189,14 +213,8 @@ def impulse_bundle(spec: ModelSpec, *, seed: int = 0, threshold: float = 1e-3) -
     head[1] = 1.0
     weights["head.weight"] = head
     weights["head.bias"] = np.array([0.0, -threshold], dtype=np.float32)
-    return model.Bundle(
-        spec=base.spec,
-        bands=base.bands,
-        normalization=base.normalization,
-        classes=base.classes,
-        receptive_field=base.receptive_field,
-        tile=base.tile,
-        halo=base.halo,
+    return dataclasses.replace(
+        base,
         weights=weights,
         provenance=dict(base.provenance, source="impulse-test-fixture"),
         name="impulse-test-model",

@@ -7,7 +7,6 @@ Every Ray process is stopped when the module ends.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +18,10 @@ import pytest
 import rasterio
 import shapely
 import torch
+from fixtures_model import steep_bundle
 
-from geounet import jobs, model, pipeline, planning
-from geounet.model import ClassInfo, ModelSpec, networks
+from geounet import jobs, pipeline, planning
+from geounet.model import ClassInfo, ModelSpec
 from geounet.pool import local_system_config
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -49,17 +49,16 @@ def rgb_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     The head is scaled up so the classes vary across the scene (a fresh head predicts
     one class almost everywhere, which would make output comparisons vacuous).
     """
-    bundle = networks.init_bundle(
+    return steep_bundle(
+        tmp_path_factory.mktemp("ray-model") / "rgb.safetensors",
         bands=("red", "green", "blue"),
         classes=RGB_CLASSES,
         spec=ModelSpec(in_channels=3, n_classes=3, depth=2, width=4),
-        normalization=model.Normalization(mean=(60.0,) * 3, std=(30.0,) * 3),
+        mean=60.0,
+        std=30.0,
         seed=7,
+        gain=50,
     )
-    weights = dict(bundle.weights)
-    weights["head.weight"] = weights["head.weight"] * 50
-    bundle = dataclasses.replace(bundle, weights=weights)
-    return model.save(bundle, tmp_path_factory.mktemp("ray-model") / "rgb.safetensors")
 
 
 def polygon_rows(path: Path) -> list[tuple[Any, ...]]:

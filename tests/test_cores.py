@@ -75,5 +75,5 @@ def test_an_abandoned_stream_gives_the_threads_back(predictor: infer.Predictor) 
         rows = predictor.predict_rows(x, rows=16)
         next(rows)
         assert torch.get_num_threads() == 1
-        rows.close()
+        rows.close()  # type: ignore[attr-defined]  # a generator, typed as an Iterator
     assert torch.get_num_threads() == 2

@@ -292,8 +292,12 @@ def test_no_batch_within_the_stall_timeout_fails(
     ray_cluster: Any, landsat_rgb: Path, rgb_bundle: Path, tmp_path: Path
 ) -> None:
     """A first batch (a read task, then a U-Net pass) cannot finish in 1 ms: the job fails, not hangs."""
-    executor = RayExecutor(RayOptions(actors=1, cpus_per_actor=0.5, stall_timeout_s=0.001, ready_timeout_s=120))
-    with pytest.raises(ExecutionError, match=r"no batch finished in 0\.001 s \(\d+ in flight; available: .*CPU"):
+    executor = RayExecutor(
+        RayOptions(actors=1, cpus_per_actor=0.5, stall_timeout_s=0.001, ready_timeout_s=120)
+    )
+    with pytest.raises(
+        ExecutionError, match=r"no batch finished in 0\.001 s \(\d+ in flight; available: .*CPU"
+    ):
         pipeline.run(_job(landsat_rgb, rgb_bundle, tmp_path), results=executor, progress=False)
     assert executor.stats.actors  # it failed while streaming, after the pool had started
 
@@ -356,7 +360,9 @@ def test_a_local_ray_that_cannot_start_falls_back_to_in_process(
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["fell_back"] is True
-    assert "cannot start a local Ray" in proc.stderr and "running with --executor local instead" in proc.stderr
+    assert (
+        "cannot start a local Ray" in proc.stderr and "running with --executor local instead" in proc.stderr
+    )
     assert_same_outputs(rgb_reference, tmp_path)
     assert report["no_fallback"].startswith("cannot start a local Ray (")
     assert "minimum allowed" in report["no_fallback"]  # Ray's own reason, first line

@@ -105,7 +105,11 @@ def test_photo_grid_is_not_georeferenced() -> None:
     [
         ((0, 5), NORTH_UP, "grid shape=(0, 5) must be positive"),
         ((5, -1), NORTH_UP, "grid shape=(5, -1) must be positive"),
-        ((5, 0), NORTH_UP, "grid shape=(5, 0) must be positive in both axes; check the input raster or the AOI/resolution"),
+        (
+            (5, 0),
+            NORTH_UP,
+            "grid shape=(5, 0) must be positive in both axes; check the input raster or the AOI/resolution",
+        ),
         ((5, 5), Affine(0, 0, 0, 0, 0, 0), "is degenerate; fix the georeferencing"),
     ],
 )
@@ -147,7 +151,13 @@ def test_from_bounds_snaps_outward_to_the_resolution_lattice() -> None:
 
 @pytest.mark.parametrize(
     ("bounds", "resolution"),
-    [((0, 0, 10, 10), 0), ((0, 0, 10, 10), -5), ((10, 0, 0, 10), 1), ((5, 0, 5, 10), 1), ((0, 10, 10, 10), 1)],
+    [
+        ((0, 0, 10, 10), 0),
+        ((0, 0, 10, 10), -5),
+        ((10, 0, 0, 10), 1),
+        ((5, 0, 5, 10), 1),
+        ((0, 10, 10, 10), 1),
+    ],
 )
 def test_from_bounds_rejects_empty_bounds_and_bad_resolution(bounds: tuple, resolution: float) -> None:
     with pytest.raises(InputError, match="are empty; give left<right, bottom<top and a positive resolution"):

@@ -74,7 +74,7 @@ def handed_to_model(found: list[search.Scene], bundle_path: Path, tmp_path: Path
         seen.append(batch.copy())
         return real(batch)
 
-    predictor.predictor.predict = recording  # type: ignore[method-assign]
+    predictor.predictor.predict = recording  # type: ignore[method-assign,assignment]
     tiles = [job.plan[i] for i in (0, 5, len(job.plan) - 1)]
     predictor(tiles, predict.read_chips(job, tiles))
     return seen

@@ -104,6 +104,33 @@ def _loaded_after(module: str) -> set[str]:
     return set(json.loads(out.stdout))
 
 
+#: geounet.vectorize and every module in its folder (walked: a new one is checked too)
+VECTORIZE = tuple(m for m in _modules() if m == "geounet.vectorize" or m.startswith("geounet.vectorize."))
+
+
+def external_imports(path: Path) -> set[str]:
+    """Top-level packages ``path`` imports anywhere in its file (inside functions too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def reachable(module: str, graph: dict[str, set[str]]) -> set[str]:
+    """``module`` and every project module it imports, directly or not (imports inside functions count)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph[name])
+    return seen
+
+
 @pytest.mark.parametrize("module", PURE)
 def test_pure_core_loads_no_heavy_stack(module: str) -> None:
     loaded = _loaded_after(module)
@@ -111,8 +138,27 @@ def test_pure_core_loads_no_heavy_stack(module: str) -> None:
     assert not loaded & set(HEAVY), f"import {module} loads {sorted(loaded & set(HEAVY))}"
 
 
-def test_vectorize_loads_no_deep_learning_stack() -> None:
-    loaded = _loaded_after("geounet.vectorize")
-    assert not loaded & set(VECTORIZE_HEAVY), (
-        f"import geounet.vectorize loads {sorted(loaded & set(VECTORIZE_HEAVY))}"
-    )
+@pytest.mark.parametrize("module", VECTORIZE)
+def test_vectorize_loads_no_deep_learning_stack(module: str) -> None:
+    loaded = _loaded_after(module)
+    assert not loaded & set(VECTORIZE_HEAVY), f"import {module} loads {sorted(loaded & set(VECTORIZE_HEAVY))}"
+
+
+@pytest.mark.parametrize("module", PURE + VECTORIZE)
+def test_pure_core_imports_no_heavy_stack_even_lazily(module: str) -> None:
+    """Read from the source: no function of the core (or of what it uses) imports a heavy stack later."""
+    graph, modules = import_graph(), _modules()
+    heavy = set(VECTORIZE_HEAVY if module in VECTORIZE else HEAVY)
+    found = {
+        f"{name}: {pkg}"
+        for name in reachable(module, graph)
+        for pkg in external_imports(modules[name]) & heavy
+    }
+    assert not found, f"{module} reaches heavy imports: {sorted(found)}"
+
+
+def test_the_core_lists_are_real_modules() -> None:
+    modules = _modules()
+    assert set(PURE) <= set(modules), sorted(set(PURE) - set(modules))
+    assert {"geounet.vectorize", "geounet.vectorize.frame", "geounet.vectorize.parts"} <= set(VECTORIZE)
+    assert "torch" in external_imports(modules["geounet.model.networks"])  # the walk sees real imports

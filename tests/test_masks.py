@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,7 +73,7 @@ def test_masked_pixels_never_contribute_and_clear_scene_prediction_is_kept(
     np.testing.assert_array_equal(data, expected)
     unmasked, _ = scenes.composite(cloudy_first, grid.full_window(), grid=grid, mask_rule=None)
     assert not np.array_equal(unmasked, expected)  # what the masks prevent: clouds classified as land
-    options = {"executor": "local", "device": "cpu", "tile": 64, "halo": 16}
+    options: dict[str, Any] = {"executor": "local", "device": "cpu", "tile": 64, "halo": 16}
     want = api.predict(clear, bundle, **options)
     for method, found in {
         "first": cloudy_first,

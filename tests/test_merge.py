@@ -140,8 +140,12 @@ def _brute_force_blend(plan, tile_probs: dict[int, np.ndarray], weight: np.ndarr
     den = np.zeros(plan.shape)
     for t in plan:
         win = t.read.clip(*plan.shape)
-        src = np.s_[win.row - t.read.row : win.row_stop - t.read.row, win.col - t.read.col : win.col_stop - t.read.col]
-        num[:, win.row : win.row_stop, win.col : win.col_stop] += weight[src] * tile_probs[t.index][(slice(None), *src)]
+        src = np.s_[
+            win.row - t.read.row : win.row_stop - t.read.row, win.col - t.read.col : win.col_stop - t.read.col
+        ]
+        num[:, win.row : win.row_stop, win.col : win.col_stop] += (
+            weight[src] * tile_probs[t.index][(slice(None), *src)]
+        )
         den[win.row : win.row_stop, win.col : win.col_stop] += weight[src]
     return num / den
 

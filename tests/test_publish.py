@@ -93,7 +93,12 @@ def test_stac_item_validates_offline_and_describes_the_outputs(run_outputs, land
     """Valid against the published projection, classification, raster and file schemas (shipped by pystac's extension packages)."""
     used = publish.validate_item(run_outputs["item"], schemas=stac_schemas, offline=True)
     item = pystac.Item.from_file(str(run_outputs["item"]))
-    assert {u.split("/")[3] for u in item.stac_extensions} == {"projection", "classification", "raster", "file"}
+    assert {u.split("/")[3] for u in item.stac_extensions} == {
+        "projection",
+        "classification",
+        "raster",
+        "file",
+    }
     assert set(item.stac_extensions) <= set(used) and any(u.endswith("item.json") for u in used)
     root = run_outputs["item"].parent
     for key in ("classes", "confidence", "polygons", "areas", "quicklook", "project", "manifest"):
@@ -118,7 +123,9 @@ def test_stac_validation_catches_a_broken_item(run_outputs, stac_schemas) -> Non
     """Each extension's published schema catches its own broken field, named in the one-line error."""
     good = json.loads(run_outputs["item"].read_text())
     breaks = {
-        "classification": lambda d: d["assets"]["classes"]["classification:classes"][0].update(color_hint="#zz0000"),
+        "classification": lambda d: d["assets"]["classes"]["classification:classes"][0].update(
+            color_hint="#zz0000"
+        ),
         "raster": lambda d: d["assets"]["classes"]["raster:bands"][0].update(data_type="uint7"),
         "file": lambda d: d["assets"]["classes"].update({"file:checksum": "not-hex"}),
         "projection": lambda d: d["properties"].update({"proj:shape": [-1]}),
@@ -136,7 +143,10 @@ def test_stac_validation_catches_a_broken_item(run_outputs, stac_schemas) -> Non
 def test_offline_validation_never_fetches_and_names_what_is_missing(run_outputs, stac_schemas) -> None:
     raster = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
     without = {u: s for u, s in stac_schemas.items() if u != raster}
-    with pytest.raises(ConfigError, match=re.escape("no offline schema for STAC extension 'https://stac-extensions.github.io/raster/")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape("no offline schema for STAC extension 'https://stac-extensions.github.io/raster/"),
+    ):
         publish.validate_item(run_outputs["item"], schemas=without, offline=True)
 
 
@@ -226,7 +236,11 @@ def test_geopackage_style_row_holds_the_categorized_sld(run_outputs, landuse) ->
     with sqlite3.connect(run_outputs["polygons"]) as db:
         [(sld,)] = db.execute("SELECT styleSLD FROM layer_styles").fetchall()
     assert sld == publish.categorized_sld(landuse.classes, "polygons")
-    ns = {"sld": "http://www.opengis.net/sld", "se": "http://www.opengis.net/se", "ogc": "http://www.opengis.net/ogc"}
+    ns = {
+        "sld": "http://www.opengis.net/sld",
+        "se": "http://www.opengis.net/se",
+        "ogc": "http://www.opengis.net/ogc",
+    }
     root = ET.fromstring(sld)
     assert root.tag == "{http://www.opengis.net/sld}StyledLayerDescriptor" and root.get("version") == "1.1.0"
     assert root.find("sld:NamedLayer/se:Name", ns).text == "polygons"

@@ -153,8 +153,8 @@ def test_bands_are_matched_by_description_in_the_models_order(tmp_path: Path) ->
             4,
         )  # some names only: in order
         assert read.band_indexes(ds, ["x"], explicit=[4]) == (4,)
-        assert read.band_indexes(ds, ["x", "y"], explicit=(np.int64(2), 1)) == (2, 1)
-        assert all(type(i) is int for i in read.band_indexes(ds, ["x"], explicit=(np.int64(2),)))
+        assert read.band_indexes(ds, ["x", "y"], explicit=(np.int64(2), 1)) == (2, 1)  # type: ignore[arg-type]
+        assert all(type(i) is int for i in read.band_indexes(ds, ["x"], explicit=(np.int64(2),)))  # type: ignore[arg-type]
         with pytest.raises(InputError) as err:
             read.band_indexes(ds, ["red", "nir"], explicit=[1])
         assert str(err.value) == ("--bands 1 must name 2 band(s) in 1..4 for the model's bands red,nir; "
@@ -180,9 +180,9 @@ def test_open_raster_errors_and_gdal_settings(tmp_path: Path) -> None:
     assert str(err.value) == f"input raster {str(missing)!r} does not exist; check the path"
     junk = tmp_path / "junk.tif"
     junk.write_text("not a raster")
-    with pytest.raises(InputError) as err, read.open_raster(junk):
+    with pytest.raises(InputError) as unreadable, read.open_raster(junk):
         pass
-    message = str(err.value)
+    message = str(unreadable.value)
     assert message.startswith(f"input raster {str(junk)!r} cannot be read by GDAL (")
     assert message.endswith("); check that it is a complete GeoTIFF/COG/JPEG2000/PNG/JPEG file")
     assert "\n" not in message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -106,8 +107,8 @@ def test_twenty_and_sixty_metre_bands_resampled_onto_the_ten_metre_grid(
         src = read.read_window(jp2(data_dir, band), coarse)[0].astype("float32")
         np.testing.assert_array_equal(data[k], np.repeat(np.repeat(src, factor, axis=0), factor, axis=1))
     smooth, _ = scenes.composite([scene], window, grid=grid, bands=["B05"], resampling="bilinear")
-    coarse = read.read_window(jp2(data_dir, "B05"), Window(59, 149, 50, 62))
-    assert coarse.min() <= smooth.min() and smooth.max() <= coarse.max()
+    b05 = read.read_window(jp2(data_dir, "B05"), Window(59, 149, 50, 62))
+    assert b05.min() <= smooth.min() and smooth.max() <= b05.max()
     assert not np.array_equal(smooth[0], data[1])
 
 
@@ -246,7 +247,11 @@ def test_predict_from_a_stac_search_equals_predict_on_the_local_file(
         tmp_path / "s2.safetensors",
         read_bands(src, (2, 3, 4, 8)),
         bands=("B02", "B03", "B04", "B08"),
-        classes=(ClassInfo(0, "other", "#cccccc"), ClassInfo(1, "forest", "#33a02c"), ClassInfo(2, "grass", "#b2df8a")),
+        classes=(
+            ClassInfo(0, "other", "#cccccc"),
+            ClassInfo(1, "forest", "#33a02c"),
+            ClassInfo(2, "grass", "#b2df8a"),
+        ),
         spec=ModelSpec(in_channels=4, n_classes=3, depth=2, width=8),
         seed=3,
     )
@@ -298,9 +303,9 @@ def test_stac_job_plans_native_and_mosaic_grids(
     main(["model", "init", "--bands", "B04,B08", "--classes", "a,b", "--depth", "2", "--width", "4",
           "--out", str(bundle)])  # fmt: skip
     options = jobs.PredictOptions(device="cpu", tile=64, halo=16)
-    query = dict(stac=stac_api, collections=("s2-zone-pair",), bbox="12.58,52.46,12.64,52.48", aoi=None,
+    query: dict[str, Any] = dict(stac=stac_api, collections=("s2-zone-pair",), bbox="12.58,52.46,12.64,52.48", aoi=None,
                  datetime_=None, max_cloud=None, limit=None, sortby=(), cql2=None)  # fmt: skip
-    common = dict(model_path=str(bundle), out_dir=str(tmp_path / "o"), options=options)
+    common: dict[str, Any] = dict(model_path=str(bundle), out_dir=str(tmp_path / "o"), options=options)
     mosaic = stac_job(None, resolution=20.0, crs=None, **common, **query)
     assert mosaic.grid.crs == "EPSG:32633" and mosaic.grid.resolution == (20.0, 20.0)
     assert len(mosaic.scenes) == 2 and mosaic.aoi is not None

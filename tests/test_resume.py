@@ -263,7 +263,7 @@ def test_a_record_is_durable_every_few_tiles_and_when_the_stream_stops(tmp_path:
     next(stream)
     next(stream)  # the fourth tile is asked for: the first three are on disk
     assert set(TileStore.open(job).done) == {0, 1, 2}
-    stream.close()  # a consumer gives up after four tiles
+    stream.close()  # type: ignore[attr-defined]  # a generator; a consumer gives up after four tiles
     assert set(TileStore.open(job).done) == {0, 1, 2, 3}
 
     timed = _store_job(tmp_path / "timed")
@@ -516,7 +516,7 @@ def test_by_default_a_crash_loses_at_most_eight_tiles_or_two_seconds(tmp_path: P
     time.sleep(2.05)
     next(stream)  # the ninth has waited two seconds: recorded before the tenth is taken
     assert set(TileStore.open(job).done) == set(range(9))
-    stream.close()
+    stream.close()  # type: ignore[attr-defined]  # a generator, typed as an Iterator
 
 
 def test_cached_tiles_come_back_in_tile_order_whatever_order_their_parts_were_recorded(

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import geopandas
 import pystac
@@ -44,7 +45,9 @@ def ids(found: list[search.Scene]) -> set[str]:
 
 
 def test_bbox_datetime_max_cloud_returns_exactly_the_clear_dates(source: str) -> None:
-    common = dict(collections=["sentinel-2-l1c"], bbox=SLOVENIA_BBOX, datetime="2015-07-01/2015-09-30")
+    common: dict[str, Any] = dict(
+        collections=["sentinel-2-l1c"], bbox=SLOVENIA_BBOX, datetime="2015-07-01/2015-09-30"
+    )
     assert ids(search.scenes(source, **common)) == CLEAR | CLOUDY
     clear = search.scenes(source, max_cloud=10, **common)
     assert ids(clear) == CLEAR

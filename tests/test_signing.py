@@ -37,6 +37,7 @@ class Storage(RangeRequestHandler):
 
     tokens: set[str]
     issued: list[str]
+    path: str  # BaseHTTPRequestHandler's; RangeHTTPServer ships no types
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
@@ -68,7 +69,7 @@ class Storage(RangeRequestHandler):
 @pytest.fixture
 def storage(stac_assets: StacAssets) -> Iterator[tuple[str, list[str], Callable[[], None]]]:
     """(url, tokens issued so far, expire every live token)."""
-    handler = type("Handler", (Storage,), {"tokens": set(), "issued": []})
+    handler: type[Storage] = type("Handler", (Storage,), {"tokens": set(), "issued": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(stac_assets.root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -78,7 +78,9 @@ def test_intersecting_finds_the_tiles_of_a_block() -> None:
     height=st.integers(1, 200),
     width=st.integers(1, 200),
 )
-def test_intersecting_is_the_brute_force_set_for_any_window(rows, cols, core, row, col, height, width) -> None:
+def test_intersecting_is_the_brute_force_set_for_any_window(
+    rows, cols, core, row, col, height, width
+) -> None:
     """Windows reaching past the grid edges too, ending exactly on a core edge or not. (A window
     with no pixel in the grid may still get the last, clipped core's tile: not asked here.)"""
     from geounet.geo import Window
@@ -323,7 +325,7 @@ def test_core_size_is_the_tile_less_two_halos_and_shrinks_to_small_grids() -> No
     assert (odd.size, odd.read_size, odd.align, len(odd)) == (3, 9, 1, 6)
     line = grid((1, 5), tile=8, halo=0)  # a one-row grid is a grid
     assert (line.size, len(line), line[0].core.shape) == (5, 1, (1, 5))
-    plan = grid((np.int64(40), np.int64(30)), tile=64, halo=0)
+    plan = grid((np.int64(40), np.int64(30)), tile=64, halo=0)  # type: ignore[arg-type]  # numpy ints on purpose
     assert plan.shape == (40, 30) and all(type(v) is int for v in plan.shape)
 
 

@@ -170,7 +170,9 @@ def test_init_from_bundle_new_head_and_frozen_encoder(
         np.testing.assert_array_equal(tuned.weights[k], src.weights[k])
     changed = [k for k in tuned.weights if k.startswith("decoder.") and k.endswith("weight")]
     assert any(not np.array_equal(tuned.weights[k], src.weights[k]) for k in changed)
-    bad = networks.init_bundle(bands=("a",), classes=src.classes, spec=model.ModelSpec(1, 2, depth=2, width=8))
+    bad = networks.init_bundle(
+        bands=("a",), classes=src.classes, spec=model.ModelSpec(1, 2, depth=2, width=8)
+    )
     with pytest.raises(ConfigError, match="input bands"):
         train.run(cfg, data=crack_data, init_bundle=model.save(bad, tmp_path / "bad.safetensors"))
 

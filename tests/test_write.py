@@ -17,7 +17,7 @@ import rasterio
 from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
-from geounet.errors import ConfigError, InputError, WriteError
+from geounet.errors import ConfigError, GeounetError, InputError, WriteError
 from geounet.geo import Grid, Window
 from geounet.model import ClassInfo
 from geounet.vectorize import blocks
@@ -121,10 +121,12 @@ def test_qml_sidecars(cogs, landuse) -> None:
     qml = ET.parse(cogs["classes"].with_suffix(".qml")).getroot()
     renderer = qml.find("pipe/rasterrenderer")
     assert renderer is not None and renderer.get("type") == "paletted"
-    entries = [(int(e.get("value")), e.get("color"), e.get("label")) for e in renderer.iter("paletteEntry")]
+    entries = [
+        (int(e.get("value", "")), e.get("color"), e.get("label")) for e in renderer.iter("paletteEntry")
+    ]
     assert entries == [(c.id, c.color, c.name) for c in landuse.classes]
     grad = ET.parse(cogs["confidence"].with_suffix(".qml")).getroot().find("pipe/rasterrenderer")
-    assert grad.get("type") == "singlebandpseudocolor"
+    assert grad is not None and grad.get("type") == "singlebandpseudocolor"
     assert (grad.get("classificationMin"), grad.get("classificationMax")) == ("0", "100")
     assert not cogs["confidence"].with_name("confidence.tif.aux.xml").exists()
 
@@ -311,6 +313,7 @@ def test_windows_in_any_order_and_dtype_conversion(tmp_path: Path) -> None:
 def test_writer_misuse_and_bad_options_are_named(tmp_path: Path) -> None:
     path = tmp_path / "x.tif"
     w = CogWriter(path, SMALL, dtype="uint8", nodata=255)
+    err: pytest.ExceptionInfo[GeounetError]  # one name for the errors of every kind below
     with pytest.raises(WriteError) as err:
         w.write(Window(0, 0, 1, 1), np.zeros((1, 1), np.uint8))
     assert str(err.value) == f"{path}: write() outside the with-block; use `with CogWriter(...) as w`"

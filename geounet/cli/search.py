@@ -142,25 +142,9 @@ def query_kwargs(
     }
 
 
-def run_search(
-    *,
-    stac: str,
-    collections: Sequence[str],
-    bbox: str | None,
-    aoi: str | None,
-    datetime_: str | None,
-    max_cloud: float | None,
-    limit: int | None,
-    sortby: Sequence[str],
-    cql2: str | None,
-    bands: Sequence[str] | None = None,
-) -> list[gsearch.Scene]:
-    """Run the search the :func:`stac_options` describe."""
-    kwargs = query_kwargs(
-        stac=stac, collections=collections, bbox=bbox, aoi=aoi, datetime_=datetime_,
-        max_cloud=max_cloud, limit=limit, sortby=sortby, cql2=cql2,
-    )  # fmt: skip
-    return gsearch.scenes(stac, bands=bands, **kwargs)
+def run_search(*, stac: str, bands: Sequence[str] | None = None, **query: Any) -> list[gsearch.Scene]:
+    """Run the search the :func:`stac_options` describe (``query``: the values :func:`query_kwargs` takes)."""
+    return gsearch.scenes(stac, bands=bands, **query_kwargs(stac=stac, **query))
 
 
 def stac_job(

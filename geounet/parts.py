@@ -38,7 +38,6 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 import rasterio.shutil
-import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
@@ -54,6 +53,7 @@ from geounet.publish.observations import write_observations
 from geounet.publish.probabilities import ProbabilityWriter, to_percent
 from geounet.resume import RUN_DIR
 from geounet.styles import class_tags
+from geounet.vectorize.outline import Outlines
 from geounet.write import cog_options, color_table, verify_cog, write_sidecars
 
 #: Folder of the parts inside the run directory.
@@ -109,12 +109,17 @@ def vectors_per_tile(simplify: float | None, grid: Grid) -> bool:
     return tolerance <= 0 or tolerance**2 < 0.5 * grid.pixel_area
 
 
+#: The marker's suffix. Format 2 keeps the seam outlines as plain vertex arrays (format 1, ``.npz``,
+#: held WKB): a tile whose marker is of an older format is not complete, so a rerun redoes it.
+MARKER = ".seams2.npz"
+
+
 def complete(folder: Path, indexes: Iterable[int]) -> set[int]:
     """The tiles among ``indexes`` whose parts are complete (their marker exists)."""
     if not folder.is_dir():
         return set()
     names = set(os.listdir(folder))
-    return {i for i in indexes if part_name(i, ".npz") in names}
+    return {i for i in indexes if part_name(i, MARKER) in names}
 
 
 # -- the workers' side -----------------------------------------------------------------------------
@@ -169,7 +174,7 @@ def write_tile(
                 _write_part(folder / part_name(tile.index, ".obs.tif"), job.grid, tile.core, obs, nodata=None)
             if vectors:
                 seam = _write_polygons(folder / part_name(tile.index, ".parquet"), job, result, classes)
-        _write_marker(folder / part_name(tile.index, ".npz"), seam, info)
+        _write_marker(folder / part_name(tile.index, MARKER), seam, info)
     except OSError as exc:
         raise WriteError(
             f"cannot write the parts of tile {tile.index} in {folder} ({exc}); free disk space, check that "
@@ -251,10 +256,11 @@ def _frame(parts: vectorize.Parts, job: Job, classes: Sequence[ClassInfo]) -> gp
 
 
 def _write_marker(path: Path, seam: vectorize.BlockParts | None, info: PartInfo) -> None:
-    """The seam pieces (geometries as WKB, no pickle) and the part's metadata, durably."""
+    """The seam pieces (outlines as plain arrays, no pickle) and the part's metadata, durably."""
     arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(info.__dict__))}
     if seam is not None:
-        wkb = shapely.to_wkb(seam.parts.geometry) if len(seam.parts) else np.empty(0, dtype=object)
+        ragged = seam.parts.geometry
+        assert isinstance(ragged, Outlines), "seam pieces keep their outlines (vectorize.block_polygons)"
         w = seam.window
         arrays |= {
             "window": np.array([w.row, w.col, w.height, w.width], dtype=np.int64),
@@ -262,8 +268,10 @@ def _write_marker(path: Path, seam: vectorize.BlockParts | None, info: PartInfo)
             "pixels": seam.parts.pixels,
             "conf_sum": seam.parts.conf_sum,
             "conf_count": seam.parts.conf_count,
-            "wkb": np.frombuffer(b"".join(wkb), dtype=np.uint8),
-            "wkb_len": np.array([len(b) for b in wkb], dtype=np.int64),
+            "x": ragged.x,
+            "y": ragged.y,
+            "ring_offsets": ragged.ring_offsets,
+            "poly_offsets": ragged.poly_offsets,
             "top": seam.top,
             "bottom": seam.bottom,
             "left": seam.left,
@@ -288,21 +296,17 @@ def _fsync(path: Path) -> None:
 
 def read_info(folder: Path, index: int) -> PartInfo:
     """The metadata recorded with tile ``index``'s parts."""
-    with np.load(folder / part_name(index, ".npz"), allow_pickle=False) as npz:
+    with np.load(folder / part_name(index, MARKER), allow_pickle=False) as npz:
         return PartInfo(**json.loads(str(npz["meta"])))
 
 
 def read_seams(folder: Path, index: int) -> vectorize.BlockParts | None:
     """Tile ``index``'s seam pieces (None for a skipped tile or one written without polygons)."""
-    with np.load(folder / part_name(index, ".npz"), allow_pickle=False) as npz:
+    with np.load(folder / part_name(index, MARKER), allow_pickle=False) as npz:
         if "window" not in npz.files:
             return None
-        lengths = npz["wkb_len"]
-        blob = npz["wkb"].tobytes()
-        ends = np.cumsum(lengths)
-        wkb = [blob[e - n : e] for n, e in zip(lengths.tolist(), ends.tolist(), strict=True)]
-        geoms = shapely.from_wkb(np.array(wkb, dtype=object)) if wkb else np.empty(0, dtype=object)
-        parts = vectorize.Parts.of(npz["class_id"], npz["pixels"], npz["conf_sum"], npz["conf_count"], geoms)
+        ragged = Outlines(npz["x"], npz["y"], npz["ring_offsets"], npz["poly_offsets"])
+        parts = vectorize.Parts.of(npz["class_id"], npz["pixels"], npz["conf_sum"], npz["conf_count"], ragged)
         return vectorize.BlockParts(
             window=Window(*(int(v) for v in npz["window"])),
             parts=parts,

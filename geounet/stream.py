@@ -291,7 +291,9 @@ class StreamingUNet:
 
     def __init__(self, net: nn.Module) -> None:
         if not isinstance(net, UNet):
-            raise InputError(f"cannot stream {type(net).__name__}: only geounet.model.networks.UNet networks stream")
+            raise InputError(
+                f"cannot stream {type(net).__name__}: only geounet.model.networks.UNet networks stream"
+            )
         self.net = net
 
     def _build(self) -> _Layers:

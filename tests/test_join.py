@@ -26,8 +26,8 @@ def dissolved(array: np.ndarray, block: int) -> list[bytes]:
         vectorize.block_polygons(array[w.to_slices()], window=w) for w in vectorize.blocks(array.shape, block)
     ]
     parts = vectorize.dissolve(items)
-    assert shapely.is_valid(parts.geometry).all()
-    return sorted(shapely.to_wkb(shapely.normalize(parts.geometry)))
+    assert shapely.is_valid(parts.shapes()).all()
+    return sorted(shapely.to_wkb(shapely.normalize(parts.shapes())))
 
 
 def test_a_group_touching_itself_inside_a_block_gets_a_separate_hole() -> None:
@@ -78,13 +78,14 @@ def test_merge_links_chains_not_vertices() -> None:
         vectorize.block_polygons(array[w.to_slices()], window=w) for w in vectorize.blocks(array.shape, 32)
     ]
     pieces = vectorize.Parts.concat(b.parts for b in items)
-    _, coords, (rings, polys) = shapely.to_ragged_array(pieces.geometry)
-    outlines = Outlines(coords[:, 0], coords[:, 1], rings, polys)
+    outlines = pieces.geometry
+    assert isinstance(outlines, Outlines) and outlines.x.dtype == np.int32  # compact while waiting
+    polys = outlines.poly_offsets
     seams = (np.array([0.0, 32.0, 64.0]), np.array([0.0, 32.0, 64.0]))
     on = join._seam_segments(outlines, seams)
     ring_class = np.repeat(pieces.class_id, np.diff(polys))  # neighbours of two classes share vertices
     stops = join._stops(outlines, on, ring_class)
-    assert len(stops) < len(coords) / 3
+    assert len(stops) < len(outlines.x) / 3
     assert dissolved(array, 32) == gdal(array)
 
 

@@ -127,3 +127,50 @@ def test_polygons_made_while_predicting_equal_those_from_the_cog(
     np.testing.assert_allclose(a.area_m2, b.area_m2)
     np.testing.assert_allclose(a.mean_confidence, b.mean_confidence)
     assert a.geometry.union_all().symmetric_difference(b.geometry.union_all()).area < 1e-6
+
+
+def test_streamed_cores_are_vectorized_band_by_band_while_predicted(
+    s2_rgbn: Path, small_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A streamed tile hands its finished rows to the vectorizer before the tile is done
+    (geounet.handoff), each tile once, and the layer is the one made from the COG afterwards."""
+    import pyogrio
+    import shapely
+
+    from geounet import blocks, predict, vectorize
+
+    monkeypatch.setattr(blocks, "BLOCK", 48)
+    events: list[tuple[str, int]] = []
+    add, streamed = blocks.BlockPolygons.add, predict.TilePredictor._streamed
+
+    def spy_add(self, window, classes, confidence):  # type: ignore[no-untyped-def]
+        events.append(("add", window.height))
+        return add(self, window, classes, confidence)
+
+    def spy_streamed(self, chip):  # type: ignore[no-untyped-def]
+        result = streamed(self, chip)
+        events.append(("tile", chip.tile.core.height))
+        return result
+
+    monkeypatch.setattr(blocks.BlockPolygons, "add", spy_add)
+    monkeypatch.setattr(predict.TilePredictor, "_streamed", spy_streamed)
+    opts = jobs.PredictOptions(device="cpu", memory=64 << 20, stream=True)
+    job = planning.plan(s2_rgbn, model=small_bundle, out_dir=tmp_path / "a", options=opts)
+    outputs = pipeline.run(job, progress=False, resume=False)
+
+    tiles = [h for kind, h in events if kind == "tile"]
+    assert len(tiles) == len(job.plan) and max(tiles) > 48  # some core spans several bands
+    before_first_tile = events[: events.index(("tile", tiles[0]))]
+    assert [h for _, h in before_first_tile] and all(h <= 48 for _, h in before_first_tile)
+    assert sum(h for kind, h in events if kind == "add") == sum(tiles)  # every row handed once
+    got = pyogrio.read_dataframe(outputs["polygons"], layer="polygons")
+    want = vectorize.polygons(
+        outputs["classes"], classes=model.load(small_bundle).classes, confidence_path=outputs["confidence"]
+    )
+    assert len(got) == len(want) > 100
+
+    def rows(frame) -> list[tuple]:  # type: ignore[no-untyped-def]
+        geoms = shapely.to_wkb(shapely.normalize(np.asarray(frame.geometry.values, dtype=object)))
+        return sorted(zip(frame.class_id, frame.mean_confidence.round(9), geoms, strict=True))
+
+    assert rows(got) == rows(want)

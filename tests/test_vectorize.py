@@ -64,8 +64,8 @@ def test_feature_count_is_connected_components_for_any_block_size(ndvi_classes, 
     got = np.bincount(parts.class_id, minlength=4)
     assert {k: int(got[k]) for k in expected} == expected
     # Exact pixel outlines: each polygon's area is its pixel count, in pixel units.
-    np.testing.assert_array_equal(shapely.area(parts.geometry), parts.pixels)
-    assert shapely.is_valid(parts.geometry).all()
+    np.testing.assert_array_equal(shapely.area(parts.shapes()), parts.pixels)
+    assert shapely.is_valid(parts.shapes()).all()
 
 
 def test_real_region_spanning_many_blocks_is_one_feature(landuse) -> None:

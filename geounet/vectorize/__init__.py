@@ -20,7 +20,8 @@ only the pieces along block edges (*seams*) meet in one place:
 4. :mod:`~geounet.vectorize.source`: :func:`polygons` over a class raster file (the only
    I/O: windowed reads of the raster and the optional confidence raster), :func:`from_array`
    on an in-memory array, :func:`iter_polygons` in chunks, block by block, keeping only the
-   seam pieces until the end, so memory stays flat.
+   seam pieces until the end, so memory stays flat. These three load on first use (rasterio
+   with them), so importing the package and its pure modules loads no raster I/O stack.
 
 Example:
     >>> import numpy as np
@@ -28,6 +29,7 @@ Example:
     >>> from geounet.model import ClassInfo
     >>> a = np.array([[1, 1, 2], [1, 2, 2], [255, 2, 1]], dtype=np.uint8)
     >>> classes = [ClassInfo(1, "field", "#ffff00"), ClassInfo(2, "forest", "#00aa00")]
+    >>> from geounet.vectorize import from_array  # (loads the raster reader on first use)
     >>> gdf = from_array(a, grid=Grid(shape=a.shape), classes=classes, block=2, simplify=0)
     >>> sorted(zip(gdf.class_name, gdf.area_m2))
     [('field', 1.0), ('field', 3.0), ('forest', 4.0)]
@@ -35,10 +37,27 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from geounet.geo import Grid, Window
 from geounet.vectorize.frame import COLUMNS, PHOTO_TRANSFORM, dissolve_seams, to_frame, vectorize_block
 from geounet.vectorize.parts import BlockParts, Parts, block_polygons, blocks, consume, dissolve, split_seams
-from geounet.vectorize.source import from_array, iter_polygons, polygons
+
+if TYPE_CHECKING:
+    from geounet.vectorize.source import from_array, iter_polygons, polygons
+
+#: The file-facing API of :mod:`~geounet.vectorize.source`, the one module here that reads
+#: rasters (rasterio): loaded on first use, so ``import geounet.vectorize`` stays pure.
+_SOURCE = ("from_array", "iter_polygons", "polygons")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SOURCE:
+        from geounet.vectorize import source
+
+        return getattr(source, name)
+    raise AttributeError(f"module 'geounet.vectorize' has no attribute {name!r}")
+
 
 __all__ = [
     "COLUMNS",

@@ -38,6 +38,7 @@ from pyproj import CRS, Geod
 from geounet.errors import ConfigError
 from geounet.geo import Grid, Window
 from geounet.model import NODATA_CLASS, ClassInfo
+from geounet.vectorize.outline import Outlines
 from geounet.vectorize.parts import BlockParts, Parts, dissolve, seam_mask, seam_parts, trace_block
 
 #: Columns of the polygon table, in order (``mean_confidence`` only with a confidence raster).
@@ -69,7 +70,10 @@ def to_frame(
         with_confidence: add ``mean_confidence`` (NaN where no valid confidence pixel).
     """
     tolerance = checked_tolerance(simplify, min_area, grid)
-    geoms = _simplify(parts.geometry, tolerance, grid)
+    if isinstance(parts.geometry, Outlines) and exact_outlines(tolerance, grid):
+        geoms = parts.shapes(map_transform(grid))  # straight to map coordinates: one GEOS copy
+    else:
+        geoms = _simplify(parts.shapes(), tolerance, grid)
     return _frame(
         parts,
         geoms,
@@ -114,14 +118,14 @@ def vectorize_block(
     final = traced.parts(~seam, window, map_transform(grid))
     frame = _frame(
         final,
-        final.geometry,
+        final.shapes(),
         grid,
         classes,
         exact=True,
         min_area=min_area,
         with_confidence=confidence is not None,
     )
-    return frame, seam_parts(window, traced.parts(seam, window), seam, traced.edges)
+    return frame, seam_parts(window, traced.pieces(seam, window), seam, traced.edges)
 
 
 def dissolve_seams(

@@ -127,9 +127,12 @@ def _shoelace(parts: Outlines) -> np.ndarray:
     """
     x, y = parts.x, parts.y
     c = np.zeros(len(x))
-    cross = x[:-1] * y[1:]
-    cross -= x[1:] * y[:-1]
-    np.cumsum(cross, out=c[1:])
+    for a in range(0, len(x) - 1, BATCH):  # in batches: no full-length temporaries
+        b = min(a + BATCH, len(x) - 1)
+        cross = c[a + 1 : b + 1]
+        np.multiply(x[a:b], y[a + 1 : b + 1], out=cross, dtype=np.float64)  # (int32 vertices: no overflow)
+        cross -= np.multiply(x[a + 1 : b + 1], y[a:b], dtype=np.float64)
+    np.cumsum(c, out=c)
     return c
 
 

@@ -42,15 +42,19 @@ _FOUR = ndimage.generate_binary_structure(2, 1)
 class Parts:
     """Polygon pieces with their statistics: parallel arrays, geometries in pixel coordinates.
 
-    ``conf_sum``/``conf_count`` hold the sum and count of valid confidence pixels under
-    each piece (zeros without a confidence raster), so means stay exact after merging.
+    ``geometry`` is either shapely polygons (an object array) or, for pieces that wait for
+    the seam dissolve and its result, :class:`~geounet.vectorize.outline.Outlines` (ragged
+    vertex arrays: compact, and the dissolve reads them without a conversion);
+    :meth:`shapes` gives shapely polygons either way. ``conf_sum``/``conf_count`` hold the
+    sum and count of valid confidence pixels under each piece (zeros without a confidence
+    raster), so means stay exact after merging.
     """
 
     class_id: np.ndarray
     pixels: np.ndarray
     conf_sum: np.ndarray
     conf_count: np.ndarray
-    geometry: np.ndarray
+    geometry: np.ndarray | outline.Outlines
 
     def __len__(self) -> int:
         return len(self.class_id)
@@ -63,20 +67,46 @@ class Parts:
             pixels=np.asarray(pixels, dtype=np.int64),
             conf_sum=np.asarray(conf_sum, dtype=np.float64),
             conf_count=np.asarray(conf_count, dtype=np.int64),
-            geometry=np.asarray(geometry, dtype=object),
+            geometry=geometry
+            if isinstance(geometry, outline.Outlines)
+            else np.asarray(geometry, dtype=object),
         )
 
     @classmethod
     def concat(cls, parts: Iterable[Parts]) -> Parts:
-        """All pieces of several :class:`Parts` in one."""
+        """All pieces of several :class:`Parts` in one (their geometries all of one kind)."""
         items = list(parts)
         if not items:
             return cls.of([], [], [], [], [])
-        return cls(*(np.concatenate([getattr(p, f) for p in items]) for f in cls.__dataclass_fields__))
+        class_id, pixels, conf_sum, conf_count = (
+            np.concatenate([getattr(p, f) for p in items])
+            for f in ("class_id", "pixels", "conf_sum", "conf_count")
+        )
+        ragged = [p.geometry for p in items if isinstance(p.geometry, outline.Outlines)]
+        shapes = [p.geometry for p in items if not isinstance(p.geometry, outline.Outlines)]
+        if ragged and shapes:
+            raise TypeError("Parts.concat got both outlines and shapely geometries; convert with shapes()")
+        geometry = outline.Outlines.concat(ragged) if ragged else np.concatenate(shapes)
+        return cls(class_id, pixels, conf_sum, conf_count, geometry)
 
     def select(self, index: np.ndarray) -> Parts:
-        """The pieces at ``index`` (integer indices or boolean mask)."""
-        return Parts(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+        """The pieces at ``index`` (a boolean mask, or integer indices; ascending for outlines)."""
+        geometry = self.geometry
+        return Parts(
+            self.class_id[index],
+            self.pixels[index],
+            self.conf_sum[index],
+            self.conf_count[index],
+            geometry.take(index) if isinstance(geometry, outline.Outlines) else geometry[index],
+        )
+
+    def shapes(self, transform: Affine | None = None) -> np.ndarray:
+        """The geometries as shapely polygons, mapped by ``transform`` if given (outlines only)."""
+        if isinstance(self.geometry, outline.Outlines):
+            return self.geometry.polygons(transform)
+        if transform is not None and transform != Affine.identity():
+            raise ValueError("Parts.shapes maps outlines only; these are shapely polygons already")
+        return self.geometry
 
 
 @dataclass(frozen=True)
@@ -116,6 +146,17 @@ class Traced:
             self.conf_sum[keep],
             self.conf_count[keep],
             self.outlines.select(keep).polygons(transform, offset=(window.col, window.row)),
+        )
+
+    def pieces(self, keep: np.ndarray, window: Window) -> Parts:
+        """Like :meth:`parts` in pixel coordinates, the geometries kept as compact outlines
+        (the seam pieces, which wait in memory until the dissolve reads them as they are)."""
+        return Parts(
+            self.class_id[keep],
+            self.pixels[keep],
+            self.conf_sum[keep],
+            self.conf_count[keep],
+            self.outlines.select(keep).shifted(window.col, window.row),
         )
 
 
@@ -185,7 +226,7 @@ def block_polygons(
         array, window=window, confidence=confidence, nodata=nodata, confidence_nodata=confidence_nodata
     )
     everything = np.ones(len(traced.pixels), dtype=bool)
-    return BlockParts(window, traced.parts(everything, window), *traced.edges)
+    return BlockParts(window, traced.pieces(everything, window), *traced.edges)
 
 
 def seam_mask(window: Window, shape: tuple[int, int], edges: tuple[np.ndarray, ...], n: int) -> np.ndarray:
@@ -245,7 +286,7 @@ def dissolve(blocks: Iterable[BlockParts]) -> Parts:
     allp = Parts.concat(b.parts for b in items)
     pairs = _seam_pairs(items, offsets, allp.class_id)
     if len(pairs) == 0:
-        return allp
+        return _as_outlines(allp)
     seams = (
         np.unique([v for b in items for v in (b.window.col, b.window.col_stop)]).astype(np.float64),
         np.unique([v for b in items for v in (b.window.row, b.window.row_stop)]).astype(np.float64),
@@ -265,16 +306,28 @@ def dissolve(blocks: Iterable[BlockParts]) -> Parts:
         np.bincount(group, weights=allp.pixels[multi], minlength=g),
         np.bincount(group, weights=allp.conf_sum[multi], minlength=g),
         np.bincount(group, weights=allp.conf_count[multi], minlength=g),
-        np.empty(g, dtype=object),
+        outline.Outlines.concat([]),
     )
-    _, coords, (ring_offsets, poly_offsets) = shapely.to_ragged_array(allp.geometry[multi])
+    pieces = _outlines(allp).take(multi)
     singles = allp.select(single)
     del allp
-    merged = join.merge(
-        outline.Outlines(coords[:, 0], coords[:, 1], ring_offsets, poly_offsets), group, g, seams
-    )
-    del coords
-    return Parts.concat([singles, dataclasses.replace(stats, geometry=merged.polygons())])
+    merged = join.merge(pieces, group, g, seams)
+    del pieces
+    return Parts.concat([_as_outlines(singles), dataclasses.replace(stats, geometry=merged)])
+
+
+def _outlines(parts: Parts) -> outline.Outlines:
+    """The pieces' geometries as outlines (converted when they are shapely polygons)."""
+    if isinstance(parts.geometry, outline.Outlines):
+        return parts.geometry
+    if len(parts.geometry) == 0:
+        return outline.Outlines.concat([])
+    _, coords, (ring_offsets, poly_offsets) = shapely.to_ragged_array(parts.geometry)
+    return outline.Outlines(coords[:, 0], coords[:, 1], ring_offsets, poly_offsets)
+
+
+def _as_outlines(parts: Parts) -> Parts:
+    return dataclasses.replace(parts, geometry=_outlines(parts))
 
 
 def consume(items: list[Any]) -> Iterator[Any]:

@@ -50,7 +50,7 @@ def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, Any]:
         writers = _raster_writers(job, bundle, stack)
         polygons = _block_polygons(job, bundle, stack)
         if polygons is not None and blender is None:  # streamed cores hand their rows as they finish
-            stack.enter_context(handoff.rows_to(polygons, rows=polygons.block))
+            stack.enter_context(handoff.rows_to(polygons, rows=polygons.band))
         for res in results:
             counts["skipped" if res.skipped else "predicted"] += 1
             if res.observations is not None:  # a skipped tile's count is 0: nothing to write

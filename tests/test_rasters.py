@@ -159,9 +159,9 @@ def test_streamed_cores_are_vectorized_band_by_band_while_predicted(
     outputs = pipeline.run(job, progress=False, resume=False)
 
     tiles = [h for kind, h in events if kind == "tile"]
-    assert len(tiles) == len(job.plan) and max(tiles) > 48  # some core spans several bands
+    assert len(tiles) == len(job.plan) and max(tiles) > 24  # some core spans several bands of 24 rows
     before_first_tile = events[: events.index(("tile", tiles[0]))]
-    assert [h for _, h in before_first_tile] and all(h <= 48 for _, h in before_first_tile)
+    assert [h for _, h in before_first_tile] and all(h <= 24 for _, h in before_first_tile)
     assert sum(h for kind, h in events if kind == "add") == sum(tiles)  # every row handed once
     got = pyogrio.read_dataframe(outputs["polygons"], layer="polygons")
     want = vectorize.polygons(

@@ -15,24 +15,32 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from geounet import vectorize
 from geounet.atomic import write_text as replace_text
 from geounet.model import ClassInfo
-from geounet.publish import vectors as _vectors
 from geounet.publish.areas import area_table, write_area_csv
+from geounet.publish.formats import VECTOR_FORMATS, vector_format
 from geounet.publish.project import qgis_project
 from geounet.publish.quicklook import QUICKLOOK_SIZE, quicklook
 from geounet.publish.stac import COG_MEDIA_TYPE, stac_item, validate_item
-from geounet.publish.vectors import (
-    VECTOR_FORMATS,
-    add_gpkg_style,
-    with_attributes,
-    write_vector_chunks,
-    write_vectors,
-)
 from geounet.styles import categorized_qml, categorized_sld
+
+if TYPE_CHECKING:
+    from geounet.publish.vectors import add_gpkg_style, with_attributes, write_vector_chunks, write_vectors
+
+#: The polygon writers of :mod:`~geounet.publish.vectors` (geopandas, pyogrio, pyarrow): loaded
+#: on first use, so a run without polygons publishes its rasters without the vector stack.
+_VECTORS = ("add_gpkg_style", "with_attributes", "write_vector_chunks", "write_vectors")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VECTORS:
+        from geounet.publish import vectors
+
+        return getattr(vectors, name)
+    raise AttributeError(f"module 'geounet.publish' has no attribute {name!r}")
+
 
 __all__ = [
     "COG_MEDIA_TYPE",
@@ -56,7 +64,7 @@ __all__ = [
 
 def vector_extension(fmt: str) -> str:
     """The file extension of a vector format (``gpkg`` → ``.gpkg``)."""
-    return _vectors.vector_format(fmt)[1]
+    return vector_format(fmt)[1]
 
 
 def products(
@@ -92,6 +100,9 @@ def products(
     if isinstance(polygons, Path):
         paths["polygons"] = polygons
     elif polygons:
+        from geounet import vectorize
+        from geounet.publish.vectors import with_attributes, write_vector_chunks
+
         frames = vectorize.iter_polygons(classes_path, classes=classes, confidence_path=confidence_path,
                                          block=block, simplify=simplify, min_area=min_area)  # fmt: skip
         paths["polygons"] = write_vector_chunks(

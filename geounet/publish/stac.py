@@ -32,8 +32,8 @@ from geounet import stac_validate
 from geounet.errors import ConfigError
 from geounet.geo import Grid
 from geounet.model import NODATA_CLASS, ClassInfo
+from geounet.publish.formats import VECTOR_FORMATS
 from geounet.publish.rasters import grid_of
-from geounet.publish.vectors import VECTOR_FORMATS
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"

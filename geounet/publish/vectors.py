@@ -26,14 +26,8 @@ import pyogrio.errors
 from geounet.atomic import temp_path
 from geounet.errors import ConfigError, GeounetError, InputError, WriteError
 from geounet.model import ClassInfo
+from geounet.publish.formats import vector_format
 from geounet.styles import categorized_qml, categorized_sld
-
-#: Vector format → (GDAL driver or None for GeoParquet, file extension, media type).
-VECTOR_FORMATS: dict[str, tuple[str | None, str, str]] = {
-    "gpkg": ("GPKG", ".gpkg", "application/geopackage+sqlite3"),
-    "parquet": (None, ".parquet", "application/vnd.apache.parquet"),
-    "fgb": ("FlatGeobuf", ".fgb", "application/vnd.flatgeobuf"),
-}
 
 
 def write_vectors(
@@ -214,13 +208,6 @@ def add_gpkg_style(
                 "class colors and names",
             ),
         )
-
-
-def vector_format(fmt: str) -> tuple[str | None, str, str]:
-    """(driver, extension, media type) of a vector format name; unknown names list the known ones."""
-    if fmt not in VECTOR_FORMATS:
-        raise ConfigError(f"vector format {fmt!r} is unknown; use one of {', '.join(VECTOR_FORMATS)}")
-    return VECTOR_FORMATS[fmt]
 
 
 def with_attributes(gdf: gpd.GeoDataFrame, attributes: Mapping[str, str | int | float]) -> gpd.GeoDataFrame:

@@ -80,6 +80,9 @@ class ModelSection(_Strict):
     width: int = Field(default=32, ge=4)
     norm: Literal["batch", "none"] = "batch"
     upsample: Literal["transpose", "bilinear"] = "transpose"
+    indices: list[str] = Field(
+        default=[], description="spectral indices added as inputs, e.g. [ndvi, mndwi] (geounet.model.indices)"
+    )
     tile: int | None = None
     halo: int | None = None
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geounet.errors import InputError
-from geounet.model.networks import UNet, _AttentionGate, _ResBlock
+from geounet.model.networks import SpectralIndices, UNet, _AttentionGate, _ResBlock
 
 Rows = torch.Tensor | None
 _Fn = Callable[[torch.Tensor], torch.Tensor]
@@ -236,7 +236,7 @@ def _layer(m: nn.Module) -> _Node:
         return _Transpose2(m)
     if isinstance(m, nn.Upsample) and m.scale_factor == 2 and m.mode == "bilinear" and not m.align_corners:
         return _Bilinear2()
-    if isinstance(m, nn.ReLU | nn.Sigmoid | nn.Identity | nn.BatchNorm2d):
+    if isinstance(m, nn.ReLU | nn.Sigmoid | nn.Identity | nn.BatchNorm2d | SpectralIndices):
         return _Pointwise(m)
     if isinstance(m, _ResBlock):
         return _Residual(m)

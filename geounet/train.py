@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from geounet.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from geounet.config import TrainConfig
 from geounet.errors import ConfigError
 from geounet.model import NODATA_CLASS, Bundle, ModelSpec, Normalization, networks
+from geounet.model.indices import index_pairs
 from geounet.objective import class_weights, dice_loss, lr_at
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,10 @@ HISTORY = "history.json"
 # --------------------------------------------------------------------------- model
 
 
-def _spec(cfg: TrainConfig, n_bands: int, n_classes: int) -> ModelSpec:
+def _spec(cfg: TrainConfig, bands: Sequence[str], n_classes: int) -> ModelSpec:
     m = cfg.model
-    return ModelSpec(n_bands, n_classes, m.arch, m.depth, m.width, m.norm, m.upsample)
+    pairs = index_pairs(m.indices, bands)
+    return ModelSpec(len(bands), n_classes, m.arch, m.depth, m.width, m.norm, m.upsample, pairs)
 
 
 def init_from(bundle: Bundle, *, n_classes: int, n_bands: int) -> tuple[nn.Module, ModelSpec, bool]:
@@ -70,6 +73,7 @@ def init_from(bundle: Bundle, *, n_classes: int, n_bands: int) -> tuple[nn.Modul
         bundle.spec.width,
         bundle.spec.norm,
         bundle.spec.upsample,
+        bundle.spec.indices,
     )
     net = networks.build(spec)
     src = networks.module_from_bundle(bundle).state_dict()
@@ -118,9 +122,10 @@ def _network(
         torch.set_num_threads(cfg.train.threads)
     k, n_bands = len(data.classes), len(data.bands)
     if init_bundle is None:
-        spec = _spec(cfg, n_bands, k)
+        spec = _spec(cfg, data.bands, k)
         mean, std = datasets.band_statistics(data.train, scale=data.scale)
-        return networks.build(spec), spec, Normalization(mean, std, data.scale), 0
+        norm = Normalization(mean, std, data.scale)
+        return networks.set_band_statistics(networks.build(spec), norm), spec, norm, 0
     src = model.load(init_bundle)
     net, spec, new_head = init_from(src, n_classes=k, n_bands=n_bands)
     log.info("init from %s (%s head)", init_bundle, "new" if new_head else "kept")

@@ -231,6 +231,8 @@ def to_metadata(bundle: Bundle, *, weights: Mapping[str, Any] | None = None) -> 
             "width": spec.width,
             "norm": spec.norm,
             "upsample": spec.upsample,
+            # only when present, so bundles without indices keep their metadata unchanged
+            **({"indices": [list(p) for p in spec.indices]} if spec.indices else {}),
         },
         "geounet:normalization": {"mean": list(norm.mean), "std": list(norm.std), "scale": norm.scale},
         "geounet:nodata_class": NODATA_CLASS,
@@ -254,6 +256,7 @@ def _from_metadata(meta: Mapping[str, Any], weights: dict[str, np.ndarray]) -> B
         width=hp["width"],
         norm=hp["norm"],
         upsample=hp["upsample"],
+        indices=tuple((int(a), int(b)) for a, b in hp.get("indices", [])),
     )
     norm = meta["geounet:normalization"]
     out = meta["mlm:output"][0]

@@ -23,6 +23,7 @@ from torch import nn
 
 from geounet.errors import BundleError, ConfigError, InputError
 from geounet.model.bundle import FIX_EXPORT, Bundle, default_provenance, weight_problems
+from geounet.model.indices import EPS
 from geounet.model.spec import (
     ClassInfo,
     ModelSpec,
@@ -99,6 +100,47 @@ def _up(cin: int, cout: int, mode: str) -> nn.Module:
     )
 
 
+class SpectralIndices(nn.Module):
+    """Appends normalized differences of reflectance bands to a normalized input (pixel-local).
+
+    The input is ``(x * scale - mean) / std`` per band (the bundle's normalization); the
+    buffers ``mean``/``std`` (copied in by :func:`set_band_statistics`) undo it, so the
+    indices see reflectance, as :func:`geounet.model.indices.normalized_difference` does.
+    Being part of the network, every path that runs the bundle computes them identically.
+    """
+
+    def __init__(self, n_bands: int, pairs: Sequence[tuple[int, int]]) -> None:
+        super().__init__()
+        self.a = [a for a, _ in pairs]
+        self.b = [b for _, b in pairs]
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.register_buffer("mean", torch.zeros(n_bands))
+        self.register_buffer("std", torch.ones(n_bands))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, 1, 1)
+        refl = x * self.std.view(shape) + self.mean.view(shape)
+        a, b = refl[:, self.a], refl[:, self.b]
+        total = a + b
+        nd = torch.where(total > EPS, (a - b) / total.clamp_min(EPS), torch.zeros_like(total))
+        return torch.cat([x, nd.clamp(-1.0, 1.0)], dim=1)
+
+
+def set_band_statistics(module: nn.Module, normalization: Normalization) -> nn.Module:
+    """Copy the bundle's band normalization into the network's :class:`SpectralIndices`, if any.
+
+    Call once after :func:`build` for a network trained from scratch; loaded bundles carry
+    the statistics in their weights. Returns ``module``.
+    """
+    for m in module.modules():
+        if isinstance(m, SpectralIndices):
+            with torch.no_grad():
+                m.mean.copy_(torch.tensor(normalization.mean, dtype=torch.float32))
+                m.std.copy_(torch.tensor(normalization.std, dtype=torch.float32))
+    return module
+
+
 class UNet(nn.Module):
     """U-Net (Ronneberger et al. 2015) with 'same' padding, and its residual and attention variants.
 
@@ -113,9 +155,11 @@ class UNet(nn.Module):
         self.spec = spec
         widths = [spec.width * 2**level for level in range(spec.depth + 1)]
         block = _ResBlock if spec.arch == "resunet" else _DoubleConv
+        first: nn.Module = block(spec.in_channels + len(spec.indices), widths[0], spec.norm)
+        if spec.indices:
+            first = nn.Sequential(SpectralIndices(spec.in_channels, spec.indices), first)
         self.encoder = nn.ModuleList(
-            block(spec.in_channels if level == 0 else widths[level - 1], widths[level], spec.norm)
-            for level in range(spec.depth + 1)
+            [first, *(block(widths[lv - 1], widths[lv], spec.norm) for lv in range(1, spec.depth + 1))]
         )
         self.pool = nn.MaxPool2d(2)
         self.ups = nn.ModuleList(_up(widths[lv + 1], widths[lv], spec.upsample) for lv in range(spec.depth))
@@ -232,7 +276,7 @@ def init_bundle(
     raise_problems(spec, bands, normalization, classes, tile, halo)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = build(spec)
+        module = set_band_statistics(build(spec), normalization)
     prov = default_provenance(source="random-init", seed=seed)
     prov.update(provenance or {})
     return bundle_from_module(
@@ -275,7 +319,7 @@ def bundle_from_module(
     for key, value in module.state_dict().items():
         t = value.detach().to("cpu")
         weights[key] = (t.float() if t.is_floating_point() else t).numpy().copy()
-    problems = weight_problems(spec, weights)
+    problems = weight_problems(spec, weights) or _statistics_problems(weights, normalization)
     if problems:
         raise ConfigError(f"{problems[0]}; build the module with geounet.model.networks.build(spec)")
     return Bundle(
@@ -290,6 +334,21 @@ def bundle_from_module(
         provenance=dict(provenance) if provenance is not None else default_provenance(),
         name=name,
     )
+
+
+def _statistics_problems(weights: dict[str, np.ndarray], normalization: Normalization) -> list[str]:
+    """The spectral-index layer must undo exactly the bundle's normalization."""
+    if "encoder.0.0.mean" not in weights:
+        return []
+    same = np.allclose(weights["encoder.0.0.mean"], normalization.mean, rtol=1e-6) and np.allclose(
+        weights["encoder.0.0.std"], normalization.std, rtol=1e-6
+    )
+    if same:
+        return []
+    return [
+        f"the spectral-index layer's band statistics {weights['encoder.0.0.mean'].tolist()} differ from the "
+        f"normalization mean {list(normalization.mean)}; call set_band_statistics(module, normalization)"
+    ]
 
 
 def module_from_bundle(bundle: Bundle) -> nn.Module:

@@ -70,6 +70,8 @@ class ModelSpec:
 
     ``depth`` is the number of 2x down-samplings, so inputs must be multiples of
     ``2**depth`` (:attr:`stride`). ``width`` is the channel count of the first level.
+    ``indices`` are band-position pairs ``(a, b)`` of normalized differences the network
+    computes from its input and adds as channels (:mod:`geounet.model.indices`).
     """
 
     in_channels: int
@@ -79,6 +81,7 @@ class ModelSpec:
     width: int = 32
     norm: Norm = "batch"
     upsample: Upsample = "transpose"
+    indices: tuple[tuple[int, int], ...] = ()
 
     @property
     def stride(self) -> int:
@@ -240,10 +243,13 @@ def state_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """
     widths = [spec.width * 2**level for level in range(spec.depth + 1)]
     out: dict[str, tuple[int, ...]] = {}
-    for level, w in enumerate(widths):
-        out.update(
-            _block_shapes(f"encoder.{level}", spec, spec.in_channels if level == 0 else widths[level - 1], w)
-        )
+    first = "encoder.0"
+    if spec.indices:  # encoder.0 is (SpectralIndices, block): its band statistics, then the block
+        out.update({"encoder.0.0.mean": (spec.in_channels,), "encoder.0.0.std": (spec.in_channels,)})
+        first = "encoder.0.1"
+    out.update(_block_shapes(first, spec, spec.in_channels + len(spec.indices), widths[0]))
+    for level, w in enumerate(widths[1:], start=1):
+        out.update(_block_shapes(f"encoder.{level}", spec, widths[level - 1], w))
     for level in range(spec.depth):
         cin, cout = widths[level + 1], widths[level]
         if spec.upsample == "transpose":
@@ -281,7 +287,21 @@ def spec_problems(spec: ModelSpec) -> list[str]:
     ):
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             problems.append(f"{name}={value!r} must be an integer in {low}..{high}")
-    return problems
+    return problems + _indices_problems(spec)
+
+
+def _indices_problems(spec: ModelSpec) -> list[str]:
+    n = spec.in_channels if isinstance(spec.in_channels, int) else 0
+    ok = all(
+        len(p) == 2 and all(isinstance(i, int) and 0 <= i < n for i in p) and p[0] != p[1]
+        for p in spec.indices
+    )
+    if not ok or len(set(spec.indices)) != len(spec.indices):
+        return [
+            f"model indices={list(spec.indices)} must be distinct pairs of two different band positions in "
+            f"0..{n - 1}; name them in model.indices (e.g. [ndvi, mndwi])"
+        ]
+    return []
 
 
 def _class_problems(spec: ModelSpec, classes: Sequence[ClassInfo]) -> list[str]:

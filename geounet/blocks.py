@@ -74,9 +74,6 @@ class BlockPolygons:
         self.path = Path(path)
         self.grid, self.classes, self.fmt = grid, tuple(classes), fmt
         self.simplify, self.min_area = simplify, min_area
-        #: Rows per band a streamed core is handed in (:mod:`geounet.handoff`): half a block, so
-        #: at most that many rows are left to vectorize when the model is done with a tile.
-        self.band = max(1, BLOCK // 2)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=4)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="geounet-vectorize", daemon=True)

@@ -165,6 +165,3 @@ class TileResult:
     valid: np.ndarray | None = None
     observations: np.ndarray | None = None
     skipped: bool = False
-    #: Its core's rows were handed to the in-process vectorizer while it was predicted
-    #: (:mod:`geounet.handoff`); the raster stage does not hand them again. Never stored.
-    vectorized: bool = False

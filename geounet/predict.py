@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geounet import handoff, heap, merge
+from geounet import heap, merge
 from geounet import model as model_mod
 from geounet import read as read_mod
-from geounet.geo import Window
 from geounet.jobs import Job, TileResult
 from geounet.model import Bundle
 from geounet.planning import load_bundle
@@ -171,7 +170,6 @@ class TilePredictor:
         valid = chip.core_valid
         keep = self.job.options.keeps_probabilities
         kept = np.empty((self.predictor.n_classes, *core.shape), np.float16) if keep else None
-        bands = _Bands(handoff.active(), chip.tile.core, classes, confidence)
         for r0, p in self.predictor.predict_rows(x):
             a, b = max(r0, core.row), min(r0 + p.shape[1], core.row_stop)
             if a < b:
@@ -182,33 +180,7 @@ class TilePredictor:
                 )
                 if kept is not None:
                     kept[:, rows] = strip
-                bands.finished(b - core.row)
-        bands.finished(core.height, last=True)
-        return TileResult(
-            tile=chip.tile, classes=classes, confidence=confidence, probs=kept, vectorized=bands.used
-        )
-
-
-class _Bands:
-    """Hands the finished rows of one streamed core to the active sink, a full band at a time."""
-
-    def __init__(
-        self, to: handoff.Handoff | None, core: Window, classes: np.ndarray, conf: np.ndarray
-    ) -> None:
-        self.to, self.core, self.classes, self.conf = to, core, classes, conf
-        self.handed = 0
-        self.used = to is not None
-
-    def finished(self, rows: int, *, last: bool = False) -> None:
-        """Rows ``0 .. rows`` of the core are final now; ``last``: hand the rest too."""
-        if self.to is None:
-            return
-        while rows - self.handed >= self.to.rows or (last and rows > self.handed):
-            n = min(self.to.rows, rows - self.handed)
-            at = slice(self.handed, self.handed + n)
-            window = Window(self.core.row + self.handed, self.core.col, n, self.core.width)
-            self.to.sink.add(window, self.classes[at], self.conf[at])
-            self.handed += n
+        return TileResult(tile=chip.tile, classes=classes, confidence=confidence, probs=kept)
 
 
 def _counted(result: TileResult, chip: Chip) -> TileResult:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from geounet import handoff, merge
+from geounet import merge
 from geounet.errors import InputError
 from geounet.jobs import Job, TileResult
 from geounet.model import NODATA_CLASS, Bundle
@@ -49,8 +49,6 @@ def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, Any]:
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_MB))
         writers = _raster_writers(job, bundle, stack)
         polygons = _block_polygons(job, bundle, stack)
-        if polygons is not None and blender is None:  # streamed cores hand their rows as they finish
-            stack.enter_context(handoff.rows_to(polygons, rows=polygons.band))
         for res in results:
             counts["skipped" if res.skipped else "predicted"] += 1
             if res.observations is not None:  # a skipped tile's count is 0: nothing to write
@@ -70,8 +68,7 @@ def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, Any]:
                              np.full(shape, merge.NODATA_CONFIDENCE, np.uint8))  # fmt: skip
             else:
                 assert res.classes is not None and res.confidence is not None
-                to = None if res.vectorized else polygons
-                _write_block(writers, to, res.tile.core, res.classes, res.confidence, res.probs)
+                _write_block(writers, polygons, res.tile.core, res.classes, res.confidence, res.probs)
         if counts["predicted"] == 0:  # raised inside the writers: they abort, no empty COG is left
             raise InputError(
                 f"{job.source!r} has no valid pixel in any of its {counts['tiles']} tiles (all nodata or "

@@ -20,16 +20,20 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import geopandas as gpd
 import numpy as np
 
-from geounet import cores, heap, vectorize
+from geounet import cores, heap
 from geounet.errors import ExecutionError
 from geounet.geo import Grid, Window
 from geounet.merge import NODATA_CONFIDENCE
 from geounet.model import NODATA_CLASS, ClassInfo
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+    from geounet import vectorize
 
 _DONE = object()
 
@@ -96,9 +100,11 @@ class BlockPolygons:
         self._queue.put((window, classes, confidence))
 
     def _run(self) -> None:
-        from geounet import publish
-
         try:
+            # The vector stack (geopandas, pandas, pyogrio: ~0.7 s of imports) loads here, in this
+            # thread, while the raster stage reads the first tile and the model starts on it.
+            from geounet import publish
+
             publish.write_vector_chunks(self._chunks(), self.path, classes=self.classes, fmt=self.fmt)
         except _Abort:
             return
@@ -109,6 +115,8 @@ class BlockPolygons:
                 item = self._queue.get()
 
     def _chunks(self) -> Iterator[gpd.GeoDataFrame]:
+        from geounet import vectorize
+
         seams = []
         while True:
             item = self._queue.get()
@@ -138,6 +146,8 @@ class BlockPolygons:
         self, window: Window, classes: np.ndarray, confidence: np.ndarray | None
     ) -> Iterator[tuple[gpd.GeoDataFrame, vectorize.BlockParts]]:
         """One core, in blocks of at most :data:`BLOCK` px: final polygons and seam pieces of each."""
+        from geounet import vectorize
+
         for sub in vectorize.blocks(window.shape, BLOCK):
             at = Window(window.row + sub.row, window.col + sub.col, sub.height, sub.width)
             yield vectorize.vectorize_block(

@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
         from geounet.publish import vectors
 
         return getattr(vectors, name)
-    raise AttributeError(f"module 'geounet.publish' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
@@ -100,17 +100,11 @@ def products(
     if isinstance(polygons, Path):
         paths["polygons"] = polygons
     elif polygons:
-        from geounet import vectorize
-        from geounet.publish.vectors import with_attributes, write_vector_chunks
-
-        frames = vectorize.iter_polygons(classes_path, classes=classes, confidence_path=confidence_path,
-                                         block=block, simplify=simplify, min_area=min_area)  # fmt: skip
-        paths["polygons"] = write_vector_chunks(
-            (with_attributes(gdf, attributes or {}) for gdf in frames),
-            out_dir / f"polygons{vector_extension(vector_format)}",
-            classes=classes,
-            fmt=vector_format,
-        )
+        paths["polygons"] = _polygons(
+            classes_path, confidence_path, out_dir / f"polygons{vector_extension(vector_format)}",
+            classes=classes, fmt=vector_format, block=block, simplify=simplify, min_area=min_area,
+            attributes=attributes or {},
+        )  # fmt: skip
     table = area_table(classes_path, classes=classes)
     paths["areas"] = write_area_csv(table, out_dir / "areas.csv")
     paths["quicklook"] = quicklook(
@@ -130,6 +124,29 @@ def products(
         manifest=manifest or {}, default_id=out_dir.name,
     )  # fmt: skip
     return paths
+
+
+def _polygons(
+    classes_path: Path,
+    confidence_path: Path | None,
+    path: Path,
+    *,
+    classes: Sequence[ClassInfo],
+    fmt: str,
+    block: int,
+    simplify: float | None,
+    min_area: float,
+    attributes: Mapping[str, str | int | float],
+) -> Path:
+    """The polygon layer vectorized from the class COG (the vector stack loads only here)."""
+    from geounet import vectorize
+    from geounet.publish.vectors import with_attributes, write_vector_chunks
+
+    frames = vectorize.iter_polygons(classes_path, classes=classes, confidence_path=confidence_path,
+                                     block=block, simplify=simplify, min_area=min_area)  # fmt: skip
+    return write_vector_chunks(
+        (with_attributes(gdf, attributes) for gdf in frames), path, classes=classes, fmt=fmt
+    )
 
 
 def _write_item(

@@ -56,7 +56,7 @@ def __getattr__(name: str) -> Any:
         from geounet.vectorize import source
 
         return getattr(source, name)
-    raise AttributeError(f"module 'geounet.vectorize' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -158,10 +158,11 @@ class TilePredictor:
     def _streamed(self, chip: Chip) -> TileResult:
         """One tile through the network strip by strip; only its core's classes (and probabilities, when
         the job writes them) are kept."""
-        x = model_mod.normalize(chip.data, self.bundle.normalization)
+        # Raw bands in: each strip is normalized as it enters the network (no normalized copy of the tile).
+        x, norm = chip.data, self.bundle.normalization
         if self.job.options.merge == "blend":
             probs = np.empty((self.predictor.n_classes, *chip.data.shape[1:]), np.float16)
-            for r0, p in self.predictor.predict_rows(x):
+            for r0, p in self.predictor.predict_rows(x, normalization=norm):
                 probs[:, r0 : r0 + p.shape[1]] = p
             return TileResult(tile=chip.tile, probs=probs, valid=chip.valid)
         core = chip.tile.core_in_read
@@ -170,7 +171,7 @@ class TilePredictor:
         valid = chip.core_valid
         keep = self.job.options.keeps_probabilities
         kept = np.empty((self.predictor.n_classes, *core.shape), np.float16) if keep else None
-        for r0, p in self.predictor.predict_rows(x):
+        for r0, p in self.predictor.predict_rows(x, normalization=norm):
             a, b = max(r0, core.row), min(r0 + p.shape[1], core.row_stop)
             if a < b:
                 rows = slice(a - core.row, b - core.row)

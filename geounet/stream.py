@@ -307,14 +307,20 @@ class StreamingUNet:
         return _Layers(enc, pools, ups, joins, dec, _Pointwise(net.head))
 
     def strips(
-        self, x: torch.Tensor, *, rows: int, layout: torch.memory_format | None = None
+        self,
+        x: torch.Tensor,
+        *,
+        rows: int,
+        layout: torch.memory_format | None = None,
+        prepare: _Fn | None = None,
     ) -> Iterator[torch.Tensor]:
         """Logits of ``x`` (B, C, H, W), yielded in consecutive strips of rows (any heights).
 
         ``rows`` is the height of the input strips pushed at a time; the output strips come
         out lagging by about the receptive-field radius, together covering rows 0..H-1.
         ``layout`` converts each input strip (e.g. to channels-last) as it is pushed, so the
-        tile is never copied whole.
+        tile is never copied whole; ``prepare`` (e.g. the bundle's normalization) is applied
+        to each input strip before that, for the same reason.
 
         Raises:
             InputError: when H or W is not a multiple of the model's stride, or ``rows`` < 1.
@@ -332,6 +338,8 @@ class StreamingUNet:
         for k, r0 in enumerate(starts):
             final = k == len(starts) - 1
             piece = x[:, :, r0 : r0 + rows]
+            if prepare is not None:
+                piece = prepare(piece)
             out = layers.push(piece if layout is None else piece.contiguous(memory_format=layout), final)
             if out is not None:
                 yield out

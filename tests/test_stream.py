@@ -111,3 +111,24 @@ def test_predictor_rows_equal_predict() -> None:
     strips = list(p.predict_rows(x, rows=8))
     assert [r for r, _ in strips] == list(np.cumsum([0] + [s.shape[1] for _, s in strips[:-1]]))
     np.testing.assert_allclose(np.concatenate([s for _, s in strips], axis=1), whole, atol=1e-5)
+
+
+def test_raw_strips_normalized_on_entry_equal_the_normalized_chip() -> None:
+    """predict_rows(raw, normalization=...) normalizes strip by strip: bit-identical to normalizing first."""
+    norm = model.Normalization(mean=(0.3, 0.1, 0.5), std=(0.2, 0.05, 0.4), scale=1 / 10000)
+    bundle = networks.init_bundle(
+        bands=["a", "b", "c"],
+        classes=[model.ClassInfo(i, f"c{i}", "#000000") for i in range(4)],
+        spec=model.ModelSpec(in_channels=3, n_classes=4, depth=3, width=4),
+        normalization=norm,
+    )
+    p = Predictor(bundle, device="cpu")
+    raw = np.random.default_rng(1).integers(0, 10000, size=(3, 64, 48)).astype(np.float32)
+    first = np.concatenate([s for _, s in p.predict_rows(model.normalize(raw, norm), rows=16)], axis=1)
+    entry = np.concatenate([s for _, s in p.predict_rows(raw, rows=16, normalization=norm)], axis=1)
+    np.testing.assert_array_equal(entry, first)
+    with pytest.raises(AssertionError):  # the raw chip without its normalization is another input
+        np.testing.assert_array_equal(
+            np.concatenate([s for _, s in p.predict_rows(raw, rows=16)], axis=1), first
+        )
+

@@ -51,6 +51,8 @@ def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, Any]:
         polygons = _block_polygons(job, bundle, stack)
         for res in results:
             counts["skipped" if res.skipped else "predicted"] += 1
+            if polygons is not None and counts["predicted"] + counts["skipped"] == counts["tiles"]:
+                polygons.model_done()  # the last tile: the vectorizer may take both cores
             if res.observations is not None:  # a skipped tile's count is 0: nothing to write
                 writers["observations"].write(res.tile.core, res.observations)
             if blender is not None:

@@ -63,6 +63,7 @@ def run(
     """
     with output_lock(job.out_dir):
         started = time.time()
+        preview = publishing.start_preview(job)  # drawn while the model works
         store = TileStore.open(job, resume=resume)
         todo = [t for t in job.plan if t.index not in store.done]
         produce = getattr(results, "produce", None)
@@ -79,7 +80,7 @@ def run(
         counts["reused"] = store.reused
         raster_s = time.time() - started
         outputs = publishing.publish_outputs(
-            job, counts=counts, timings={"rasters_s": raster_s}, started=started
+            job, counts=counts, timings={"rasters_s": raster_s}, started=started, preview=preview
         )
         store.remove()
         return outputs

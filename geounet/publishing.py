@@ -10,6 +10,7 @@ import logging
 import platform
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,10 +24,43 @@ from geounet.planning import load_bundle
 log = logging.getLogger(__name__)
 
 
+def _preview_source(job: Job) -> Path | None:
+    """The input file the quicklook is drawn over (a local raster, not scenes), or None."""
+    return Path(job.source) if not job.scenes and Path(job.source).is_file() else None
+
+
+def start_preview(job: Job) -> Future[Any] | None:
+    """Draw the quicklook's RGB of the input in a thread now, while the model works (it needs
+    only the input); :func:`publish_outputs` takes the result. None when there is no input file."""
+    source = _preview_source(job)
+    if source is None:
+        return None
+
+    def draw() -> Any:
+        from geounet.publish import preview_rgb  # PIL and the publishers load here, off the main thread
+
+        return preview_rgb(source, job.grid)
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geounet-preview")
+    try:
+        return pool.submit(draw)
+    finally:
+        pool.shutdown(wait=False)
+
+
 def publish_outputs(
-    job: Job, *, counts: dict[str, Any], timings: dict[str, float], started: float
+    job: Job,
+    *,
+    counts: dict[str, Any],
+    timings: dict[str, float],
+    started: float,
+    preview: Future[Any] | None = None,
 ) -> dict[str, Path]:
-    """Polygons (unless the raster stage made them), styles, STAC Item, quicklook and manifest."""
+    """Polygons (unless the raster stage made them), styles, STAC Item, quicklook and manifest.
+
+    ``preview``: :func:`start_preview`'s drawing; when it failed, the quicklook draws it again
+    (and reports what is wrong with the input there).
+    """
     from geounet import publish
 
     bundle = load_bundle(job.model_path)
@@ -50,7 +84,8 @@ def publish_outputs(
         vector_format=job.options.vector_format,
         simplify=job.options.simplify,
         min_area=job.options.min_area,
-        preview_path=Path(job.source) if not job.scenes and Path(job.source).is_file() else None,
+        preview_path=_preview_source(job),
+        preview=_drawn(preview),
         manifest=manifest,
         polygons=Path(vectors) if vectors is not None else "polygons" in job.options.outputs,
         more_rasters=more,
@@ -91,3 +126,14 @@ def manifest_for(
         },
         **job.extra,
     }
+
+
+def _drawn(preview: Future[Any] | None) -> Any:
+    """The preview a thread drew, or None when there is none or it failed (drawn again then)."""
+    if preview is None:
+        return None
+    try:
+        return preview.result()
+    except Exception as exc:  # any failure: the quicklook reads the input itself and reports it
+        log.debug("quicklook preview drawn ahead failed (%s); drawing it again", exc)
+        return None

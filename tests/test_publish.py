@@ -203,6 +203,26 @@ def test_quicklook_is_small_and_shows_the_classes(tmp_path: Path, run_outputs, l
     assert (image[..., 3] == 0).mean() > 0.3  # the unlabelled east is transparent
 
 
+def test_quicklook_preview_drawn_ahead_is_the_same_png(tmp_path: Path, run_outputs, landuse) -> None:
+    """A run draws the input's RGB while the model works (publishing.start_preview): same quicklook bytes."""
+    source = run_outputs["classes"].parent / "preview.tif"
+    ahead = publish.preview_rgb(source, landuse.grid)
+    assert ahead.shape == (512, 1024, 3) and ahead.std() > 10  # a real stretched image, not a blank
+    drawn = publish.quicklook(
+        run_outputs["classes"], tmp_path / "a.png", classes=landuse.classes, preview=ahead
+    )
+    assert drawn.read_bytes() == run_outputs["quicklook"].read_bytes()
+    other = np.zeros((256, 512, 3))  # drawn for another grid: ignored, drawn again from the file
+    again = publish.quicklook(
+        run_outputs["classes"],
+        tmp_path / "b.png",
+        classes=landuse.classes,
+        preview=other,
+        preview_path=source,
+    )
+    assert again.read_bytes() == run_outputs["quicklook"].read_bytes()
+
+
 def test_bad_format_and_unwritable_path(tmp_path: Path, landuse) -> None:
     gdf = vectorize.from_array(
         landuse.array[:64, :64],

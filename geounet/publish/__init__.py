@@ -22,11 +22,13 @@ from geounet.model import ClassInfo
 from geounet.publish.areas import area_table, write_area_csv
 from geounet.publish.formats import VECTOR_FORMATS, vector_format
 from geounet.publish.project import qgis_project
-from geounet.publish.quicklook import QUICKLOOK_SIZE, quicklook
+from geounet.publish.quicklook import QUICKLOOK_SIZE, preview_rgb, quicklook
 from geounet.publish.stac import COG_MEDIA_TYPE, stac_item, validate_item
 from geounet.styles import categorized_qml, categorized_sld
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from geounet.publish.vectors import add_gpkg_style, with_attributes, write_vector_chunks, write_vectors
 
 #: The polygon writers of :mod:`~geounet.publish.vectors` (geopandas, pyogrio, pyarrow): loaded
@@ -50,6 +52,7 @@ __all__ = [
     "area_table",
     "categorized_qml",
     "categorized_sld",
+    "preview_rgb",
     "products",
     "qgis_project",
     "quicklook",
@@ -77,6 +80,7 @@ def products(
     simplify: float | None = None,
     min_area: float = 0.0,
     preview_path: Path | None = None,
+    preview: np.ndarray | None = None,
     manifest: dict[str, Any] | None = None,
     block: int = 1024,
     attributes: Mapping[str, str | int | float] | None = None,
@@ -94,6 +98,7 @@ def products(
     class raster here; a path is a polygon layer the raster stage already wrote (kept as it
     is, see :mod:`geounet.blocks`); False writes none (``--outputs`` without polygons).
     ``more_rasters``: the raster stage's other rasters (probabilities, observations), for the Item.
+    ``preview``: the quicklook's RGB of ``preview_path``, drawn ahead (:func:`preview_rgb`).
     """
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
@@ -108,7 +113,7 @@ def products(
     table = area_table(classes_path, classes=classes)
     paths["areas"] = write_area_csv(table, out_dir / "areas.csv")
     paths["quicklook"] = quicklook(
-        classes_path, out_dir / "quicklook.png", classes=classes, preview_path=preview_path
+        classes_path, out_dir / "quicklook.png", classes=classes, preview_path=preview_path, preview=preview
     )
     rasters = {"classes": Path(classes_path)}
     if confidence_path is not None:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from affine import Affine
 from PIL import Image
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
 from geounet.atomic import temp_path
 from geounet.errors import WriteError
+from geounet.geo import Grid
 from geounet.model import NODATA_CLASS, ClassInfo
 from geounet.publish.rasters import open_raster
 
@@ -27,16 +30,18 @@ def quicklook(
     *,
     classes: Sequence[ClassInfo],
     preview_path: Path | None = None,
+    preview: np.ndarray | None = None,
     size: int = QUICKLOOK_SIZE,
     opacity: float = 0.55,
 ) -> Path:
     """A small PNG: the classes' colors, blended over an RGB preview of the input when given.
 
     The longer side is at most ``size`` px; nodata is transparent (or the preview).
+    ``preview`` is that RGB drawn ahead by :func:`preview_rgb` (it needs only the input, so a
+    run draws it while the model works); without it, it is drawn here from ``preview_path``.
     """
     with open_raster(classes_path) as src:
-        scale = max(1.0, max(src.width, src.height) / size)
-        out_h, out_w = max(1, round(src.height / scale)), max(1, round(src.width / scale))
+        out_h, out_w = quicklook_shape(src.height, src.width, size)
         ids = src.read(1, out_shape=(out_h, out_w), resampling=Resampling.mode)
         nodata = NODATA_CLASS if src.nodata is None else int(src.nodata)
         lut = np.zeros((256, 4), dtype=np.float64)
@@ -44,10 +49,13 @@ def quicklook(
             lut[c.id] = (*c.rgb, 255)
         lut[nodata] = 0
         rgba = lut[ids]
-        if preview_path is not None:
-            base = _preview_rgb(preview_path, src, (out_h, out_w))
+        if preview is not None and preview.shape != (out_h, out_w, 3):
+            preview = None  # made for another grid: draw it again
+        if preview is None and preview_path is not None:
+            preview = _preview_rgb(preview_path, src, (out_h, out_w))
+        if preview is not None:
             alpha = (rgba[..., 3:] > 0) * opacity
-            rgb = rgba[..., :3] * alpha + base * (1 - alpha)
+            rgb = rgba[..., :3] * alpha + preview * (1 - alpha)
             rgba = np.concatenate([rgb, np.full((out_h, out_w, 1), 255.0)], axis=-1)
     tmp = temp_path(path, ".png")
     try:
@@ -62,6 +70,42 @@ def quicklook(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def quicklook_shape(height: int, width: int, size: int = QUICKLOOK_SIZE) -> tuple[int, int]:
+    """(rows, cols) of the quicklook of a ``height`` x ``width`` raster: the longer side at most ``size``.
+
+    Example:
+        >>> quicklook_shape(2048, 1000), quicklook_shape(300, 200)
+        ((1024, 500), (300, 200))
+    """
+    scale = max(1.0, max(width, height) / size)
+    return max(1, round(height / scale)), max(1, round(width / scale))
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The grid of a class raster not written yet (what :func:`_preview_rgb` reads of it)."""
+
+    crs: CRS | None
+    transform: Affine
+    height: int
+    width: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+
+def preview_rgb(preview_path: Path, grid: Grid, *, size: int = QUICKLOOK_SIZE) -> np.ndarray:
+    """The stretched RGB of the input that :func:`quicklook` draws under the classes of ``grid``.
+
+    Returns (rows, cols, 3) float on the quicklook's grid (:func:`quicklook_shape`).
+    """
+    target = _Target(
+        CRS.from_user_input(grid.crs) if grid.crs else None, grid.transform, grid.rows, grid.cols
+    )
+    return _preview_rgb(preview_path, target, quicklook_shape(grid.rows, grid.cols, size))
 
 
 def _preview_rgb(preview_path: Path, target: Any, shape: tuple[int, int]) -> np.ndarray:

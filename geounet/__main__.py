@@ -1,5 +1,5 @@
 """``python -m geounet`` runs the command line."""
 
-from geounet.cli import main
+from geounet.cli import entry
 
-main()
+entry()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,34 @@ def test_dry_run_plans_a_gpu_without_one(tmp_path: Path, capsys: pytest.CaptureF
         main([*args, "--device", "cuda"])
     assert "ConfigError" in (err := capsys.readouterr().err) and "pass --memory, e.g. --memory 48GB" in err
     assert not (tmp_path / "o").exists()
+
+
+_ENTRY = """
+import atexit, sys
+atexit.register(lambda: print("atexit ran", flush=True))
+sys.argv = ["geounet", *sys.argv[1:]]
+from geounet.cli import entry
+entry()
+"""
+
+
+def test_the_command_exits_quickly_after_success_and_normally_after_an_error(
+    real_input: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """entry() ends a successful command with os._exit (no teardown: atexit hooks do not run) once its
+    output is flushed; an error takes the ordinary exit, with its one-line message and exit code 1."""
+    _, bundle = real_input
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    ok = subprocess.run(
+        [sys.executable, "-c", _ENTRY, "model", "info", str(bundle)], capture_output=True, text=True, env=env
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "red" in ok.stdout and "atexit ran" not in ok.stdout  # all printed; the teardown skipped
+    bad = subprocess.run(
+        [sys.executable, "-c", _ENTRY, "model", "info", str(tmp_path / "missing.safetensors")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert bad.returncode == 1 and "missing.safetensors" in bad.stderr
+    assert "atexit ran" in bad.stdout

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+import threading
 from typing import Any
 
 import click
@@ -87,3 +89,29 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+
+
+def entry() -> None:
+    """The ``geounet`` command (console script, ``python -m geounet``): :func:`main`, then a quick exit.
+
+    After a successful command the process ends with ``os._exit`` once stdout, stderr and the
+    log handlers are flushed, without tearing the interpreter down module by module: torch's
+    teardown alone takes ~0.7 s on this project's 2-core CPU (``import torch`` and exit: 0.72
+    vs 0.03 s), 5% of a 2048² prediction. Every output is complete and renamed into place by
+    then. Errors, a Ray session still up (its atexit hook stops the local cluster) and
+    unfinished non-daemon threads take the ordinary exit.
+    """
+    main()
+    if _quick_exit_safe():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
+
+
+def _quick_exit_safe() -> bool:
+    """Whether nothing left needs the interpreter's own shutdown (atexit hooks, thread joins)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        return False
+    return all(t.daemon or t is threading.main_thread() for t in threading.enumerate() if t.is_alive())

@@ -329,6 +329,22 @@ def test_vertices_are_bit_identical_whatever_the_blocks(seed: int, block_a: int,
     assert layer(block_a) == layer(block_b)
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), dx=st.integers(-5000, 5000), dy=st.integers(-5000, 5000))
+def test_north_up_coordinates_equal_the_affine_formula_bit_for_bit(seed: int, dx: int, dy: int) -> None:
+    """Outlines.polygons maps north-up grids in place: the same doubles as ``a*x + b*y + c``, ``d*x + e*y + f``."""
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 3, (9, 11)).astype(np.uint8)
+    labels, n = ndimage.label(array == 1)
+    outlines = vectorize.outline.trace(labels, n)
+    got = outlines.polygons(ODD, offset=(dx, dy))
+    x, y = outlines.x + dx, outlines.y + dy
+    a, b, c, d, e, f = ODD[:6]
+    want = np.column_stack((a * x + b * y + c, d * x + e * y + f))
+    coords = shapely.get_coordinates(got)
+    assert coords.tobytes() == want.tobytes() and len(got) == n
+
+
 def test_threads_give_the_same_polygons(tmp_path: Path, landuse) -> None:
     classes_tif = write_array(
         tmp_path / "classes.tif", landuse.array, landuse.grid, nodata=255, classes=landuse.classes

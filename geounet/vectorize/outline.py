@@ -126,17 +126,33 @@ class Outlines:
         plain = offset == (0, 0) and (transform is None or transform == Affine.identity())
         if plain and _columns_of(self.x, self.y) is not None:
             xy = _columns_of(self.x, self.y)  # x and y are the columns of one (n, 2) array: no copy
-        else:
+        elif transform is None or transform.b == transform.d == 0:
+            xy = self._mapped_in_place(transform, offset)
+        else:  # a rotated or sheared grid
             x, y = self.x + offset[0], self.y + offset[1]
-            if not plain and transform is not None:
-                a, b, c, d, e, f = transform[:6]
-                x, y = a * x + b * y + c, d * x + e * y + f
-            xy = np.column_stack((x, y)).astype(np.float64, copy=False)
+            a, b, c, d, e, f = transform[:6]
+            xy = np.column_stack((a * x + b * y + c, d * x + e * y + f)).astype(np.float64, copy=False)
         with _no_cyclic_gc():
             geoms = shapely.from_ragged_array(
                 shapely.GeometryType.POLYGON, xy, (self.ring_offsets, self.poly_offsets)
             )
         return np.asarray(geoms, dtype=object)
+
+    def _mapped_in_place(self, transform: Affine | None, offset: tuple[int, int]) -> np.ndarray:
+        """(n, 2) float64 map coordinates for a north-up ``transform`` (no rotation terms), computed
+        in the output array: no temporaries, where the general formula makes five (the dissolved
+        seams of a 6000² scene hold 7 M vertices, 56 MB per temporary). The same values:
+        ``a * x + 0 * y + c`` is ``a * x + c`` for finite coordinates."""
+        xy = np.empty((len(self.x), 2))
+        xs, ys = xy[:, 0], xy[:, 1]
+        np.add(self.x, offset[0], out=xs, casting="unsafe")
+        np.add(self.y, offset[1], out=ys, casting="unsafe")
+        if transform is not None:
+            xs *= transform.a
+            xs += transform.c
+            ys *= transform.e
+            ys += transform.f
+        return xy
 
 
 def trace(labels: np.ndarray, n: int) -> Outlines:

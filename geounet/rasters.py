@@ -37,6 +37,8 @@ def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, Any]:
     """
     import rasterio
 
+    from geounet.write import CogWriter
+
     bundle = load_bundle(job.model_path)
     counts: dict[str, Any] = {"tiles": len(job.plan), "predicted": 0, "skipped": 0}
     blender = (
@@ -76,6 +78,9 @@ def write_rasters(job: Job, results: Iterable[TileResult]) -> dict[str, Any]:
                 f"{job.source!r} has no valid pixel in any of its {counts['tiles']} tiles (all nodata or "
                 "outside the AOI); check the input's nodata value, the AOI and the scenes' dates"
             )
+        for writer in writers.values():
+            if isinstance(writer, CogWriter):
+                writer.finish_writing()  # GDAL's cached blocks go now, before the polygons' seams are dissolved
         if polygons is not None:
             counts["vectors"] = polygons.path
     return counts

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -74,6 +75,9 @@ def to_frame(
         geoms = parts.shapes(map_transform(grid))  # straight to map coordinates: one GEOS copy
     else:
         geoms = _simplify(parts.shapes(), tolerance, grid)
+    # The attributes are all the frame needs now: the vertex arrays (117 MB for the dissolved
+    # seams of a 6000² scene) can go while the frame is built, if the caller holds no reference.
+    parts = dataclasses.replace(parts, geometry=np.empty(0, dtype=object))
     return _frame(
         parts,
         geoms,

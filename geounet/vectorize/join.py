@@ -46,7 +46,7 @@ from geounet.vectorize.outline import E, N, Outlines, S, W, _offsets, _rank
 _STEP = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]])  # (dx, dy) of E, S, W, N
 
 #: Vertices expanded per batch when the linked rings are written out (bounds the index arrays).
-BATCH = 1 << 20
+BATCH = 1 << 19
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ def merge(
     pos = np.concatenate((pos, np.zeros(len(loops.group), dtype=np.int64)))
     elements = _concat(linked, loops)
     keep_start = np.concatenate((keep_start, np.ones(len(loops.group), dtype=bool)))
+    del linked, loops, succ, heading_in  # concatenated into elements: ~50 MB at 6000² while expanding
     return _expand(parts, elements, ring, pos, keep_start, n_groups)
 
 
@@ -342,8 +343,9 @@ def _expand(
     ring_len = np.bincount(out_ring, weights=emit[seq], minlength=n_rings).astype(np.int64)
     closed = _offsets(ring_len + 1)
     dst = _offsets(emit[seq])[:-1] + out_ring  # each element's first output vertex
-    xy = np.empty((int(closed[-1]), 2))  # shapely takes it as it is (see Outlines.polygons)
-    xs, ys = xy[:, 0], xy[:, 1]
+    # In the pieces' own dtype (int32 pixel corners): half the bytes of float64 while the
+    # dissolved seams wait to be mapped to map coordinates (Outlines.polygons makes that copy).
+    xs, ys = np.empty(int(closed[-1]), parts.x.dtype), np.empty(int(closed[-1]), parts.y.dtype)
     units = el.length[seq] == 0
     u = seq[units & (emit[seq] > 0)]
     xs[dst[units & (emit[seq] > 0)]], ys[dst[units & (emit[seq] > 0)]] = el.sx[u], el.sy[u]

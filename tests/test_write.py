@@ -434,3 +434,28 @@ def test_an_error_inside_the_block_or_abort_leaves_nothing(tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(WriteError, match="write\\(\\) outside the with-block"):
         w.write(Window(0, 0, 8, 8), np.ones((8, 8), np.uint8))
+
+
+def test_a_scratch_file_that_cannot_be_created_is_a_write_error_and_leaves_nothing(tmp_path: Path) -> None:
+    """GDAL refusing the scratch file (here: its hidden name, longer than the target's, passes the
+    255-byte limit of a file name) is a WriteError naming the file, not a bare rasterio error."""
+    path = tmp_path / ("c" * 236 + ".tif")
+    with pytest.raises(WriteError) as err, CogWriter(path, SMALL, dtype="uint8", nodata=255, classes=ABC):
+        pass
+    message = str(err.value)
+    assert message.startswith(f"cannot create {tmp_path}/.{path.name}.") and ".parts.tif: " in message
+    assert message.endswith("; check disk space and permissions")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cog_that_cannot_be_moved_into_place_is_a_write_error_and_leaves_no_scratch(tmp_path: Path) -> None:
+    """The last step, the rename onto ``path``, failing (a folder of that name is in the way) is a
+    WriteError naming the COG; the scratch and the finished temporary COG are both removed."""
+    path = tmp_path / "classes.tif"
+    (path / "keep").mkdir(parents=True)  # a non-empty folder: os.replace cannot put a file there
+    with pytest.raises(WriteError) as err:
+        write_array(path, _classes_array(), SMALL, nodata=255, classes=ABC)
+    assert str(err.value).startswith(f"cannot write COG {path}: ")
+    assert str(err.value).endswith("; check disk space and permissions")
+    assert path.is_dir() and [p.name for p in path.iterdir()] == ["keep"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch, no temporary COG

@@ -459,3 +459,25 @@ def test_a_cog_that_cannot_be_moved_into_place_is_a_write_error_and_leaves_no_sc
     assert str(err.value).endswith("; check disk space and permissions")
     assert path.is_dir() and [p.name for p in path.iterdir()] == ["keep"]
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch, no temporary COG
+
+
+def test_cog_options_by_default_make_the_cog_the_writer_makes(tmp_path: Path) -> None:
+    """The Ray parts assembly (``parts.build_cog``) converts with ``cog_options``' defaults: the
+    result must have the writer's default layout (512 px blocks, deflate, predictor 2), pixels intact."""
+    import rasterio.shutil
+
+    from geounet.write import cog_options
+
+    values = np.random.default_rng(3).integers(0, 4, (1100, 1030)).astype(np.uint8)
+    grid = Grid(shape=values.shape, transform=SMALL.transform, crs=SMALL.crs)
+    written = write_array(tmp_path / "w.tif", values, grid)
+    copied = tmp_path / "c.tif"
+    rasterio.shutil.copy(written, copied, driver="COG", **cog_options(dtype="uint8", resampling="mode"))
+    with rasterio.open(written) as w, rasterio.open(copied) as c:
+        for src in (w, c):
+            assert src.block_shapes == [(512, 512)] and src.compression.name.lower() == "deflate"
+            assert src.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"
+            np.testing.assert_array_equal(src.read(1), values)
+        assert c.overviews(1) == w.overviews(1) == [2, 4]
+    valid, errors, warnings = cog_validate(str(copied), strict=True)
+    assert valid and not errors and not warnings

@@ -6,6 +6,7 @@ The class raster is the real OSM land use of the Brandenburg scene rasterized on
 
 from __future__ import annotations
 
+import logging
 import random
 import subprocess
 import xml.etree.ElementTree as ET
@@ -481,3 +482,17 @@ def test_cog_options_by_default_make_the_cog_the_writer_makes(tmp_path: Path) ->
         assert c.overviews(1) == w.overviews(1) == [2, 4]
     valid, errors, warnings = cog_validate(str(copied), strict=True)
     assert valid and not errors and not warnings
+
+
+def test_gdal_understands_every_option_the_writer_passes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GDAL ignores a creation option it does not know, or a value it does not accept, with only a
+    logged warning (a misspelt key silently drops the setting): writing must log none, for the
+    scratch file and the COG, classes and floats, either compression, any thread count."""
+    caplog.set_level(logging.WARNING, logger="rasterio")
+    write_array(tmp_path / "c.tif", _classes_array(), SMALL, nodata=255, classes=ABC)
+    floats = np.linspace(0, 1, SMALL.rows * SMALL.cols, dtype=np.float32).reshape(SMALL.shape)
+    write_array(tmp_path / "f.tif", floats, SMALL, resampling="average", compress="zstd", num_threads=2)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("rasterio")] == []
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".qml", ".qml", ".tif", ".tif", ".xml"]

@@ -462,10 +462,15 @@ def test_a_cog_that_cannot_be_moved_into_place_is_a_write_error_and_leaves_no_sc
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch, no temporary COG
 
 
-def test_cog_options_by_default_make_the_cog_the_writer_makes(tmp_path: Path) -> None:
+def test_cog_options_by_default_make_the_cog_the_writer_makes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The Ray parts assembly (``parts.build_cog``) converts with ``cog_options``' defaults: the
-    result must have the writer's default layout (512 px blocks, deflate, predictor 2), pixels intact."""
+    result must have the writer's default layout (512 px blocks, deflate, predictor 2), pixels
+    intact, and GDAL must understand every default (it only logs a warning for what it ignores)."""
     import rasterio.shutil
+
+    caplog.set_level(logging.WARNING, logger="rasterio")
 
     from geounet.write import cog_options
 
@@ -480,6 +485,7 @@ def test_cog_options_by_default_make_the_cog_the_writer_makes(tmp_path: Path) ->
             assert src.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"
             np.testing.assert_array_equal(src.read(1), values)
         assert c.overviews(1) == w.overviews(1) == [2, 4]
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("rasterio")] == []
     valid, errors, warnings = cog_validate(str(copied), strict=True)
     assert valid and not errors and not warnings
 

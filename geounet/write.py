@@ -165,7 +165,8 @@ class CogWriter:
             if self.classes is not None:
                 self._ds.write_colormap(1, color_table(self.classes))
         except rasterio.errors.RasterioError as exc:
-            self.abort()
+            with contextlib.suppress(OSError):  # cleaning up a name the OS refused must not hide why
+                self.abort()
             raise WriteError(
                 f"cannot create {self._scratch}: {exc}; check disk space and permissions"
             ) from exc

@@ -6,6 +6,7 @@ The class raster is the real OSM land use of the Brandenburg scene rasterized on
 
 from __future__ import annotations
 
+import logging
 import random
 import subprocess
 import xml.etree.ElementTree as ET
@@ -434,3 +435,70 @@ def test_an_error_inside_the_block_or_abort_leaves_nothing(tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(WriteError, match="write\\(\\) outside the with-block"):
         w.write(Window(0, 0, 8, 8), np.ones((8, 8), np.uint8))
+
+
+def test_a_scratch_file_that_cannot_be_created_is_a_write_error_and_leaves_nothing(tmp_path: Path) -> None:
+    """GDAL refusing the scratch file (here: its hidden name, longer than the target's, passes the
+    255-byte limit of a file name) is a WriteError naming the file, not a bare rasterio error."""
+    path = tmp_path / ("c" * 236 + ".tif")
+    with pytest.raises(WriteError) as err, CogWriter(path, SMALL, dtype="uint8", nodata=255, classes=ABC):
+        pass
+    message = str(err.value)
+    assert message.startswith(f"cannot create {tmp_path}/.{path.name}.") and ".parts.tif: " in message
+    assert message.endswith("; check disk space and permissions")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cog_that_cannot_be_moved_into_place_is_a_write_error_and_leaves_no_scratch(tmp_path: Path) -> None:
+    """The last step, the rename onto ``path``, failing (a folder of that name is in the way) is a
+    WriteError naming the COG; the scratch and the finished temporary COG are both removed."""
+    path = tmp_path / "classes.tif"
+    (path / "keep").mkdir(parents=True)  # a non-empty folder: os.replace cannot put a file there
+    with pytest.raises(WriteError) as err:
+        write_array(path, _classes_array(), SMALL, nodata=255, classes=ABC)
+    assert str(err.value).startswith(f"cannot write COG {path}: ")
+    assert str(err.value).endswith("; check disk space and permissions")
+    assert path.is_dir() and [p.name for p in path.iterdir()] == ["keep"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch, no temporary COG
+
+
+def test_cog_options_by_default_make_the_cog_the_writer_makes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Ray parts assembly (``parts.build_cog``) converts with ``cog_options``' defaults: the
+    result must have the writer's default layout (512 px blocks, deflate, predictor 2), pixels
+    intact, and GDAL must understand every default (it only logs a warning for what it ignores)."""
+    import rasterio.shutil
+
+    caplog.set_level(logging.WARNING, logger="rasterio")
+
+    from geounet.write import cog_options
+
+    values = np.random.default_rng(3).integers(0, 4, (1100, 1030)).astype(np.uint8)
+    grid = Grid(shape=values.shape, transform=SMALL.transform, crs=SMALL.crs)
+    written = write_array(tmp_path / "w.tif", values, grid)
+    copied = tmp_path / "c.tif"
+    rasterio.shutil.copy(written, copied, driver="COG", **cog_options(dtype="uint8", resampling="mode"))
+    with rasterio.open(written) as w, rasterio.open(copied) as c:
+        for src in (w, c):
+            assert src.block_shapes == [(512, 512)] and src.compression.name.lower() == "deflate"
+            assert src.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"
+            np.testing.assert_array_equal(src.read(1), values)
+        assert c.overviews(1) == w.overviews(1) == [2, 4]
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("rasterio")] == []
+    valid, errors, warnings = cog_validate(str(copied), strict=True)
+    assert valid and not errors and not warnings
+
+
+def test_gdal_understands_every_option_the_writer_passes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GDAL ignores a creation option it does not know, or a value it does not accept, with only a
+    logged warning (a misspelt key silently drops the setting): writing must log none, for the
+    scratch file and the COG, classes and floats, either compression, any thread count."""
+    caplog.set_level(logging.WARNING, logger="rasterio")
+    write_array(tmp_path / "c.tif", _classes_array(), SMALL, nodata=255, classes=ABC)
+    floats = np.linspace(0, 1, SMALL.rows * SMALL.cols, dtype=np.float32).reshape(SMALL.shape)
+    write_array(tmp_path / "f.tif", floats, SMALL, resampling="average", compress="zstd", num_threads=2)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("rasterio")] == []
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".qml", ".qml", ".tif", ".tif", ".xml"]

@@ -211,8 +211,8 @@ class Predictor:
         Equal to :meth:`predict` of the same chip (to float rounding, ~1e-6) with memory
         proportional to the chip's width. TTA is not streamed: it falls back to :meth:`predict`.
         The chip is normalized already, or raw with its ``normalization`` given: each strip is
-        then normalized as it enters the network (the same float32 arithmetic as
-        :func:`geounet.model.normalize`), so no normalized copy of the whole tile is made.
+        then normalized by :func:`geounet.model.normalize` as it enters the network, so no
+        normalized copy of the whole tile is made.
 
         Raises:
             InputError: on a wrong shape (band count, size not a multiple of the stride).
@@ -223,9 +223,14 @@ class Predictor:
             return
         step = rows or strip_rows(chip.shape[3])
         row0 = 0
+
+        def prepare(piece: torch.Tensor) -> torch.Tensor:  # one strip: normalized, on the device
+            if normalization is not None:
+                piece = torch.from_numpy(normalize(piece.numpy(), normalization))
+            return piece.to(self.device)
+
         with torch.inference_mode(), self._sharing_cores() as share:
-            t = torch.from_numpy(chip).to(self.device)  # strips go channels-last one by one
-            prepare = None if normalization is None else _normalizer(normalization, self.device)
+            t = torch.from_numpy(chip)  # strips go to the device (and channels-last) one by one
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 strips = stream.StreamingUNet(self.module).strips(
                     t, rows=step, layout=self.layout, prepare=prepare
@@ -342,12 +347,3 @@ def strip_rows(width: int) -> int:
         (64, 256, 16)
     """
     return max(16, min(256, (1 << 17) // max(width, 1) // 16 * 16))
-
-
-def _normalizer(norm: Normalization, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """:func:`geounet.model.normalize` on a (B, C, h, W) tensor strip: the same float32 operations."""
-    n = len(norm.mean)
-    scale = torch.tensor(np.float32(norm.scale), device=device)
-    mean = torch.tensor(np.asarray(norm.mean, dtype=np.float32), device=device).reshape(1, n, 1, 1)
-    std = torch.tensor(np.asarray(norm.std, dtype=np.float32), device=device).reshape(1, n, 1, 1)
-    return lambda piece: (piece.float() * scale - mean) / std

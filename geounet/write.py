@@ -115,6 +115,7 @@ class CogWriter:
         self._scratch = temp_path(self.path, ".parts.tif")
         self._ds: Any = None
         self._done = False
+        self._written = False  # the scratch file is closed (finish_writing)
 
     # -- context manager -------------------------------------------------------------------
 
@@ -198,13 +199,14 @@ class CogWriter:
         except BaseException:
             self.abort()
             raise
+        self._written = True
 
     def close(self) -> None:
         """Finish: build the COG and its sidecars, rename onto ``path``; cleans up on failure."""
         if self._done:
             return
         try:
-            if self._ds is not None or not self._scratch.exists():
+            if not self._written:
                 self._finish_scratch()  # raises when nothing was opened
             self._build()
         except BaseException:

@@ -112,6 +112,6 @@ def entry() -> None:
 def _quick_exit_safe() -> bool:
     """Whether nothing left needs the interpreter's own shutdown (atexit hooks, thread joins)."""
     ray = sys.modules.get("ray")
-    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+    if ray is not None and ray.is_initialized():
         return False
     return all(t.daemon or t is threading.main_thread() for t in threading.enumerate() if t.is_alive())
